@@ -1,0 +1,58 @@
+"""`python -m kbundle.predictors --model_name NAME --model_dir DIR [kserve flags] [setting flags]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from kserve import model_server
+
+from kbundle.errors import ConfigError
+from kbundle.predictors.predictor import EnginePredictor
+from kbundle.serving.server import KbundleModelServer, check_workers
+from kbundle.settings import ModelSettings, add_setting_flags, read_model_config, resolve_settings
+
+logger = logging.getLogger("kbundle.predictor")
+DEFAULT_MODEL_DIR = "/mnt/models"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kbundle.predictors", parents=[model_server.parser], conflict_handler="resolve"
+    )
+    parser.add_argument(
+        "--model_dir", default=DEFAULT_MODEL_DIR, help="Model directory (KServe mounts it at /mnt/models)."
+    )
+    add_setting_flags(parser)
+    return parser
+
+
+def settings_for(args: argparse.Namespace) -> ModelSettings:
+    config = read_model_config(args.model_dir)
+    unknown = sorted(set(config) - set(ModelSettings.field_names()))
+    if unknown:
+        logger.warning("kbundle.yaml: ignoring unknown keys %s", unknown)
+    flags = {name: getattr(args, name, None) for name in ModelSettings.field_names()}
+    return resolve_settings(config, flags)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_workers(args, "predictor", refuse=True)
+    try:
+        settings = settings_for(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    predictor = EnginePredictor(args.model_name, args.model_dir, settings)
+    if not predictor.load():
+        print(f"error: model '{args.model_name}' failed to load: {predictor.load_error}", file=sys.stderr)
+        return 1
+    KbundleModelServer(args).start([predictor])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

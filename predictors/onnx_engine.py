@@ -1,0 +1,142 @@
+"""ONNX Runtime engine: TensorRT, CUDA, CPU execution providers, in that order of preference."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from kbundle.errors import EngineLoadError
+from kbundle.predictors.engine import Engine
+from kbundle.settings import ModelSettings
+from kbundle.specs import DYNAMIC, Signature, TensorSpec
+
+logger = logging.getLogger("kbundle.engine.onnx")
+
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+ORT_TO_V2 = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def choose_providers(requested: Sequence[str], available: Sequence[str], device: str) -> list[str]:
+    """Providers to ask ORT for, best first; CPU is kept last so unsupported nodes can fall back.
+
+    `requested` (model config) overrides the default preference; names may be short ("cuda").
+    """
+    wanted = [PROVIDER_ALIASES.get(p.lower(), p) for p in requested] or list(PREFERRED_PROVIDERS)
+    unknown = [p for p in wanted if p not in ort.get_all_providers()]
+    if unknown:
+        raise EngineLoadError(f"unknown ONNX Runtime execution provider(s) {unknown}")
+    if device == "cpu":
+        wanted = [p for p in wanted if p not in GPU_PROVIDERS]
+    chosen = [p for p in wanted if p in available]
+    if device == "cuda" and not any(p in GPU_PROVIDERS for p in chosen):
+        raise EngineLoadError(
+            f"device: cuda asked for, but this onnxruntime offers only {list(available)} "
+            "(install onnxruntime-gpu in place of onnxruntime, on a machine with a CUDA GPU)"
+        )
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def provider_options(provider: str, settings: ModelSettings, model_path: Path) -> dict:
+    if provider == "TensorrtExecutionProvider":
+        cache = settings.engine_cache_dir or str(model_path.parent / ".trt-cache")
+        return {
+            "trt_fp16_enable": settings.fp16,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": cache,
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": cache,
+        }
+    return {}
+
+
+def tensor_spec(arg: ort.NodeArg, where: str) -> TensorSpec:
+    datatype = ORT_TO_V2.get(arg.type)
+    if datatype is None:
+        raise EngineLoadError(
+            f"{where} '{arg.name}' has type {arg.type}, which V2 cannot carry "
+            "(export classifiers without ZipMap, e.g. skl2onnx options={'zipmap': False})"
+        )
+    shape = tuple(d if isinstance(d, int) and d >= 0 else DYNAMIC for d in (arg.shape or []))
+    return TensorSpec(arg.name, datatype, shape)
+
+
+class OnnxEngine(Engine):
+    kind = "onnx"
+    model_file = "model.onnx"
+
+    def __init__(self, session: ort.InferenceSession):
+        self.session = session
+        self.signature = Signature.of(
+            (tensor_spec(a, "input") for a in session.get_inputs()),
+            (tensor_spec(a, "output") for a in session.get_outputs()),
+        )
+        providers = session.get_providers()
+        self.device = ("cuda" if providers[0] in GPU_PROVIDERS else "cpu") + f" ({', '.join(providers)})"
+        self._string_inputs = {s.name for s in self.signature.inputs if s.datatype == "BYTES"}
+        self._string_outputs = {s.name for s in self.signature.outputs if s.datatype == "BYTES"}
+
+    @classmethod
+    def load(cls, path: Path, settings: ModelSettings) -> OnnxEngine:
+        available = ort.get_available_providers()
+        providers = choose_providers(settings.execution_providers, available, settings.device)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if settings.intra_op_threads:
+            options.intra_op_num_threads = settings.intra_op_threads
+        try:
+            session = ort.InferenceSession(
+                str(path),
+                sess_options=options,
+                providers=providers,
+                provider_options=[provider_options(p, settings, path) for p in providers],
+            )
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+            raise EngineLoadError(f"onnxruntime cannot load {path}: {exc}") from exc
+        logger.info("onnxruntime providers %s (available %s)", session.get_providers(), available)
+        return cls(session)
+
+    def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
+        feeds = {name: self._feed(name, array) for name, array in inputs.items()}
+        outputs = self.session.run(list(output_names), feeds)
+        return [
+            self._as_bytes(out) if name in self._string_outputs else out
+            for name, out in zip(output_names, outputs, strict=True)
+        ]
+
+    def _feed(self, name: str, array: np.ndarray) -> np.ndarray:
+        if name in self._string_inputs:
+            # ORT string tensors take str objects; V2 BYTES arrive as bytes.
+            return np.vectorize(lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else b, otypes=[object])(array)
+        return array
+
+    @staticmethod
+    def _as_bytes(array: np.ndarray) -> np.ndarray:
+        return np.vectorize(lambda s: s.encode("utf-8") if isinstance(s, str) else s, otypes=[object])(array)

@@ -1,0 +1,130 @@
+"""EnginePredictor: a kserve.Model that serves one engine over V2 REST and gRPC."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from kserve import Model
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from kbundle.errors import EngineError, EngineLoadError, InvalidRequest, KbundleError
+from kbundle.predictors.engine import Engine, load_engine, warmup_inputs
+from kbundle.predictors.runner import EngineRunner
+from kbundle.serving.arrays import ArrayRequest, ArrayResponse
+from kbundle.settings import ModelSettings
+from kbundle.specs import Signature, v2_datatype
+from kbundle.validation import SignatureValidator
+
+logger = logging.getLogger("kbundle.predictor")
+
+
+class EnginePredictor(Model):
+    """Loads the engine, warms it up, and only then reports ready (honest readiness)."""
+
+    def __init__(self, name: str, model_dir: str | Path, settings: ModelSettings):
+        super().__init__(name)
+        self.model_dir = Path(model_dir)
+        self.settings = settings
+        self.engine: Engine | None = None  # type: ignore[assignment]
+        self.runner: EngineRunner | None = None
+        self.load_error: str | None = None
+        self._validator: SignatureValidator | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def load(self) -> bool:
+        if self.ready:
+            return True
+        try:
+            engine = load_engine(self.model_dir, self.settings)
+            self._attach(engine)
+            if self.settings.warmup:
+                self._warm_up()
+        except (EngineLoadError, KbundleError) as exc:
+            self.load_error = str(exc)
+            logger.error("model '%s' not ready: %s", self.name, exc)
+            self.ready = False
+            return False
+        self.ready = True
+        return True
+
+    def _attach(self, engine: Engine) -> None:
+        self.engine = engine
+        self.runner = EngineRunner(engine, self.settings.instances)
+        self._validator = SignatureValidator(self.name, engine.signature)
+
+    def _warm_up(self) -> None:
+        inputs = warmup_inputs(self.signature)
+        names = self.signature.output_names
+        try:
+            outputs = self.runner.run_sync(inputs, names)
+        except Exception as exc:
+            raise EngineLoadError(f"warm-up inference failed: {exc}") from exc
+        logger.info("model '%s' warm-up passed: %s", self.name, {n: o.shape for n, o in zip(names, outputs, strict=True)})
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+        self.ready = False
+
+    # -- what the routes read ----------------------------------------------------------------
+    @property
+    def signature(self) -> Signature:
+        if self.engine is None:
+            raise EngineError(f"model '{self.name}' has no engine loaded")
+        return self.engine.signature
+
+    @property
+    def validator(self) -> SignatureValidator | None:
+        return self._validator
+
+    def get_input_types(self) -> list[dict]:
+        return [spec.to_metadata() for spec in self.signature.inputs]
+
+    def get_output_types(self) -> list[dict]:
+        return [spec.to_metadata() for spec in self.signature.outputs]
+
+    # -- inference ---------------------------------------------------------------------------
+    async def infer_arrays(self, request: ArrayRequest) -> ArrayResponse:
+        names = request.requested_outputs or list(self.signature.output_names)
+        try:
+            outputs = await self.runner.run(request.inputs, names)
+        except KbundleError:
+            raise
+        except Exception as exc:
+            # Validated input that the engine still rejects: the engine's message, as a 500.
+            logger.exception("model '%s' engine failure", self.name)
+            raise EngineError(f"model '{self.name}': engine failed: {exc}") from exc
+        return ArrayResponse(
+            outputs=dict(zip(names, outputs, strict=True)), model_version=self.settings.model_version
+        )
+
+    async def predict(self, payload: InferRequest, headers: dict | None = None, response_headers: dict | None = None) -> InferResponse:
+        """kserve's own entry (V2 via DataPlane): same validation and engine path as our routes."""
+        if not isinstance(payload, InferRequest):
+            raise InvalidRequest(f"model '{self.name}' serves the V2 protocol only")
+        arrays = {}
+        for tensor in payload.inputs:
+            self.validator.check_input(tensor.name, tensor.datatype, tensor.shape)
+            arrays[tensor.name] = np.asarray(tensor.as_numpy())
+        self.validator.check_complete(arrays)
+        self.validator.check_batch(arrays)
+        requested = [o.name for o in payload.request_outputs] if payload.request_outputs else None
+        if requested:
+            self.validator.check_outputs(requested)
+        result = await self.infer_arrays(
+            ArrayRequest(id=payload.id or "", inputs=arrays, requested_outputs=requested)
+        )
+        outputs = []
+        for name, array in result.outputs.items():
+            out = InferOutput(name=name, shape=list(array.shape), datatype=v2_datatype(array.dtype))
+            out.set_data_from_numpy(array, binary_data=payload.use_binary_outputs)
+            outputs.append(out)
+        return InferResponse(
+            response_id=payload.id or "",
+            model_name=self.name,
+            infer_outputs=outputs,
+            model_version=self.settings.model_version or None,
+            use_binary_outputs=payload.use_binary_outputs,
+        )

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite, in its own environment: `bash scripts/test.sh [pytest args]`.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/env.sh"
+cd "$ROOT"
+kbundle samples build
+exec python -m pytest "$@"

@@ -1,0 +1,54 @@
+"""The transport-free form of a V2 inference call: named numpy arrays in, named arrays out.
+
+REST and gRPC only translate to and from these; validation, batching and engine calls see
+nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from kbundle.specs import Signature
+from kbundle.validation import SignatureValidator
+
+
+@dataclass
+class ArrayRequest:
+    id: str
+    inputs: dict[str, np.ndarray]
+    requested_outputs: list[str] | None = None
+    parameters: dict = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    # REST only: which outputs go back as binary tails (the key "*" holds the request-wide default).
+    binary_outputs: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass
+class ArrayResponse:
+    outputs: dict[str, np.ndarray]
+    model_version: str = ""
+    parameters: dict = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ArrayModel(Protocol):
+    """A kserve model that our lean V2 routes may call directly.
+
+    `validator` is None for a model that checks its own inputs (a transformer whose inputs are
+    free-form); otherwise every request is checked against it before `infer_arrays` sees it.
+    """
+
+    name: str
+    ready: bool
+
+    @property
+    def validator(self) -> SignatureValidator | None: ...
+
+    @property
+    def signature(self) -> Signature | None: ...
+
+    async def infer_arrays(self, request: ArrayRequest) -> ArrayResponse: ...

@@ -1,0 +1,135 @@
+"""kserve.ModelServer with our V2 routes, our gRPC servicer and one error model.
+
+Everything else (health, metadata, metrics, V1, repository extension) stays kserve's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent import futures
+
+import grpc
+from grpc import aio
+from kserve import Model, ModelServer
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+from kserve.protocol.grpc.interceptors import LoggingInterceptor
+from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.rest.server import RESTServer
+
+from kbundle.serving.rest_routes import register_error_handlers, register_infer_routes
+from kbundle.serving.v2_grpc import ArrayServicer, StatusInterceptor
+
+logger = logging.getLogger("kbundle.server")
+
+# Extra routes/handlers a component adds (e.g. the model-configuration extension).
+RestHook = Callable[["KbundleRESTServer"], None]
+GrpcHook = Callable[["KbundleGRPCServer"], Sequence[grpc.GenericRpcHandler]]
+
+
+class KbundleRESTServer(RESTServer):
+    rest_hooks: Sequence[RestHook] = ()
+
+    def create_application(self) -> None:
+        from kserve.model_server import app
+
+        for hook in self.rest_hooks:
+            hook(self)
+        register_infer_routes(app, self.dataplane)
+        super().create_application()
+        register_error_handlers(app)
+
+
+class KbundleGRPCServer(GRPCServer):
+    grpc_hooks: Sequence[GrpcHook] = ()
+
+    async def start(self, max_workers: int) -> None:
+        servicer = ArrayServicer(self._data_plane, self._model_repository_extension)
+        self._server = aio.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            interceptors=(LoggingInterceptor(), StatusInterceptor()),
+            options=[
+                ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
+                ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length")),
+            ],
+        )
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+        for hook in self.grpc_hooks:
+            self._server.add_generic_rpc_handlers(tuple(hook(self)))
+        self._server.add_insecure_port(f"[::]:{self._port}")
+        logger.info("gRPC V2 on port %s", self._port)
+        await self._server.start()
+        await self._server.wait_for_termination()
+
+
+class KbundleModelServer(ModelServer):
+    """ModelServer that serves one process: kserve's `--workers > 1` pickles the model into
+    spawned children, which an engine session cannot survive (KSERVE_NOTES §1)."""
+
+    def __init__(self, args: argparse.Namespace, rest_hooks: Sequence[RestHook] = (), grpc_hooks: Sequence[GrpcHook] = ()):
+        super().__init__(
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            workers=1,
+            max_threads=args.max_threads,
+            max_asyncio_workers=args.max_asyncio_workers,
+            enable_grpc=args.enable_grpc,
+            enable_docs_url=args.enable_docs_url,
+            enable_latency_logging=args.enable_latency_logging,
+            access_log_format=args.access_log_format,
+            event_loop=args.event_loop,
+            timeout_keep_alive=args.timeout_keep_alive,
+        )
+        self._args = args
+        self._rest_hooks = tuple(rest_hooks)
+        self._grpc_hooks = tuple(grpc_hooks)
+
+    def start(self, models: list[Model]) -> None:
+        self._register_and_check_atleast_one_model_is_ready(models)
+        rest = KbundleRESTServer(
+            "kserve.model_server:app",
+            self.dataplane,
+            self.model_repository_extension,
+            self.http_port,
+            access_log_format=self.access_log_format,
+            workers=1,
+            grace_period=self.grace_period,
+            event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive,
+        )
+        rest.rest_hooks = self._rest_hooks
+        self._rest_server = rest
+        self.servers.append(rest.start())
+        if self.enable_grpc:
+            grpc_server = KbundleGRPCServer(
+                self.grpc_port,
+                self.dataplane,
+                self.model_repository_extension,
+                kwargs=vars(self._args),
+                grace_period=self.grace_period,
+            )
+            grpc_server.grpc_hooks = self._grpc_hooks
+            self._grpc_server = grpc_server
+            self.servers.append(grpc_server.start(self.max_threads))
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(self._serve())
+
+
+def check_workers(args: argparse.Namespace, component: str, refuse: bool) -> None:
+    """Refuse (predictor) or override with a warning (transformer, where the KServe controller
+    appends `--workers <containerConcurrency>` itself) any `--workers` above 1."""
+    workers = getattr(args, "workers", 1) or 1
+    if workers <= 1:
+        return
+    message = (
+        f"--workers {workers} is not supported by the kbundle {component}: kserve 0.21 pickles the "
+        "model into spawned worker processes, which engine sessions and predictor settings do not "
+        "survive. Scale with replicas (minReplicas/maxReplicas) instead."
+    )
+    if refuse:
+        raise SystemExit(f"error: {message}")
+    logger.warning("%s Serving with 1 worker.", message)
+    args.workers = 1

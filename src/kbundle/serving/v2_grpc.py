@@ -1,0 +1,145 @@
+"""V2 gRPC: codec (ModelInferRequest <-> ArrayRequest), servicer and error interceptor.
+
+Raw input contents become numpy views; outputs always go back as raw_output_contents, which
+every V2 client reads and which FP16 needs (the typed-contents map has no FP16).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_interceptor import AsyncExceptionToStatusInterceptor
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc.servicer import InferenceServicer
+
+from kbundle.errors import InvalidRequest, ModelNotFoundError, ModelUnavailable
+from kbundle.serving.arrays import ArrayModel, ArrayRequest, ArrayResponse
+from kbundle.serving.status_map import classify
+from kbundle.specs import v2_datatype
+from kbundle.tensors import array_from_list, array_from_raw, check_datatype, raw_from_array
+from kbundle.validation import SignatureValidator
+
+logger = logging.getLogger("kbundle.grpc")
+
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def _param_value(param: pb.InferParameter) -> Any:
+    kind = param.WhichOneof("parameter_choice")
+    return getattr(param, kind) if kind else None
+
+
+def decode_request(
+    request: pb.ModelInferRequest, validator: SignatureValidator | None, headers: dict[str, str]
+) -> ArrayRequest:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidRequest(
+            f"{len(request.inputs)} inputs but {len(raw)} raw_input_contents: give one per input"
+        )
+    if not request.inputs:
+        raise InvalidRequest("request field 'inputs' must be a non-empty list")
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        where = validator.where("input", tensor.name) if validator else f"input '{tensor.name}'"
+        datatype = check_datatype(where, tensor.datatype)
+        shape = tuple(int(d) for d in tensor.shape)
+        if any(d < 0 for d in shape):
+            raise InvalidRequest(f"{where}: shape {list(shape)} has a negative dimension")
+        if validator is not None:
+            validator.check_input(tensor.name, datatype, shape)
+        arrays[tensor.name] = _decode_tensor(where, datatype, shape, tensor, raw[index] if raw else None)
+    if validator is not None:
+        validator.check_complete([t.name for t in request.inputs])
+        validator.check_batch(arrays)
+    requested = [out.name for out in request.outputs] or None
+    if validator is not None and requested:
+        validator.check_outputs(requested)
+    return ArrayRequest(
+        id=request.id or _new_id(),
+        inputs=arrays,
+        requested_outputs=requested,
+        parameters={k: _param_value(v) for k, v in request.parameters.items()},
+        headers=headers,
+    )
+
+
+def _new_id() -> str:
+    import uuid
+
+    return str(uuid.uuid4())
+
+
+def _decode_tensor(
+    where: str, datatype: str, shape: tuple[int, ...], tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None
+) -> np.ndarray:
+    if raw is not None:
+        if tensor.HasField("contents"):
+            raise InvalidRequest(f"{where}: give either contents or raw_input_contents, not both")
+        return array_from_raw(where, datatype, shape, raw)
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidRequest(f"{where}: {datatype} must be sent in raw_input_contents")
+    return array_from_list(where, datatype, shape, list(getattr(tensor.contents, field)))
+
+
+def encode_response(model_name: str, request: ArrayRequest, response: ArrayResponse) -> pb.ModelInferResponse:
+    message = pb.ModelInferResponse(model_name=model_name, model_version=response.model_version, id=request.id)
+    for name, array in response.outputs.items():
+        message.outputs.add(name=name, datatype=v2_datatype(array.dtype), shape=list(array.shape))
+        message.raw_output_contents.append(raw_from_array(array))
+    for key, value in response.parameters.items():
+        _set_param(message.parameters[key], value)
+    return message
+
+
+def _set_param(param: pb.InferParameter, value: Any) -> None:
+    if isinstance(value, bool):
+        param.bool_param = value
+    elif isinstance(value, int):
+        param.int64_param = value
+    else:
+        param.string_param = str(value)
+
+
+class ArrayServicer(InferenceServicer):
+    """kserve's servicer with ModelInfer going straight to ArrayModels (others keep kserve's path)."""
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+        model = self._data_plane.model_registry.get_model(request.model_name)
+        if not isinstance(model, ArrayModel):
+            if model is None:
+                raise ModelNotFoundError(f"model '{request.model_name}' is not served here")
+            return await super().ModelInfer(request, context)
+        if not model.ready:
+            raise ModelUnavailable(f"model '{request.model_name}' is not ready")
+        headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        array_request = decode_request(request, model.validator, headers)
+        array_response = await model.infer_arrays(array_request)
+        return encode_response(model.name, array_request, array_response)
+
+
+class StatusInterceptor(AsyncExceptionToStatusInterceptor):
+    """Maps every exception through the shared table (kbundle.serving.status_map)."""
+
+    async def handle_exception(self, ex: Exception, request_or_iterator: Any, context: Any, method_name: str) -> None:
+        _, code, message = classify(ex)
+        if code == grpc.StatusCode.INTERNAL:
+            logger.error("internal error in %s", method_name, exc_info=ex)
+        await context.abort(code, message)

@@ -1,0 +1,171 @@
+"""Typed model settings with one documented precedence: CLI flag > env > model config > default.
+
+The model config is the optional `kbundle.yaml` in the model directory, so a new model version
+can change its own serving settings without a new image. Every field below is also a flag
+(`--max_batch_size`) and an env var (`KBUNDLE_MAX_BATCH_SIZE`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kbundle.errors import ConfigError
+
+MODEL_CONFIG_FILE = "kbundle.yaml"
+ENV_PREFIX = "KBUNDLE_"
+
+
+def _doc(text: str, **extra: Any) -> dict:
+    return {"doc": text, **extra}
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What the predictor needs to load and serve one engine."""
+
+    engine: str = field(
+        default="auto",
+        metadata=_doc("Engine: auto (from the file in the model dir), onnx, tensorrt or torch.",
+                      choices=("auto", "onnx", "tensorrt", "torch")),
+    )
+    device: str = field(
+        default="auto",
+        metadata=_doc("Device: auto (GPU when usable), cuda or cpu.", choices=("auto", "cuda", "cpu")),
+    )
+    execution_providers: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc("ONNX Runtime providers in order of preference; empty = TensorRT, CUDA, CPU "
+                      "filtered by what is installed."),
+    )
+    max_batch_size: int = field(
+        default=32, metadata=_doc("Most rows the dynamic batcher puts in one engine call; 0 disables batching.")
+    )
+    max_batch_delay_ms: float = field(
+        default=1.0, metadata=_doc("Longest the oldest queued request waits for a batch to fill (ms).")
+    )
+    instances: int = field(default=1, metadata=_doc("Engine instances (one batch in flight each)."))
+    intra_op_threads: int = field(
+        default=0, metadata=_doc("Engine CPU threads per call; 0 = the engine's own default.")
+    )
+    warmup: bool = field(
+        default=True, metadata=_doc("Run a warm-up inference before reporting ready.")
+    )
+    fp16: bool = field(default=False, metadata=_doc("Build/run GPU engines in FP16 where supported."))
+    engine_cache_dir: str = field(
+        default="", metadata=_doc("Where GPU engines built at start-up are cached (default: model dir).")
+    )
+    model_version: str = field(
+        default="", metadata=_doc("Version reported as V2 model_version (e.g. the revision serving it).")
+    )
+    labels: tuple[str, ...] = field(
+        default=(), metadata=_doc("Class labels, index-aligned with the model's class output.")
+    )
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def env_name(setting: str) -> str:
+    return ENV_PREFIX + setting.upper()
+
+
+def read_model_config(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """The model dir's `kbundle.yaml` as a dict ({} when absent); ConfigError when malformed."""
+    path = Path(model_dir) / MODEL_CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _coerce(name: str, kind: Any, value: Any, source: str) -> Any:
+    """Turn a flag, env string or YAML value into the field's type, naming the source on failure."""
+    try:
+        if kind in (bool, "bool"):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind in (int, "int"):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if kind in (float, "float"):
+            return float(value)
+        if kind in ("tuple[str, ...]",):
+            if isinstance(value, str):
+                return tuple(part.strip() for part in value.split(",") if part.strip())
+            return tuple(str(part) for part in value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} from {source}: cannot read {value!r} as {kind}") from exc
+
+
+def _check(settings: ModelSettings) -> ModelSettings:
+    for f in dataclasses.fields(settings):
+        choices = f.metadata.get("choices")
+        if choices and getattr(settings, f.name) not in choices:
+            raise ConfigError(f"{f.name}: {getattr(settings, f.name)!r} is not one of {list(choices)}")
+    if settings.max_batch_size < 0:
+        raise ConfigError("max_batch_size must be >= 0")
+    if settings.max_batch_delay_ms < 0:
+        raise ConfigError("max_batch_delay_ms must be >= 0")
+    if settings.instances < 1:
+        raise ConfigError("instances must be >= 1")
+    return settings
+
+
+def resolve_settings(
+    model_config: Mapping[str, Any],
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_name: str = MODEL_CONFIG_FILE,
+) -> ModelSettings:
+    """Merge the sources with the documented precedence: flag > env > model config > default.
+
+    `flags` holds parsed CLI values, None meaning "not given". Unknown model-config keys that are
+    not ours are ignored only when they belong to another component (`transformer:` etc.).
+    """
+    flags = flags or {}
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(ModelSettings):
+        for source, value in (
+            ("flag --" + f.name, flags.get(f.name)),
+            ("env " + env_name(f.name), env.get(env_name(f.name))),
+            (config_name, model_config.get(f.name)),
+        ):
+            if value is not None:
+                values[f.name] = _coerce(f.name, f.type, value, source)
+                break
+    return _check(ModelSettings(**values))
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; defaults stay None so "not given" falls through to env/config."""
+    group = parser.add_argument_group("kbundle model settings (flag > env > kbundle.yaml > default)")
+    for f in dataclasses.fields(ModelSettings):
+        group.add_argument(
+            f"--{f.name}",
+            default=None,
+            choices=f.metadata.get("choices"),
+            help=f"{f.metadata['doc']} Env {env_name(f.name)}. Default: {f.default!r}.",
+        )
