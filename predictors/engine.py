@@ -33,7 +33,9 @@ class Engine(ABC):
     device: str  # where it runs, in words, for logs and status
 
     @abstractmethod
-    def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
+    def run(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> list[np.ndarray]:
         """Run one batch; returns the outputs in `output_names` order."""
 
     def close(self) -> None:  # noqa: B027 - optional hook

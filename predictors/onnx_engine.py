@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from kbundle.predictors.engine import Engine
 
 from kbundle.errors import EngineLoadError
-from kbundle.predictors.engine import Engine
 from kbundle.settings import ModelSettings
 from kbundle.specs import DYNAMIC, Signature, TensorSpec
 
@@ -99,7 +99,9 @@ class OnnxEngine(Engine):
             (tensor_spec(a, "output") for a in session.get_outputs()),
         )
         providers = session.get_providers()
-        self.device = ("cuda" if providers[0] in GPU_PROVIDERS else "cpu") + f" ({', '.join(providers)})"
+        self.device = (
+            "cuda" if providers[0] in GPU_PROVIDERS else "cpu"
+        ) + f" ({', '.join(providers)})"
         self._string_inputs = {s.name for s in self.signature.inputs if s.datatype == "BYTES"}
         self._string_outputs = {s.name for s in self.signature.outputs if s.datatype == "BYTES"}
 
@@ -123,7 +125,9 @@ class OnnxEngine(Engine):
         logger.info("onnxruntime providers %s (available %s)", session.get_providers(), available)
         return cls(session)
 
-    def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
+    def run(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> list[np.ndarray]:
         feeds = {name: self._feed(name, array) for name, array in inputs.items()}
         outputs = self.session.run(list(output_names), feeds)
         return [
@@ -134,9 +138,14 @@ class OnnxEngine(Engine):
     def _feed(self, name: str, array: np.ndarray) -> np.ndarray:
         if name in self._string_inputs:
             # ORT string tensors take str objects; V2 BYTES arrive as bytes.
-            return np.vectorize(lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else b, otypes=[object])(array)
+            return np.vectorize(
+                lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else b,
+                otypes=[object],
+            )(array)
         return array
 
     @staticmethod
     def _as_bytes(array: np.ndarray) -> np.ndarray:
-        return np.vectorize(lambda s: s.encode("utf-8") if isinstance(s, str) else s, otypes=[object])(array)
+        return np.vectorize(
+            lambda s: s.encode("utf-8") if isinstance(s, str) else s, otypes=[object]
+        )(array)
