@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from archive_makers import hostile_tar, hostile_zip
-from conftest import Sandbox, install_model
+from storage_sandbox import Sandbox, install_model
 from storage_servers import tree
 
 TAR_ATTACKS = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import Sandbox
+from storage_sandbox import Sandbox
 from storage_servers import big_sha256
 
 BIG = 300 * 1024 * 1024

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from archive_makers import tar_of_dir, zip_of_dir
-from conftest import Sandbox, install_model
+from storage_sandbox import Sandbox, install_model
 from storage_servers import tree
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 from archive_makers import hostile_tar, tar_of_dir
-from conftest import S3_ENV, Sandbox, install_model
+from storage_sandbox import S3_ENV, Sandbox, install_model
 from storage_servers import tree
 
 
