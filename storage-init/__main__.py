@@ -44,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     except StorageInitError as exc:
         log.error("storage-init failed: %s. What to do: %s", exc.message, exc.hint)
         return 1
+    except OSError as exc:  # the model volume: read-only, full, or not ours
+        log.error(
+            "storage-init failed: %s. What to do: make DEST_DIR a writable volume (the image runs as "
+            "UID 1000) with room for the model, then restart the pod.",
+            exc,
+        )
+        return 1
     except SystemExit as exc:
         log.error(
             "storage-init failed: stopped by a signal (exit %s); the model dir was left as it was. "

@@ -23,7 +23,7 @@ from kbundle.storage_init.progress import Progress
 
 log = logging.getLogger("kbundle.storage_init")
 _TRANSIENT_WORDS = (
-    "connection",
+    "connect",
     "timed out",
     "timeout",
     "reset by peer",
@@ -71,7 +71,8 @@ def download(uri: str, dest_dir: Path, settings: StorageSettings) -> None:
         except Exception as exc:  # kserve-storage raises bare Exception/RuntimeError
             transient = any(w in _chain_text(exc) for w in _TRANSIENT_WORDS)
             if not transient or attempt == settings.retries:
-                raise FetchError(f"{uri}: {exc}") from exc
+                tries = f" (after {attempt} attempts)" if transient else ""
+                raise FetchError(f"{uri}: {exc}{tries}") from exc
             log.warning("%s: attempt %d failed (%s); retrying", uri, attempt, exc)
             _empty(dest_dir)
             threading.Event().wait(min(settings.backoff_s * 2 ** (attempt - 1), 30.0))

@@ -21,11 +21,12 @@ log = logging.getLogger("kbundle.storage_init")
 
 def initialize(source: Source, dest: Path, settings: StorageSettings) -> None:
     """Leave DEST holding the verified model from `source`, or exactly as it was on failure."""
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
     recover(dest)
     staging = Staging(dest)
-    staging.create()
     try:
+        staging.create()
         with _temp_inside(staging.tmp):
             digest = _fetch(source, staging, settings)
             _materialize(source, staging, digest, settings)
@@ -34,6 +35,8 @@ def initialize(source: Source, dest: Path, settings: StorageSettings) -> None:
         staging.commit()
     except BaseException:
         staging.discard()
+        if created and not any(dest.iterdir()):
+            dest.rmdir()  # leave no trace of a DEST this run made
         raise
     files, size = _census(dest)
     log.info("%s -> %s: %d files, %s", source.safe, dest, files, human(size))

@@ -13,6 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 from archive_makers import hostile_tar, tar_of_dir
+from procs import free_port
 from storage_sandbox import S3_ENV, Sandbox, install_model
 from storage_servers import tree
 
@@ -116,3 +117,18 @@ def test_local_directory_is_copied_not_symlinked(
         assert not any(p.is_symlink() for p in sandbox.dest.rglob("*"))
     (src / "model.onnx").write_bytes(b"changed at the source")
     assert (sandbox.dest / "model.onnx").read_bytes() != b"changed at the source"
+
+
+def test_s3_unreachable_endpoint_is_retried_then_clear(sandbox: Sandbox) -> None:
+    """Connection refused is transient: retried, then one clear line; a DEST it made is removed."""
+    env = {
+        **S3_ENV,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "KBUNDLE_STORAGE_RETRIES": "2",
+    }
+    result = sandbox.run("s3://models/digits/v1", str(sandbox.dest), env=env)
+    assert result.rc == 1, result.log
+    assert "attempt 1 failed" in result.log
+    assert "Could not connect" in result.last_line and "(after 2 attempts)" in result.last_line
+    assert S3_ENV["AWS_SECRET_ACCESS_KEY"] not in result.log
+    assert not sandbox.dest.exists() and sandbox.outside_dest() == {}
