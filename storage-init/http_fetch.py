@@ -93,8 +93,11 @@ def _attempt(
     timeout = (settings.connect_timeout_s, settings.read_timeout_s)
     try:
         with session.get(uri, headers=req_headers, stream=True, timeout=timeout) as resp:
-            _check_status(uri, resp)
+            _check_status(uri, resp, target)
             resumed = have and resp.status_code == 206
+            if resumed and not resp.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+                target.unlink()
+                raise _Transient("the server resumed at a different offset; starting over")
             if not resumed:
                 have = 0
             total = _expected_total(resp, have)
@@ -114,7 +117,10 @@ def _attempt(
         raise _Transient(f"{type(exc).__name__}: {_short(exc)}") from exc
 
 
-def _check_status(uri: str, resp: requests.Response) -> None:
+def _check_status(uri: str, resp: requests.Response, target: Path) -> None:
+    if resp.status_code == 416:  # our resume offset is not valid for the file (it changed?)
+        target.unlink(missing_ok=True)
+        raise _Transient("HTTP 416 on resume; starting over")
     if resp.status_code in _TRANSIENT_STATUS:
         raise _Transient(f"HTTP {resp.status_code}")
     if resp.status_code in (401, 403):
@@ -126,9 +132,8 @@ def _check_status(uri: str, resp: requests.Response) -> None:
         raise FetchError(
             f"{redact(uri)}: HTTP {resp.status_code}", hint="Check that the URL exists."
         )
-    if resp.headers.get("Content-Type", "").startswith("text/html") and not uri.endswith(
-        (".html", ".htm")
-    ):
+    html = resp.headers.get("Content-Type", "").startswith("text/html")
+    if html and not urlsplit(uri).path.endswith((".html", ".htm")):
         raise FetchError(
             f"{redact(uri)}: the server answered with an HTML page, not the model file",
             hint="This is usually a login or error page: check the URL and its credentials.",
