@@ -195,3 +195,34 @@ def test_sigkill_mid_download_is_cleaned_by_next_run(
     assert result.rc == 0, result.log
     assert "removing an unfinished download" in result.log  # ...the next run does
     assert tree(sandbox.dest) == tree(published["v2"])
+
+
+def test_corrupt_archive_is_refused(sandbox: Sandbox, http_server, published, www: Path) -> None:
+    data = published["v1.tar.gz"].read_bytes()
+    (www / "cut.tar.gz").write_bytes(data[: len(data) // 2])  # an upload that was cut short
+    install_model(published["v2"], sandbox.dest)
+    before = tree(sandbox.dest)
+    result = sandbox.run(f"{http_server.url}/files/cut.tar.gz", str(sandbox.dest))
+    assert_failed_cleanly(sandbox, result, before, "not a valid archive or truncated")
+
+
+def test_file_listed_in_sha256sums_but_missing_is_refused(
+    sandbox: Sandbox, published, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(published["v1"], src)
+    (src / "model-info.json").unlink()
+    result = sandbox.run(str(src), str(sandbox.dest))
+    assert_failed_cleanly(sandbox, result, {}, "lists 'model-info.json', which is not in the model")
+    assert not sandbox.dest.exists()
+
+
+def test_several_pairs_in_one_call(sandbox: Sandbox, http_server, published) -> None:
+    other = sandbox.root / "dest" / "other"
+    result = sandbox.run(
+        f"{http_server.url}/files/v1.tar.gz", str(sandbox.dest),
+        f"{http_server.url}/files/v2.tgz", str(other),
+    )  # fmt: skip
+    assert result.rc == 0, result.log
+    assert tree(sandbox.dest) == tree(published["v1"]) and tree(other) == tree(published["v2"])
+    assert "2 model(s) ready" in result.last_line
