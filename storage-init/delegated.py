@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -75,7 +77,7 @@ def download(uri: str, dest_dir: Path, settings: StorageSettings) -> None:
                 raise FetchError(f"{uri}: {exc}{tries}") from exc
             log.warning("%s: attempt %d failed (%s); retrying", uri, attempt, exc)
             _empty(dest_dir)
-            threading.Event().wait(min(settings.backoff_s * 2 ** (attempt - 1), 30.0))
+            time.sleep(min(settings.backoff_s * 2 ** (attempt - 1), 30.0))
 
 
 def _chain_text(exc: BaseException | None) -> str:
@@ -87,8 +89,6 @@ def _chain_text(exc: BaseException | None) -> str:
 
 
 def _empty(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path)
     path.mkdir()
 
