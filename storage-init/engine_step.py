@@ -55,10 +55,8 @@ def maybe_build(model_dir: Path) -> Path | None:
         return None
     try:
         builder = importlib.import_module("kbundle.predictors.engine_builder")
-    except ImportError:
-        log.info(
-            "engine step skipped: no engine builder in this image (kbundle.predictors.engine_builder)"
-        )
+    except ImportError as exc:
+        log.info("engine step skipped: no engine builder in this image (%s)", exc)
         return None
     if not gpu_present():
         log.info("engine step skipped: no GPU on this node; the predictor serves model.onnx")
