@@ -195,6 +195,12 @@ def test_multi_document_edits_only_the_named_service(tmp_path):
             lambda p, t: canary.set_canary(p, t, 10, storage_uri="s3://b/t"),
             "block scalars",
         ),
+        (
+            "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata:\n  name: s\nspec:\n"
+            "  predictor:\n    model:\n      modelFormat: {name: onnx}\n      storageUri: s3://b/s\n        /more\n",
+            lambda p, t: canary.set_canary(p, t, 10, storage_uri="s3://b/t"),
+            "multi-line plain value",
+        ),
     ],
 )
 def test_refusals_name_the_reason(tmp_path, text, call, message):

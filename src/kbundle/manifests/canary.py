@@ -64,6 +64,7 @@ class _Ctx:
     file: Path
     doc_index: int
     touched: list[Path_] = field(default_factory=list)
+    expected: dict[Path_, Any] = field(default_factory=dict)
 
 
 # ---- locating ---------------------------------------------------------------------------
@@ -125,6 +126,7 @@ def _set_scalar(
     lines, doc = _doc(text, ctx)
     node = get_path(doc.data, path)
     ctx.touched.append((*path, key))
+    ctx.expected[(*path, key)] = value
     if isinstance(node, dict | list) and (
         key in node if isinstance(node, dict) else 0 <= key < len(node)
     ):

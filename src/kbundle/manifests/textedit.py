@@ -54,8 +54,11 @@ class Span:
     end: int
 
 
-def scalar_span(lines: list[str], line: int, col: int, flow: bool = False) -> Span:
-    """Where the scalar token starting at (line, col) ends; refuses multi-line scalars."""
+def scalar_span(
+    lines: list[str], line: int, col: int, flow: bool = False, owner_col: int = 0
+) -> Span:
+    """Where the scalar token starting at (line, col) ends; refuses multi-line scalars.
+    `owner_col` is the column of the value's key (or list item): deeper lines continue it."""
     text = body(lines[line])
     if col >= len(text):
         raise EditError(f"line {line + 1}: the value is not on the key's line")
@@ -75,7 +78,7 @@ def scalar_span(lines: list[str], line: int, col: int, flow: bool = False) -> Sp
         match = re.search(r"[,\]}]", text[col:end])
         end = col + match.start() if match else end
     end = col + len(text[col:end].rstrip())
-    if _continues(lines, line, col):
+    if not flow and _continues(lines, line, owner_col):
         raise EditError(f"line {line + 1}: multi-line plain value; write it on one line")
     return Span(line, col, end)
 
@@ -137,9 +140,11 @@ def value_span(lines: list[str], node: CommentedMap | CommentedSeq, key: str | i
     """The scalar token of node[key] (a mapping value or a sequence item)."""
     if isinstance(node, CommentedMap):
         line, col = node.lc.value(key)
+        owner = node.lc.key(key)[1]
     else:
         line, col = node.lc.item(key)
-    return scalar_span(lines, line, col, flow=node.fa.flow_style())
+        owner = col
+    return scalar_span(lines, line, col, flow=node.fa.flow_style(), owner_col=owner)
 
 
 def replace_span(lines: list[str], span: Span, new: str) -> None:
