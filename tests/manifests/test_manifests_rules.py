@@ -99,6 +99,14 @@ CASES = [
         'unknown field "annotation"',
     ),
     (
+        "yaml-1.1-boolean",
+        lambda o: _pc(o)["env"].append({"name": "ENABLE", "value": True}),
+        "schema",
+        "error",
+        "spec.predictor.containers[0].env[1].value",
+        "got boolean true (quote it",
+    ),
+    (
         "annotation-not-string",
         lambda o: o["metadata"]["annotations"].update(x=True),
         "schema",
@@ -498,7 +506,10 @@ def test_cluster_storage_container_is_schema_checked(tmp_path, crds):
     report = validate_paths([_write(tmp_path, csc)], crds)
     got = {(f.as_dict()["path"], f.message.split(":")[0]) for f in report.errors}
     assert ("spec.supportedUriFormats", "Required value") in got
-    assert ("spec.container.imagePullPolicy", "must be of type string, got integer 3") in got
+    assert (
+        "spec.container.imagePullPolicy",
+        "must be of type string, got integer 3 (quote it",
+    ) in got
 
 
 def test_wrong_api_version_and_unknown_kinds(tmp_path, crds, base_isvc):
@@ -510,6 +521,14 @@ def test_wrong_api_version_and_unknown_kinds(tmp_path, crds, base_isvc):
     assert [f.as_dict()["path"] for f in report.errors] == ["apiVersion"]
     assert "served: serving.kserve.io/v1beta1" in report.errors[0].message
     assert report.skipped and "Secret/s" in report.skipped[0]
+
+
+def test_unquoted_yes_is_a_boolean_like_kubectl_reads_it(tmp_path, crds, base_isvc):
+    path = _write(tmp_path, base_isvc)
+    path.write_text(path.read_text().replace("value: s3://kbundle-models/digits/v1", "value: yes"))
+    [finding] = validate_paths([path], crds).errors
+    assert finding.as_dict()["path"] == "spec.predictor.containers[0].env[0].value"
+    assert "got boolean true (quote it" in finding.message
 
 
 def test_malformed_yaml_reports_its_line(tmp_path, crds):

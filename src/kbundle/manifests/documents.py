@@ -58,7 +58,10 @@ class YamlLoadError(Exception):
 
 
 def round_trip_yaml() -> YAML:
+    """ruamel's round-trip loader reading YAML 1.1 scalars, as kubectl's YAML decoder does:
+    unquoted yes/no/on/off are booleans there, which is a classic cause of rejected manifests."""
     yaml = YAML(typ="rt")
+    yaml.version = (1, 1)
     yaml.preserve_quotes = True
     return yaml
 

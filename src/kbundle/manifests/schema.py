@@ -216,6 +216,10 @@ def _to_issues(err: ValidationError) -> list[Issue]:
         message = (
             f"must be of type {expected}, got {_json_type(err.instance)} {_short(err.instance)}"
         )
+        if "string" in expected and _json_type(err.instance) in ("boolean", "integer", "number"):
+            message += (
+                " (quote it: YAML reads unquoted yes/no/on/off/true and numbers as non-strings)"
+            )
     elif kind == "enum":
         allowed = ", ".join(_short(v) for v in err.validator_value)
         message = f"Unsupported value: {_short(err.instance)}: supported values: {allowed}"
