@@ -67,9 +67,11 @@ def base_isvc() -> dict:
     return copy.deepcopy(BASE_ISVC)
 
 
-def run_cli(*args: str, cwd: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env_extra: dict | None = None, **kwargs
+) -> subprocess.CompletedProcess:
     """`kbundle ARGS` as a real subprocess (same interpreter as the tests)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run(
         [sys.executable, "-m", "kbundle.cli", *args],
         capture_output=True,

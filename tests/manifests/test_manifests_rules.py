@@ -536,3 +536,9 @@ def test_malformed_yaml_reports_its_line(tmp_path, crds):
     path.write_text("apiVersion: v1\nkind: [unclosed\nmetadata: {}\n")
     [finding] = validate_paths([path], crds).findings
     assert finding.rule == "yaml" and finding.line >= 2 and "not valid YAML" in finding.message
+
+
+def test_missing_spec_is_an_error(tmp_path, crds, base_isvc):
+    del base_isvc["spec"]
+    [finding] = validate_paths([_write(tmp_path, base_isvc)], crds).errors
+    assert finding.as_dict()["path"] == "spec" and "needs spec.predictor" in finding.message

@@ -4,6 +4,7 @@ command's exit codes and output format hold (run as a real subprocess)."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
@@ -113,3 +114,40 @@ def test_warnings_only_exit_0(tmp_path):
 def test_missing_crds_is_a_clear_error(tmp_path):
     result = run_cli("validate", "--crd", str(tmp_path / "nope"), str(SAMPLE_FILES[0]))
     assert result.returncode == 2 and "no such file or folder" in result.stderr
+
+
+def _fake_kubectl(tmp_path, exit_code: int):
+    """A stand-in `kubectl` (no cluster can run here): answers `get crd -o json` with the real
+    CRDs as a List, the way a cluster with KServe installed would, and logs its arguments."""
+    from kbundle.manifests.crds import read_documents
+
+    items = [d for f in sorted(CRD_DIR.glob("*.yaml")) for d in read_documents(f)]
+    (tmp_path / "crds.json").write_text(json.dumps({"kind": "List", "items": items}))
+    script = tmp_path / "bin" / "kubectl"
+    script.parent.mkdir()
+    script.write_text(
+        f'#!/bin/sh\necho "$@" >> {tmp_path}/kubectl.log\n'
+        f'[ "$1 $2" = "get crd" ] || exit 2\n'
+        + (f"cat {tmp_path}/crds.json\n" if exit_code == 0 else "echo 'connection refused' >&2\n")
+        + f"exit {exit_code}\n"
+    )
+    script.chmod(0o755)
+    return {"PATH": f"{script.parent}:{os.environ['PATH']}"}
+
+
+def test_crds_come_from_the_cluster_when_reachable(tmp_path):
+    env = _fake_kubectl(tmp_path, 0)
+    result = run_cli("validate", str(SAMPLES / "digits.yaml"), env_extra=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "checked against cluster (kubectl get crd)" in result.stdout
+    assert (tmp_path / "kubectl.log").read_text().startswith("get crd -o json")
+
+
+def test_unreachable_cluster_falls_back_to_the_shared_crds(tmp_path):
+    env = _fake_kubectl(tmp_path, 1)
+    result = run_cli("validate", str(SAMPLES / "digits.yaml"), env_extra=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"checked against {CRD_DIR}" in result.stdout
+    skipped = run_cli("validate", "--no-cluster", str(SAMPLES / "digits.yaml"), env_extra=env)
+    assert skipped.returncode == 0
+    assert (tmp_path / "kubectl.log").read_text().count("get crd") == 1  # --no-cluster never asked

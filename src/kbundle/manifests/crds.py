@@ -69,7 +69,8 @@ def _cache_dir() -> Path:
     return Path(root) / "crd-json"
 
 
-def _parse_yaml_docs(path: Path) -> list[Any]:
+def read_documents(path: Path) -> list[Any]:
+    """All YAML documents of a CRD file, through the JSON cache."""
     raw = path.read_bytes()
     key = hashlib.sha256(raw).hexdigest()
     cached = _cache_dir() / f"{key}.json"
@@ -117,7 +118,7 @@ def load_crd_path(path: Path) -> CrdSet:
     crds = CrdSet(sources=[str(path)])
     for file in files:
         try:
-            _add_docs(crds, _parse_yaml_docs(file), str(file))
+            _add_docs(crds, read_documents(file), str(file))
         except yaml.YAMLError as exc:
             raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
     if not crds.versions:

@@ -35,6 +35,14 @@ def check(obj: dict[str, Any], formats: list[dict[str, str]], default_mode: str)
     """All webhook-rule problems of one InferenceService (plain values)."""
     mode = isvc.deployment_mode(obj, default_mode)
     issues = [*_name(obj), *_annotations(obj), *_canary_list(obj, mode)]
+    if not isinstance(obj.get("spec"), dict):
+        issues.append(
+            error(
+                ("spec",),
+                "Required value: an InferenceService needs spec.predictor",
+                "webhook/implementation",
+            )
+        )
     for name, path, comp in isvc.serving_units(obj):
         issues += _implementation(name, path, comp)
         issues += _extensions(path, comp)
