@@ -33,23 +33,33 @@ class ModelSettings:
 
     engine: str = field(
         default="auto",
-        metadata=_doc("Engine: auto (from the file in the model dir), onnx, tensorrt or torch.",
-                      choices=("auto", "onnx", "tensorrt", "torch")),
+        metadata=_doc(
+            "Engine: auto (from the file in the model dir), onnx, tensorrt or torch.",
+            choices=("auto", "onnx", "tensorrt", "torch"),
+        ),
     )
     device: str = field(
         default="auto",
-        metadata=_doc("Device: auto (GPU when usable), cuda or cpu.", choices=("auto", "cuda", "cpu")),
+        metadata=_doc(
+            "Device: auto (GPU when usable), cuda or cpu.", choices=("auto", "cuda", "cpu")
+        ),
     )
     execution_providers: tuple[str, ...] = field(
         default=(),
-        metadata=_doc("ONNX Runtime providers in order of preference; empty = TensorRT, CUDA, CPU "
-                      "filtered by what is installed."),
+        metadata=_doc(
+            "ONNX Runtime providers in order of preference; empty = TensorRT, CUDA, CPU "
+            "filtered by what is installed."
+        ),
     )
     max_batch_size: int = field(
-        default=32, metadata=_doc("Most rows the dynamic batcher puts in one engine call; 0 disables batching.")
+        default=32,
+        metadata=_doc(
+            "Most rows the dynamic batcher puts in one engine call; 0 disables batching."
+        ),
     )
     max_batch_delay_ms: float = field(
-        default=1.0, metadata=_doc("Longest the oldest queued request waits for a batch to fill (ms).")
+        default=1.0,
+        metadata=_doc("Longest the oldest queued request waits for a batch to fill (ms)."),
     )
     instances: int = field(default=1, metadata=_doc("Engine instances (one batch in flight each)."))
     intra_op_threads: int = field(
@@ -58,12 +68,16 @@ class ModelSettings:
     warmup: bool = field(
         default=True, metadata=_doc("Run a warm-up inference before reporting ready.")
     )
-    fp16: bool = field(default=False, metadata=_doc("Build/run GPU engines in FP16 where supported."))
+    fp16: bool = field(
+        default=False, metadata=_doc("Build/run GPU engines in FP16 where supported.")
+    )
     engine_cache_dir: str = field(
-        default="", metadata=_doc("Where GPU engines built at start-up are cached (default: model dir).")
+        default="",
+        metadata=_doc("Where GPU engines built at start-up are cached (default: model dir)."),
     )
     model_version: str = field(
-        default="", metadata=_doc("Version reported as V2 model_version (e.g. the revision serving it).")
+        default="",
+        metadata=_doc("Version reported as V2 model_version (e.g. the revision serving it)."),
     )
     labels: tuple[str, ...] = field(
         default=(), metadata=_doc("Class labels, index-aligned with the model's class output.")
@@ -123,7 +137,9 @@ def _check(settings: ModelSettings) -> ModelSettings:
     for f in dataclasses.fields(settings):
         choices = f.metadata.get("choices")
         if choices and getattr(settings, f.name) not in choices:
-            raise ConfigError(f"{f.name}: {getattr(settings, f.name)!r} is not one of {list(choices)}")
+            raise ConfigError(
+                f"{f.name}: {getattr(settings, f.name)!r} is not one of {list(choices)}"
+            )
     if settings.max_batch_size < 0:
         raise ConfigError("max_batch_size must be >= 0")
     if settings.max_batch_delay_ms < 0:
@@ -161,7 +177,9 @@ def resolve_settings(
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """Add one flag per setting; defaults stay None so "not given" falls through to env/config."""
-    group = parser.add_argument_group("kbundle model settings (flag > env > kbundle.yaml > default)")
+    group = parser.add_argument_group(
+        "kbundle model settings (flag > env > kbundle.yaml > default)"
+    )
     for f in dataclasses.fields(ModelSettings):
         group.add_argument(
             f"--{f.name}",

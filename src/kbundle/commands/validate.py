@@ -9,8 +9,6 @@ import argparse
 import json
 import sys
 
-from kbundle.errors import ConfigError
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -43,13 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         from kbundle.manifests.check import validate_paths
-        from kbundle.manifests.crds import resolve_crds
+        from kbundle.manifests.crds import CrdSourceError, resolve_crds
     except ImportError as exc:  # the manifests extra is not installed
         print(f"error: {exc}; install with: pip install 'kbundle[manifests]'", file=sys.stderr)
         return 2
     try:
         crds = resolve_crds(args.crd, use_cluster=not args.no_cluster)
-    except ConfigError as exc:
+    except CrdSourceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report = validate_paths(args.paths, crds, default_mode=args.default_mode, lint=not args.no_lint)

@@ -73,7 +73,7 @@ def check_object(
         return [error((), "apiVersion and kind are required", "schema")]
     crd = crds.lookup(str(api_version), str(kind))
     if crd is None:
-        served = crds.kinds_in_group(str(api_version), str(kind))
+        served = crds.served_versions(str(api_version), str(kind))
         if served:
             return [
                 error(

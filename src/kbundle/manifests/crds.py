@@ -19,9 +19,11 @@ from typing import Any
 
 import yaml
 
-from kbundle.errors import ConfigError
-
 CRD_KIND = "CustomResourceDefinition"
+
+
+class CrdSourceError(Exception):
+    """No usable CRDs (missing file, no CRD inside, invalid YAML); the message says which."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class CrdSet:
     def lookup(self, api_version: str, kind: str) -> CrdVersion | None:
         return self.versions.get((api_version, kind))
 
-    def kinds_in_group(self, api_version: str, kind: str) -> list[str]:
+    def served_versions(self, api_version: str, kind: str) -> list[str]:
         """Served apiVersions for `kind`, to say what was expected when the version is wrong."""
         return sorted(av for (av, k) in self.versions if k == kind)
 
@@ -107,9 +109,9 @@ def _add_docs(crds: CrdSet, docs: list[Any], source: str) -> None:
 
 
 def load_crd_path(path: Path) -> CrdSet:
-    """CRDs from a file or every *.yaml/*.yml/*.json in a folder; ConfigError when none found."""
+    """CRDs from a file or every *.yaml/*.yml/*.json in a folder; CrdSourceError when none found."""
     if not path.exists():
-        raise ConfigError(f"--crd {path}: no such file or folder")
+        raise CrdSourceError(f"--crd {path}: no such file or folder")
     files = (
         sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml", ".json"))
         if path.is_dir()
@@ -120,9 +122,9 @@ def load_crd_path(path: Path) -> CrdSet:
         try:
             _add_docs(crds, read_documents(file), str(file))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+            raise CrdSourceError(f"{file}: not valid YAML: {exc}") from exc
     if not crds.versions:
-        raise ConfigError(f"{path}: no CustomResourceDefinition found")
+        raise CrdSourceError(f"{path}: no CustomResourceDefinition found")
     return crds
 
 
@@ -152,7 +154,7 @@ def load_cluster_crds(timeout_s: float = 10.0) -> CrdSet | None:
 
 
 def resolve_crds(crd_arg: str | None, use_cluster: bool = True) -> CrdSet:
-    """The CRD set to validate against, following the documented order; ConfigError if none."""
+    """The CRD set to validate against, following the documented order; CrdSourceError if none."""
     if crd_arg:
         return load_crd_path(Path(crd_arg))
     if use_cluster:
@@ -162,7 +164,7 @@ def resolve_crds(crd_arg: str | None, use_cluster: bool = True) -> CrdSet:
     default = repo_default_dir()
     if default.is_dir():
         return load_crd_path(default)
-    raise ConfigError(
+    raise CrdSourceError(
         "no CRDs to validate against: no cluster reachable with kubectl, no --crd FILE/DIR given, "
         f"and the default {default} does not exist"
     )
