@@ -300,3 +300,21 @@ def test_every_sample_survives_set_rollback_promote(tmp_path, crds, sample):
                 "raffic" in touched or "kbundle-models/digits" in touched or "  canary:" in touched
             ), touched
         text = new
+
+
+def test_verification_refuses_stray_or_wrong_changes(tmp_path):
+    """The safety net behind every edit: a change outside the touched fields, a value that does
+    not read back as intended, or a rewritten key is refused."""
+    from kbundle.manifests.canary_steps import EditCtx, verify
+
+    path = tmp_path / "m.yaml"
+    old = MULTI.replace("\r\n", "\n")
+    touched = ("spec", "predictor", "canaryTrafficPercent")
+    ctx = EditCtx(path, doc_index=1, touched=[touched], expected={touched: 50})
+    verify(path, old, old.replace("canaryTrafficPercent: 5", "canaryTrafficPercent: 50"), ctx)
+    with pytest.raises(CanaryError, match="would also change spec.predictor.model.storageUri"):
+        verify(path, old, old.replace("5\n", "50\n").replace("b/a/v2", "b/a/v3"), ctx)
+    with pytest.raises(CanaryError, match="reads back as 51, not 50"):
+        verify(path, old, old.replace("canaryTrafficPercent: 5", "canaryTrafficPercent: 51"), ctx)
+    with pytest.raises(CanaryError, match="would also change"):
+        verify(path, old, old.replace("  name: settings", "  name: other"), ctx)

@@ -7,6 +7,7 @@ always fresh. `verify` re-reads the result and refuses any change outside the to
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,37 @@ def verify(file: Path, old: str, new: str, ctx: EditCtx) -> None:
                 f"internal error: the edit would also change {format_path(stray[0])}; "
                 "file left unchanged"
             )
+    for path, value in ctx.expected.items():
+        got = get_path(after[ctx.doc_index], path, _MISSING)
+        if got != value:
+            raise CanaryError(
+                f"internal error: {format_path(path)} reads back as {got!r}, not {value!r}; "
+                "file left unchanged"
+            )
+    _check_line_diff(old, new)
+
+
+def _check_line_diff(old: str, new: str) -> None:
+    """Text-level check: a line that was replaced (not inserted or deleted) keeps everything up to
+    its key, so only values changed; every other line is equal by construction of the diff."""
+    a, b = textedit.split_lines(old), textedit.split_lines(new)
+    ops = difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()
+    for tag, i1, i2, j1, j2 in ops:
+        if tag != "replace" or i2 - i1 != j2 - j1:
+            continue
+        for before, after in zip(a[i1:i2], b[j1:j2], strict=True):
+            if _key_part(before) != _key_part(after) or textedit.line_break(
+                before
+            ) != textedit.line_break(after):
+                raise CanaryError(
+                    f"internal error: the edit would rewrite {before.strip()!r}; file left unchanged"
+                )
+
+
+def _key_part(line: str) -> str:
+    text = textedit.body(line)
+    colon = text.find(":")
+    return text[: colon + 1] if colon >= 0 else text
 
 
 def _diff_paths(a: Any, b: Any, path: Path_ = ()) -> list[Path_]:
