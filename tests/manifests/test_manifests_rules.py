@@ -339,6 +339,22 @@ CASES = [
         "no autoscaling",
     ),
     (
+        "kbundle-setting-value",
+        lambda o: _pc(o)["env"].append({"name": "KBUNDLE_DEVICE", "value": "gpu"}),
+        "kbundle/settings",
+        "error",
+        "spec.predictor.containers[0].env[1].value",
+        "refuse to start: device: 'gpu' is not one of",
+    ),
+    (
+        "kbundle-setting-name",
+        lambda o: _pc(o)["env"].append({"name": "KBUNDLE_MAX_BATCH", "value": "8"}),
+        "lint/kbundle-settings",
+        "warning",
+        "spec.predictor.containers[0].env[1].name",
+        "KBUNDLE_MAX_BATCH is not a kbundle predictor setting",
+    ),
+    (
         "gpu-requests-limits",
         lambda o: _gpu(o, "1", "2"),
         "lint/gpu-limits",

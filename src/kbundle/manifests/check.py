@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kbundle.manifests import isvc, lint_rules, schema, storage_uris, webhook_rules
+from kbundle.manifests import isvc, lint_rules, schema, settings_rules, storage_uris, webhook_rules
 from kbundle.manifests.crds import CrdSet
 from kbundle.manifests.documents import Document, YamlLoadError, expand_paths, load_file, to_plain
 from kbundle.manifests.findings import ERROR, WARNING, Finding, Issue, error
@@ -88,9 +88,9 @@ def check_object(
     issues = schema.check(crd.schema, obj)
     if kind == isvc.ISVC_KIND:
         issues += webhook_rules.check(obj, formats, default_mode)
-        if lint:
-            issues += lint_rules.check(obj, default_mode)
-    return issues
+        issues += settings_rules.check(obj)
+        issues += lint_rules.check(obj, default_mode)
+    return issues if lint else [i for i in issues if not i.rule.startswith("lint/")]
 
 
 def _place(doc: Document, issue: Issue) -> Finding:
