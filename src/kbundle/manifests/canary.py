@@ -74,6 +74,8 @@ class Plan:
 # ---- operations ---------------------------------------------------------------------------
 
 Step = Callable[[str, EditCtx], str]
+# What an operation plans: text-editing steps, and plain strings that are notes for the user.
+Action = Step | str
 
 
 def _run(
@@ -81,7 +83,7 @@ def _run(
     text: str,
     name: str | None,
     default_mode: str,
-    build: Callable[[Document, str], list[Step]],
+    build: Callable[[Document, str], list[Action]],
 ) -> Plan:
     doc = select_target(parse_docs(text, file), file, name)
     mode = isvc.deployment_mode(to_plain(doc.data), default_mode)
@@ -89,13 +91,14 @@ def _run(
         raise CanaryError(f"{doc.label}: ModelMesh mode has no canary rollout")
     ctx = EditCtx(file, doc.index)
     new, notes = text, []
-    for step in build(doc, mode):
+    for action in build(doc, mode):
+        if isinstance(action, str):
+            notes.append(action)
+            continue
         try:
-            new = step(new, ctx) if not isinstance(step, str) else new
+            new = action(new, ctx)
         except EditError as exc:
             raise CanaryError(f"{file}: {exc}") from exc
-        if isinstance(step, str):
-            notes.append(step)
     verify(file, text, new, ctx)
     return Plan(file, text, new, doc.label, mode, notes)
 
@@ -113,9 +116,9 @@ def set_canary(
     """Route `percent`% of traffic to the candidate (optionally changing its model/image first)."""
     _check_percent(percent)
 
-    def build(doc: Document, mode: str) -> list[Step]:
+    def build(doc: Document, mode: str) -> list[Action]:
         if mode == isvc.KNATIVE:
-            steps: list[Step] = []
+            steps: list[Action] = []
             if storage_uri:
                 steps.append(lambda t, c: set_storage(t, c, PREDICTOR, storage_uri))
             if image:
@@ -131,9 +134,9 @@ def set_canary(
 
 def _standard_set(
     doc: Document, percent: int, storage_uri: str | None, image: str | None, canary_name: str | None
-) -> list[Step]:
+) -> list[Action]:
     index = canary_index(doc, canary_name)
-    steps: list[Step] = []
+    steps: list[Action] = []
     if index is None:
         if not (storage_uri or image):
             raise CanaryError(
@@ -176,7 +179,7 @@ def promote(
     """Knative: remove canaryTrafficPercent (the latest revision takes 100%). Standard: the stable
     predictor takes the canary's storage URI and image, and the canary entry is removed."""
 
-    def build(doc: Document, mode: str) -> list[Step]:
+    def build(doc: Document, mode: str) -> list[Action]:
         if mode == isvc.KNATIVE:
             if PERCENT_KEY not in (get_path(doc.data, PREDICTOR) or {}):
                 return [
@@ -187,7 +190,7 @@ def promote(
         if index is None:
             raise CanaryError(f"{doc.label}: no spec.canary[] entry to promote")
         cpath = ("spec", "canary", index, "predictor")
-        steps: list[Step] = []
+        steps: list[Action] = []
         with_storage = _has_location(storage_location, doc, cpath)
         if with_storage:
             uri = str(_value_at(doc, *storage_location(doc, cpath)))
@@ -216,7 +219,7 @@ def rollback(
 ) -> Plan:
     """Send 0% to the candidate: Knative pins traffic to the last rolled-out revision."""
 
-    def build(doc: Document, mode: str) -> list[Step]:
+    def build(doc: Document, mode: str) -> list[Action]:
         if mode == isvc.KNATIVE:
             return [lambda t, c: set_scalar(t, c, PREDICTOR, PERCENT_KEY, 0, insert=True)]
         index = canary_index(doc, canary_name)
