@@ -10,14 +10,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "samples": ("kbundle.commands.samples", "build the sample model repository (cached)"),
     "serve": ("kbundle.commands.serve", "serve a model dir with the engine predictor"),
-    "validate": (
-        "kbundle.commands.validate",
-        "check manifests against the KServe CRDs, webhook and lint",
-    ),
-    "canary": (
-        "kbundle.commands.canary",
-        "set, promote or roll back a canary by editing a manifest",
-    ),
+    "validate": ("kbundle.commands.validate", "check manifests: CRD schema, KServe webhook, lint"),
+    "canary": ("kbundle.commands.canary", "set/promote/rollback a canary by editing a manifest"),
 }
 
 
