@@ -554,6 +554,21 @@ def test_malformed_yaml_reports_its_line(tmp_path, crds):
     assert finding.rule == "yaml" and finding.line >= 2 and "not valid YAML" in finding.message
 
 
+def test_secret_lint_looks_at_whole_words(tmp_path, crds, base_isvc):
+    env = base_isvc["spec"]["predictor"]["containers"][0]["env"]
+    env += [
+        {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
+        {"name": "KEYCLOAK_URL", "value": "https://auth"},
+        {"name": "SSL_KEY", "value": "/etc/tls/tls.key"},
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+        {"name": "hf-apikey", "value": "abc"},
+        {"name": "DB_PASSWORD", "value": "hunter2"},
+    ]
+    report = validate_paths([_write(tmp_path, base_isvc)], crds)
+    flagged = [f.message.split()[1] for f in report.findings if f.rule == "lint/plain-secret"]
+    assert flagged == ["hf-apikey", "DB_PASSWORD"]
+
+
 def test_missing_spec_is_an_error(tmp_path, crds, base_isvc):
     del base_isvc["spec"]
     [finding] = validate_paths([_write(tmp_path, base_isvc)], crds).errors

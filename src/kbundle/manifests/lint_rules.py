@@ -11,7 +11,9 @@ from kbundle.manifests.findings import Issue, format_path, warning
 
 PROGRESS_DEADLINE = "serving.knative.dev/progress-deadline"
 KNATIVE_DEFAULT_PROGRESS_DEADLINE_S = 600
-SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+# Whole words of an env name (AWS_SECRET_ACCESS_KEY, HF_TOKEN, DB_PASSWORD, APIKEY), so that
+# TOKENIZERS_PARALLELISM or KEYCLOAK_URL are not mistaken for secrets.
+SECRET_WORD = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|PASSWD|PWD|CREDENTIALS?)$", re.IGNORECASE)
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -187,7 +189,10 @@ def _plain_secrets(path: isvc.Path_, container: dict[str, Any]) -> Iterator[Issu
         if not isinstance(item, dict):
             continue
         name, value = str(item.get("name", "")), item.get("value")
-        if SECRET_NAME.search(name) and value not in (None, ""):
+        words = re.split(r"[_\-.]", name)
+        if value in (None, "") or str(value).startswith("/"):  # unset, or a path to a mounted file
+            continue
+        if any(SECRET_WORD.search(w) for w in words if w):
             yield warning(
                 (*path, "env", index, "value"),
                 f"env {name} carries a literal value that looks "
