@@ -116,6 +116,58 @@ def build_digits(out_dir: Path, version: str) -> dict:
     return info
 
 
+DIGITS_TRANSFORMER_SPEC = """\
+# kbundle transformer spec for the digits sample (python -m kbundle.transformers --model_dir <this dir>).
+# Clients send 8x8 grayscale PNG/JPEG images (ink bright on dark, as the data set is); the predictor
+# wants FP32 [N, 64] pixel values 0..16 and answers "label" and "probabilities".
+inputs:
+  - kind: image
+    name: image            # the V2 BYTES input clients send
+    tensor: input          # the predictor input it becomes
+    color: L
+    size: [8, 8]           # [height, width]; other sizes are resized
+    resample: box
+    scale: 0.06274509803921569   # 16/255: PNG 0..255 -> the data set's 0..16
+    layout: flat           # [N, 8*8*1]
+    datatype: FP32
+outputs:
+  - kind: topk
+    tensor: probabilities
+    k: 3
+    labels: labels.txt
+  - kind: tensor           # the model's own label, passed through
+    tensor: label
+    datatype: INT64
+"""
+
+
+def build_digits_transformer(out_dir: Path) -> None:
+    """The transformer model dir for the digits model: transformer.yaml + labels.txt."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "transformer.yaml").write_text(DIGITS_TRANSFORMER_SPEC)
+    (out_dir / "labels.txt").write_text("".join(f"{i}\n" for i in range(10)))
+    write_sha256sums(out_dir)
+
+
+def _build_transformer_samples(models_dir: Path, force: bool) -> None:
+    models_dir.mkdir(parents=True, exist_ok=True)
+    target = models_dir / "digits-transformer" / "v1"
+    stamp = f"digits-transformer/v1 recipe={RECIPE_VERSION} spec={hashlib.sha256(DIGITS_TRANSFORMER_SPEC.encode()).hexdigest()[:12]}"
+    stamp_file = target / ".kbundle-sample"
+    if not force and stamp_file.is_file() and stamp_file.read_text() == stamp:
+        return
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=models_dir))
+    try:
+        build_digits_transformer(staging)
+        (staging / ".kbundle-sample").write_text(stamp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _stamp(name: str) -> str:
     import sklearn
 
@@ -144,4 +196,5 @@ def build_all(models_dir: Path | None = None, force: bool = False) -> Path:
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    _build_transformer_samples(models_dir, force)
     return models_dir

@@ -1,0 +1,75 @@
+"""A stand-in predictor for the hop tests: our real V2 server (REST + gRPC) serving a model with
+the digits signature that appends the headers of every request to a JSON-lines file.
+
+It answers like the digits model (label 7 for every row) and, to exercise error forwarding,
+refuses `authorization: Bearer invalid` with a 400 and `Bearer denied` with a 403 — the
+statuses a real predictor behind an auth proxy or with a stricter signature would send.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from http import HTTPStatus
+
+import grpc
+import numpy as np
+from kserve import Model, model_server
+
+from kbundle.errors import InvalidRequest, KbundleError
+from kbundle.serving.arrays import ArrayRequest, ArrayResponse
+from kbundle.serving.server import KbundleModelServer
+from kbundle.specs import Signature, TensorSpec
+from kbundle.validation import SignatureValidator
+
+SIGNATURE = Signature.of(
+    [TensorSpec("input", "FP32", (-1, 64))],
+    [TensorSpec("label", "INT64", (-1,)), TensorSpec("probabilities", "FP32", (-1, 10))],
+)
+
+
+class Denied(KbundleError):
+    http_status = HTTPStatus.FORBIDDEN
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class RecordingModel(Model):
+    def __init__(self, name: str, record: str):
+        super().__init__(name)
+        self.record = record
+        self._validator = SignatureValidator(name, SIGNATURE)
+        self.ready = True
+
+    @property
+    def validator(self) -> SignatureValidator:
+        return self._validator
+
+    @property
+    def signature(self) -> Signature:
+        return SIGNATURE
+
+    async def infer_arrays(self, request: ArrayRequest) -> ArrayResponse:
+        with open(self.record, "a") as out:
+            out.write(json.dumps({"id": request.id, "headers": request.headers}) + "\n")
+        auth = request.headers.get("authorization", "")
+        if auth == "Bearer invalid":
+            raise InvalidRequest(f"model '{self.name}' input 'input': refused by the recording predictor")
+        if auth == "Bearer denied":
+            raise Denied(f"model '{self.name}': token not allowed")
+        rows = request.inputs["input"].shape[0]
+        probabilities = np.zeros((rows, 10), np.float32)
+        probabilities[:, 7] = 1.0
+        return ArrayResponse(outputs={"label": np.full(rows, 7, np.int64), "probabilities": probabilities})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(parents=[model_server.parser], conflict_handler="resolve")
+    parser.add_argument("--record", required=True)
+    args = parser.parse_args()
+    KbundleModelServer(args).start([RecordingModel(args.model_name, args.record)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
