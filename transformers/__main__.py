@@ -26,30 +26,42 @@ PROTOCOLS = ("grpc-v2", "v2")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m kbundle.transformers", parents=[model_server.parser], conflict_handler="resolve"
+        prog="python -m kbundle.transformers",
+        parents=[model_server.parser],
+        conflict_handler="resolve",
     )
     parser.add_argument(
-        "--model_dir", default=DEFAULT_MODEL_DIR,
+        "--model_dir",
+        default=DEFAULT_MODEL_DIR,
         help="Transformer model dir holding transformer.yaml (KServe mounts the transformer's storageUri at /mnt/models).",
     )
     parser.add_argument(
-        "--predictor_protocol", default=None, choices=["v1", *PROTOCOLS],
+        "--predictor_protocol",
+        default=None,
+        choices=["v1", *PROTOCOLS],
         help=f"How to call the predictor: grpc-v2 (raw tensors, default) or v2 (REST, binary tensors). Default {DEFAULT_PROTOCOL}.",
     )
     parser.add_argument(
-        "--protocol", default=None, choices=["v1", *PROTOCOLS],
+        "--protocol",
+        default=None,
+        choices=["v1", *PROTOCOLS],
         help="Alias of --predictor_protocol (kserve's deprecated name, honoured here rather than ignored).",
     )
     parser.add_argument(
-        "--predictor_model_name", default=None,
+        "--predictor_model_name",
+        default=None,
         help="The model's name at the predictor (default: transformer.yaml predictor.model_name, else --model_name).",
     )
     parser.add_argument(
-        "--predictor_request_timeout_seconds", default=60, type=int,
+        "--predictor_request_timeout_seconds",
+        default=60,
+        type=int,
         help="Timeout of one call to the predictor, in seconds (504 when exceeded).",
     )
     parser.add_argument(
-        "--predictor_request_retries", default=2, type=int,
+        "--predictor_request_retries",
+        default=2,
+        type=int,
         help="Extra tries when the predictor is unreachable or answers UNAVAILABLE/503.",
     )
     return parser
@@ -57,9 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_protocol(args: argparse.Namespace) -> str:
     """--predictor_protocol, else its alias --protocol, else grpc-v2; SystemExit on a conflict or v1."""
-    given = {flag: value for flag, value in (("--predictor_protocol", args.predictor_protocol), ("--protocol", args.protocol)) if value}
+    given = {
+        flag: value
+        for flag, value in (
+            ("--predictor_protocol", args.predictor_protocol),
+            ("--protocol", args.protocol),
+        )
+        if value
+    }
     if len(set(given.values())) > 1:
-        raise SystemExit(f"error: --predictor_protocol {args.predictor_protocol} and --protocol {args.protocol} disagree; give one")
+        raise SystemExit(
+            f"error: --predictor_protocol {args.predictor_protocol} and --protocol {args.protocol} disagree; give one"
+        )
     protocol = next(iter(given.values()), DEFAULT_PROTOCOL)
     if protocol not in PROTOCOLS:
         raise SystemExit(
@@ -81,17 +102,24 @@ def hop_config(args: argparse.Namespace) -> HopConfig:
         timeout_s=float(args.predictor_request_timeout_seconds),
         retries=args.predictor_request_retries,
         use_ssl=bool(args.predictor_use_ssl),
-        max_message_bytes=max(args.grpc_max_send_message_length, args.grpc_max_receive_message_length),
+        max_message_bytes=max(
+            args.grpc_max_send_message_length, args.grpc_max_receive_message_length
+        ),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     check_workers(args, "transformer", refuse=False)
     model = TransformerModel(args.model_name, args.model_dir, hop_config(args))
     if not model.load():
-        print(f"error: transformer '{args.model_name}' failed to load: {model.load_error}", file=sys.stderr)
+        print(
+            f"error: transformer '{args.model_name}' failed to load: {model.load_error}",
+            file=sys.stderr,
+        )
         return 1
     KbundleModelServer(args).start([model])
     return 0

@@ -49,7 +49,9 @@ def column(where: str, array: np.ndarray) -> np.ndarray:
         return array
     if array.ndim == 2 and array.shape[1] == 1:
         return array[:, 0]
-    raise InvalidRequest(f"{where}: expected shape [N] or [N, 1] (one value per row), got {list(array.shape)}")
+    raise InvalidRequest(
+        f"{where}: expected shape [N] or [N, 1] (one value per row), got {list(array.shape)}"
+    )
 
 
 def bytes_column(where: str, array: np.ndarray) -> np.ndarray:

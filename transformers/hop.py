@@ -84,13 +84,19 @@ class Hop(ABC):
 
     @abstractmethod
     async def infer(
-        self, request_id: str, inputs: Mapping[str, np.ndarray], outputs: list[str], headers: Mapping[str, str]
+        self,
+        request_id: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: list[str],
+        headers: Mapping[str, str],
     ) -> dict[str, np.ndarray]: ...
 
     @abstractmethod
     async def close(self) -> None: ...
 
-    async def _with_retries(self, call: Callable[[], Awaitable[T]], retryable: Callable[[Exception], bool]) -> T:
+    async def _with_retries(
+        self, call: Callable[[], Awaitable[T]], retryable: Callable[[Exception], bool]
+    ) -> T:
         """`call()` with up to `retries` more tries on a retryable failure, backing off 50, 100, ... ms."""
         for attempt in range(self.config.retries + 1):
             try:
@@ -98,7 +104,9 @@ class Hop(ABC):
             except Exception as exc:
                 if attempt == self.config.retries or not retryable(exc):
                     raise
-                logger.warning("%s: attempt %d failed (%s); retrying", self.config.where, attempt + 1, exc)
+                logger.warning(
+                    "%s: attempt %d failed (%s); retrying", self.config.where, attempt + 1, exc
+                )
                 await asyncio.sleep(RETRY_BACKOFF_S * 2**attempt)
         raise AssertionError("unreachable")
 
@@ -109,7 +117,9 @@ def _checked(where: str, decode: Callable[[], T]) -> T:
         return decode()
     except (InvalidRequest, KeyError, TypeError, ValueError) as exc:
         raise PredictorError(
-            f"{where}: unreadable response ({exc})", HTTPStatus.BAD_GATEWAY, grpc.StatusCode.INTERNAL
+            f"{where}: unreadable response ({exc})",
+            HTTPStatus.BAD_GATEWAY,
+            grpc.StatusCode.INTERNAL,
         ) from None
 
 
@@ -156,19 +166,27 @@ class GrpcHop(Hop):
                 ("grpc.keepalive_time_ms", 30000),
             ]
             if self.config.use_ssl:
-                self._channel = aio.secure_channel(self.config.host, grpc.ssl_channel_credentials(), options)
+                self._channel = aio.secure_channel(
+                    self.config.host, grpc.ssl_channel_credentials(), options
+                )
             else:
                 self._channel = aio.insecure_channel(self.config.host, options)
             self._stub = GRPCInferenceServiceStub(self._channel)
         return self._stub
 
     async def infer(
-        self, request_id: str, inputs: Mapping[str, np.ndarray], outputs: list[str], headers: Mapping[str, str]
+        self,
+        request_id: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: list[str],
+        headers: Mapping[str, str],
     ) -> dict[str, np.ndarray]:
         stub = self._connect()
         message = pb.ModelInferRequest(model_name=self.config.model_name, id=request_id)
         for name, array in inputs.items():
-            message.inputs.add(name=name, datatype=v2_datatype(array.dtype), shape=list(array.shape))
+            message.inputs.add(
+                name=name, datatype=v2_datatype(array.dtype), shape=list(array.shape)
+            )
             message.raw_input_contents.append(raw_from_array(array))
         for name in outputs:
             message.outputs.add(name=name)
@@ -179,7 +197,10 @@ class GrpcHop(Hop):
 
         try:
             response = await self._with_retries(
-                call, lambda e: isinstance(e, aio.AioRpcError) and e.code() == grpc.StatusCode.UNAVAILABLE
+                call,
+                lambda e: (
+                    isinstance(e, aio.AioRpcError) and e.code() == grpc.StatusCode.UNAVAILABLE
+                ),
             )
         except aio.AioRpcError as exc:
             raise self._error(exc) from None
@@ -190,11 +211,17 @@ class GrpcHop(Hop):
         if code == grpc.StatusCode.UNAVAILABLE:
             return ModelUnavailable(f"{self.config.where} is unavailable: {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return UpstreamTimeout(f"{self.config.where} did not answer within {self.config.timeout_s:g} s")
+            return UpstreamTimeout(
+                f"{self.config.where} did not answer within {self.config.timeout_s:g} s"
+            )
         status = GRPC_TO_HTTP.get(code, HTTPStatus.BAD_GATEWAY)
         if status == HTTPStatus.BAD_REQUEST:
             return InvalidRequest(f"{self.config.where}: {details}")
-        return PredictorError(f"{self.config.where}: {details}", status, code if status != HTTPStatus.BAD_GATEWAY else grpc.StatusCode.INTERNAL)
+        return PredictorError(
+            f"{self.config.where}: {details}",
+            status,
+            code if status != HTTPStatus.BAD_GATEWAY else grpc.StatusCode.INTERNAL,
+        )
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -212,7 +239,9 @@ def _grpc_outputs(where: str, response: pb.ModelInferResponse) -> dict[str, np.n
             out[tensor.name] = array_from_raw(name, tensor.datatype, shape, raw[index])
         else:
             field = CONTENTS_FIELD[tensor.datatype]
-            out[tensor.name] = array_from_list(name, tensor.datatype, shape, list(getattr(tensor.contents, field)))
+            out[tensor.name] = array_from_list(
+                name, tensor.datatype, shape, list(getattr(tensor.contents, field))
+            )
     return out
 
 
@@ -249,12 +278,18 @@ class RestHop(Hop):
         if self._client is None:
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.config.timeout_s),
-                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=60),
+                limits=httpx.Limits(
+                    max_connections=256, max_keepalive_connections=64, keepalive_expiry=60
+                ),
             )
         return self._client
 
     async def infer(
-        self, request_id: str, inputs: Mapping[str, np.ndarray], outputs: list[str], headers: Mapping[str, str]
+        self,
+        request_id: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: list[str],
+        headers: Mapping[str, str],
     ) -> dict[str, np.ndarray]:
         client = self._connect()
         body, json_length = encode_binary_request(request_id, inputs, outputs)
@@ -273,21 +308,30 @@ class RestHop(Hop):
 
         try:
             response = await self._with_retries(
-                call, lambda e: isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout, _Retryable503))
+                call,
+                lambda e: isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout, _Retryable503)),
             )
         except _Retryable503 as exc:
             response = exc.response
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise ModelUnavailable(f"{self.config.where} is unavailable: {exc or type(exc).__name__}") from None
+            raise ModelUnavailable(
+                f"{self.config.where} is unavailable: {exc or type(exc).__name__}"
+            ) from None
         except httpx.TimeoutException:
-            raise UpstreamTimeout(f"{self.config.where} did not answer within {self.config.timeout_s:g} s") from None
+            raise UpstreamTimeout(
+                f"{self.config.where} did not answer within {self.config.timeout_s:g} s"
+            ) from None
         except httpx.TransportError as exc:
-            raise ModelUnavailable(f"{self.config.where}: connection failed: {exc or type(exc).__name__}") from None
+            raise ModelUnavailable(
+                f"{self.config.where}: connection failed: {exc or type(exc).__name__}"
+            ) from None
         if response.status_code >= 400:
             raise self._error(response)
         return _checked(
             self.config.where,
-            lambda: decode_binary_response(self.config.where, response.content, response.headers.get(HEADER_LENGTH)),
+            lambda: decode_binary_response(
+                self.config.where, response.content, response.headers.get(HEADER_LENGTH)
+            ),
         )
 
     def _error(self, response: httpx.Response) -> KbundleError:
@@ -322,12 +366,14 @@ def encode_binary_request(
     for name, array in inputs.items():
         raw = raw_from_array(array)
         tails.append(raw)
-        tensors.append({
-            "name": name,
-            "datatype": v2_datatype(array.dtype),
-            "shape": list(array.shape),
-            "parameters": {"binary_data_size": len(raw)},
-        })
+        tensors.append(
+            {
+                "name": name,
+                "datatype": v2_datatype(array.dtype),
+                "shape": list(array.shape),
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
     header = {
         "id": request_id,
         "inputs": tensors,
@@ -338,7 +384,9 @@ def encode_binary_request(
     return b"".join([head, *tails]), len(head)
 
 
-def decode_binary_response(where: str, body: bytes, header_length: str | None) -> dict[str, np.ndarray]:
+def decode_binary_response(
+    where: str, body: bytes, header_length: str | None
+) -> dict[str, np.ndarray]:
     """Outputs of a V2 REST response, JSON or binary-extension (as any V2 server may answer)."""
     view = memoryview(body)
     json_length = int(header_length) if header_length else len(body)

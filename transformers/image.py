@@ -50,9 +50,19 @@ class ImageFeature:
     blocking = True
 
     def __init__(
-        self, name: str, tensor: str, color: str, size: tuple[int, int] | None, resample: str,
-        scale: float, offset: float, mean: np.ndarray | None, std: np.ndarray | None,
-        layout: str, datatype: str, max_pixels: int,
+        self,
+        name: str,
+        tensor: str,
+        color: str,
+        size: tuple[int, int] | None,
+        resample: str,
+        scale: float,
+        offset: float,
+        mean: np.ndarray | None,
+        std: np.ndarray | None,
+        layout: str,
+        datatype: str,
+        max_pixels: int,
     ):
         self.name, self.tensor, self.color = name, tensor, color
         self.size, self.resample = size, RESAMPLE[resample]
@@ -63,7 +73,9 @@ class ImageFeature:
     def from_spec(cls, entry: Entry, model_dir: Path) -> ImageFeature:
         color = entry.choice("color", tuple(COLOR_MODES), "RGB")
         size = entry.get("size", kind=list)
-        if size is not None and (len(size) != 2 or not all(isinstance(d, int) and d > 0 for d in size)):
+        if size is not None and (
+            len(size) != 2 or not all(isinstance(d, int) and d > 0 for d in size)
+        ):
             raise ConfigError(f"{entry.where}: 'size' must be [height, width], got {size!r}")
         channels = COLOR_MODES[color]
         return cls(
@@ -89,7 +101,9 @@ class ImageFeature:
 
     def encode(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         where = f"input '{self.name}'"
-        values = bytes_column(where, required(inputs, self.name, "encoded PNG/JPEG images, BYTES [N]"))
+        values = bytes_column(
+            where, required(inputs, self.name, "encoded PNG/JPEG images, BYTES [N]")
+        )
         images = [self._decode(f"{where} element {i}", v) for i, v in enumerate(values)]
         shapes = {image.shape for image in images}
         if len(shapes) > 1:
@@ -103,7 +117,9 @@ class ImageFeature:
         try:
             with Image.open(io.BytesIO(data), formats=FORMATS) as image:
                 if image.width * image.height > self.max_pixels:
-                    raise InvalidRequest(f"{where}: {image.width}x{image.height} is over {self.max_pixels} pixels")
+                    raise InvalidRequest(
+                        f"{where}: {image.width}x{image.height} is over {self.max_pixels} pixels"
+                    )
                 image = image.convert(self.color)
                 if self.size is not None and image.size != (self.size[1], self.size[0]):
                     image = image.resize((self.size[1], self.size[0]), self.resample)
@@ -133,14 +149,24 @@ def _per_channel(entry: Entry, key: str, channels: int) -> np.ndarray | None:
         return None
     values = values if isinstance(values, list) else [values] * channels
     if len(values) != channels or (key == "std" and any(v == 0 for v in values)):
-        raise ConfigError(f"{entry.where}: '{key}' needs {channels} non-zero value(s), got {values!r}")
+        raise ConfigError(
+            f"{entry.where}: '{key}' needs {channels} non-zero value(s), got {values!r}"
+        )
     return np.asarray(values, dtype=np.float32)
 
 
 class TopKLabels:
     """`kind: topk`: class scores [N, C] -> the k best labels (BYTES [N, k]) and scores (FP32 [N, k])."""
 
-    def __init__(self, tensor: str, k: int, labels: list[str] | None, activation: str, labels_output: str, scores_output: str):
+    def __init__(
+        self,
+        tensor: str,
+        k: int,
+        labels: list[str] | None,
+        activation: str,
+        labels_output: str,
+        scores_output: str,
+    ):
         self.tensor, self.k, self.labels, self.activation = tensor, k, labels, activation
         self.labels_output, self.scores_output = labels_output, scores_output
         self._label_bytes = None if labels is None else _bytes_array(labels)
@@ -165,10 +191,14 @@ class TopKLabels:
             TensorSpec(self.scores_output, "FP32", (DYNAMIC, self.k)),
         ]
 
-    def decode(self, outputs: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def decode(
+        self, outputs: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         scores = np.asarray(outputs[self.tensor], dtype=np.float32)
         if scores.ndim != 2:
-            raise EngineError(f"predictor output '{self.tensor}' is {list(scores.shape)}, top-k needs [N, classes]")
+            raise EngineError(
+                f"predictor output '{self.tensor}' is {list(scores.shape)}, top-k needs [N, classes]"
+            )
         if self.labels is not None and len(self.labels) != scores.shape[1]:
             raise EngineError(
                 f"predictor output '{self.tensor}' has {scores.shape[1]} classes but the spec has {len(self.labels)} labels"
@@ -176,9 +206,16 @@ class TopKLabels:
         scores = _activate(scores, self.activation)
         k = min(self.k, scores.shape[1])
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        names = self._label_bytes if self._label_bytes is not None else _bytes_array(range(scores.shape[1]))
+        names = (
+            self._label_bytes
+            if self._label_bytes is not None
+            else _bytes_array(range(scores.shape[1]))
+        )
         labels = names[best]
-        return {self.labels_output: labels, self.scores_output: np.take_along_axis(scores, best, axis=1)}
+        return {
+            self.labels_output: labels,
+            self.scores_output: np.take_along_axis(scores, best, axis=1),
+        }
 
 
 def _bytes_array(values) -> np.ndarray:

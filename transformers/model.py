@@ -52,7 +52,10 @@ class TransformerModel(Model):
         self.hop = make_hop(self.hop_config)
         logger.info(
             "transformer '%s': %s -> %s over %s",
-            self.name, [s.name for s in self.signature.inputs], self.hop_config.where, self.hop_config.protocol,
+            self.name,
+            [s.name for s in self.signature.inputs],
+            self.hop_config.where,
+            self.hop_config.protocol,
         )
         self.ready = True
         return True
@@ -83,25 +86,40 @@ class TransformerModel(Model):
         result = await self.postprocess(outputs, sent)
         return ArrayResponse(outputs={name: result[name] for name in wanted})
 
-    async def preprocess(self, payload: ArrayRequest, headers: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+    async def preprocess(
+        self, payload: ArrayRequest, headers: Mapping[str, str] | None = None
+    ) -> dict[str, np.ndarray]:
         if not isinstance(payload, ArrayRequest):
-            raise InvalidRequest(f"transformer '{self.name}' serves the V2 protocol only (POST /v2/models/{self.name}/infer)")
+            raise InvalidRequest(
+                f"transformer '{self.name}' serves the V2 protocol only (POST /v2/models/{self.name}/infer)"
+            )
         if self.pipeline.blocking:
             # Image decode and tokenisation are CPU work: keep the event loop free for other requests.
-            return await asyncio.get_running_loop().run_in_executor(None, self.pipeline.preprocess, payload.inputs)
+            return await asyncio.get_running_loop().run_in_executor(
+                None, self.pipeline.preprocess, payload.inputs
+            )
         return self.pipeline.preprocess(payload.inputs)
 
     async def predict(
-        self, payload: Mapping[str, np.ndarray], headers: Mapping[str, str] | None = None, request_id: str = ""
+        self,
+        payload: Mapping[str, np.ndarray],
+        headers: Mapping[str, str] | None = None,
+        request_id: str = "",
     ) -> dict[str, np.ndarray]:
-        return await self.hop.infer(request_id, payload, self.pipeline.predictor_outputs(), headers or {})
+        return await self.hop.infer(
+            request_id, payload, self.pipeline.predictor_outputs(), headers or {}
+        )
 
-    async def postprocess(self, result: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    async def postprocess(
+        self, result: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
         return self.pipeline.postprocess(result, sent or {})
 
     def _requested(self, requested: list[str] | None) -> list[str]:
         names = list(self.signature.output_names)
         for name in requested or ():
             if name not in names:
-                raise InvalidRequest(f"model '{self.name}': unknown output '{name}' (the outputs are {names})")
+                raise InvalidRequest(
+                    f"model '{self.name}': unknown output '{name}' (the outputs are {names})"
+                )
         return requested or names

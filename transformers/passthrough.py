@@ -43,7 +43,9 @@ class TensorFeature:
     def encode(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         array = required(inputs, self.spec.name, f"expected {self.spec.describe()}")
         datatype = v2_datatype(array.dtype)
-        if array.dtype != numpy_dtype(self.spec.datatype) or not self.spec.shape_matches(array.shape):
+        if array.dtype != numpy_dtype(self.spec.datatype) or not self.spec.shape_matches(
+            array.shape
+        ):
             raise InvalidRequest(
                 f"input '{self.spec.name}': expected {self.spec.describe()}, got {datatype} {list(array.shape)}"
             )
@@ -67,7 +69,9 @@ class TensorOutput:
         # The predictor decides the shape; metadata says what the spec promises.
         return [TensorSpec(self.name, self.datatype or "FP32", (-1,))]
 
-    def decode(self, outputs: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def decode(
+        self, outputs: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         array = outputs[self.tensor]
         if self.datatype is not None and self.datatype != "BYTES":
             array = array.astype(numpy_dtype(self.datatype), copy=False)

@@ -53,7 +53,9 @@ class Pipeline:
         return any(f.blocking for f in self.features)
 
     def predictor_outputs(self) -> list[str]:
-        return list(dict.fromkeys(name for step in self.outputs for name in step.predictor_outputs()))
+        return list(
+            dict.fromkeys(name for step in self.outputs for name in step.predictor_outputs())
+        )
 
     def preprocess(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Client arrays -> predictor tensors; every client input must belong to a feature."""
@@ -75,7 +77,9 @@ class Pipeline:
     ) -> dict[str, np.ndarray]:
         missing = [name for name in self.predictor_outputs() if name not in outputs]
         if missing:
-            raise EngineError(f"the predictor's answer lacks output '{missing[0]}' (got {sorted(outputs)})")
+            raise EngineError(
+                f"the predictor's answer lacks output '{missing[0]}' (got {sorted(outputs)})"
+            )
         result: dict[str, np.ndarray] = {}
         for step in self.outputs:
             result.update(step.decode(outputs, sent))

@@ -43,7 +43,9 @@ class Entry:
         self.data = data
         self._read: set[str] = {"kind"}
 
-    def get(self, key: str, default: Any = None, kind: type | tuple[type, ...] | None = None) -> Any:
+    def get(
+        self, key: str, default: Any = None, kind: type | tuple[type, ...] | None = None
+    ) -> Any:
         self._read.add(key)
         value = self.data.get(key, default)
         if kind is not None and value is not None and not _is_kind(value, kind):
@@ -59,7 +61,9 @@ class Entry:
     def choice(self, key: str, choices: Sequence[str], default: str) -> str:
         value = str(self.get(key, default))
         if value not in choices:
-            raise ConfigError(f"{self.where}: '{key}' must be one of {list(choices)}, got {value!r}")
+            raise ConfigError(
+                f"{self.where}: '{key}' must be one of {list(choices)}, got {value!r}"
+            )
         return value
 
     def datatype(self, key: str, default: str) -> str:

@@ -38,7 +38,9 @@ class NumericColumn:
         if missing.any():
             if self.missing == "error":
                 row = int(np.argmax(missing))
-                raise InvalidRequest(f"feature '{self.name}': value missing in row {row} (missing: error)")
+                raise InvalidRequest(
+                    f"feature '{self.name}': value missing in row {row} (missing: error)"
+                )
             fill = {"mean": self.mean, "zero": 0.0}.get(self.missing, self.fill)
             values = np.where(missing, fill, values)
         return ((values - self.mean) / self.std)[:, None]
@@ -68,7 +70,9 @@ class CategoricalColumn:
         order, ordered = self._order, self._sorted
         missing = values == ""
         if missing.any() and self.missing == "error":
-            raise InvalidRequest(f"feature '{self.name}': value missing in row {int(np.argmax(missing))} (missing: error)")
+            raise InvalidRequest(
+                f"feature '{self.name}': value missing in row {int(np.argmax(missing))} (missing: error)"
+            )
         if self.missing == "value":
             values = np.where(missing, self.fill, values)
             missing = np.zeros_like(missing)
@@ -130,7 +134,12 @@ class TabularFeature:
     blocking = False
 
     def __init__(self, tensor: str, columns: list[Column], datatype: str, rows_input: str | None):
-        self.tensor, self.columns, self.datatype, self.rows_input = tensor, columns, datatype, rows_input
+        self.tensor, self.columns, self.datatype, self.rows_input = (
+            tensor,
+            columns,
+            datatype,
+            rows_input,
+        )
         self._names = {c.name for c in columns}
 
     @classmethod
@@ -170,7 +179,9 @@ class TabularFeature:
         if self.rows_input and self.rows_input in inputs:
             clash = sorted(self._names & set(inputs))
             if clash:
-                raise InvalidRequest(f"input '{self.rows_input}': send rows or columns, not both (also got {clash})")
+                raise InvalidRequest(
+                    f"input '{self.rows_input}': send rows or columns, not both (also got {clash})"
+                )
             raw = self._columns_from_rows(inputs[self.rows_input])
         else:
             raw = self._columns_from_inputs(inputs)
@@ -196,8 +207,14 @@ class TabularFeature:
                 continue
             values = column(where, inputs[col.name])
             if len(values) != rows:
-                raise InvalidRequest(f"{where}: {len(values)} rows, but '{present[0].name}' has {rows}")
-            out[col.name] = _numeric(where, values) if isinstance(col, NumericColumn) else _strings(where, values)
+                raise InvalidRequest(
+                    f"{where}: {len(values)} rows, but '{present[0].name}' has {rows}"
+                )
+            out[col.name] = (
+                _numeric(where, values)
+                if isinstance(col, NumericColumn)
+                else _strings(where, values)
+            )
         return out
 
     def _columns_from_rows(self, array: np.ndarray) -> dict[str, np.ndarray]:
@@ -213,7 +230,9 @@ class TabularFeature:
         for col in self.columns:
             values = [row.get(col.name) for row in rows]
             if isinstance(col, NumericColumn):
-                out[col.name] = _numeric(f"feature '{col.name}'", [np.nan if v is None else v for v in values])
+                out[col.name] = _numeric(
+                    f"feature '{col.name}'", [np.nan if v is None else v for v in values]
+                )
             else:
                 out[col.name] = np.asarray(["" if v is None else str(v) for v in values], dtype=str)
         return out
@@ -253,7 +272,9 @@ def _strings(where: str, values: np.ndarray) -> np.ndarray:
         return np.asarray(texts(where, values), dtype=str)
     if values.dtype.kind in "iub":
         return values.astype(str)
-    raise InvalidRequest(f"{where}: categorical values must be BYTES (strings) or integers, got {values.dtype.name}")
+    raise InvalidRequest(
+        f"{where}: categorical values must be BYTES (strings) or integers, got {values.dtype.name}"
+    )
 
 
 def _absent(col: Column, rows: int) -> np.ndarray:

@@ -27,8 +27,14 @@ class TextFeature:
     blocking = True
 
     def __init__(
-        self, name: str, tokenizer: Tokenizer, max_length: int, truncation: str, padding: str,
-        tensors: dict[str, str], datatype: str,
+        self,
+        name: str,
+        tokenizer: Tokenizer,
+        max_length: int,
+        truncation: str,
+        padding: str,
+        tensors: dict[str, str],
+        datatype: str,
     ):
         self.name, self.max_length, self.truncation = name, max_length, truncation
         self.tensors, self.datatype = tensors, datatype
@@ -49,10 +55,14 @@ class TextFeature:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:  # the tokenizers library raises plain Exception
             raise ConfigError(f"{entry.where}: cannot load tokenizer {path}: {exc}") from exc
-        tensors = entry.get("tensors", {"input_ids": "input_ids", "attention_mask": "attention_mask"}, kind=dict)
+        tensors = entry.get(
+            "tensors", {"input_ids": "input_ids", "attention_mask": "attention_mask"}, kind=dict
+        )
         unknown = sorted(set(tensors) - set(TENSOR_KEYS))
         if unknown or "input_ids" not in tensors:
-            raise ConfigError(f"{entry.where}: 'tensors' maps {list(TENSOR_KEYS)} (input_ids required) to predictor inputs")
+            raise ConfigError(
+                f"{entry.where}: 'tensors' maps {list(TENSOR_KEYS)} (input_ids required) to predictor inputs"
+            )
         return cls(
             name=entry.get("name", "text", kind=str),
             tokenizer=tokenizer,
@@ -71,7 +81,9 @@ class TextFeature:
 
     def encode(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         where = f"input '{self.name}'"
-        values = texts(where, bytes_column(where, required(inputs, self.name, "UTF-8 texts, BYTES [N]")))
+        values = texts(
+            where, bytes_column(where, required(inputs, self.name, "UTF-8 texts, BYTES [N]"))
+        )
         encodings = self.tokenizer.encode_batch(values)
         if self.truncation == "error":
             over = next((i for i, e in enumerate(encodings) if e.overflowing), None)
@@ -98,14 +110,26 @@ class PooledEmbedding:
     L2-normalised."""
 
     def __init__(self, tensor: str, name: str, pooling: str, mask: str | None, normalize: bool):
-        self.tensor, self.name, self.pooling, self.mask, self.normalize = tensor, name, pooling, mask, normalize
+        self.tensor, self.name, self.pooling, self.mask, self.normalize = (
+            tensor,
+            name,
+            pooling,
+            mask,
+            normalize,
+        )
 
     @classmethod
     def from_spec(cls, entry: Entry, model_dir: Path) -> PooledEmbedding:
         tensor = entry.require("tensor", kind=str)
         pooling = entry.choice("pooling", ("none", "mean", "cls"), "none")
         mask = entry.get("mask", "attention_mask", kind=str)
-        return cls(tensor, entry.get("name", "embedding", kind=str), pooling, mask, bool(entry.get("normalize", True, kind=bool)))
+        return cls(
+            tensor,
+            entry.get("name", "embedding", kind=str),
+            pooling,
+            mask,
+            bool(entry.get("normalize", True, kind=bool)),
+        )
 
     def predictor_outputs(self) -> list[str]:
         return [self.tensor]
@@ -113,11 +137,15 @@ class PooledEmbedding:
     def client_outputs(self) -> list[TensorSpec]:
         return [TensorSpec(self.name, "FP32", (DYNAMIC, DYNAMIC))]
 
-    def decode(self, outputs: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def decode(
+        self, outputs: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         states = np.asarray(outputs[self.tensor], dtype=np.float32)
         pooled = pool(states, self.pooling, sent.get(self.mask) if self.mask else None)
         if pooled.ndim != 2:
-            raise EngineError(f"predictor output '{self.tensor}' is {list(states.shape)}: not an [N, D] embedding")
+            raise EngineError(
+                f"predictor output '{self.tensor}' is {list(states.shape)}: not an [N, D] embedding"
+            )
         if self.normalize:
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)
             pooled = pooled / np.maximum(norms, np.float32(1e-12))
@@ -129,7 +157,9 @@ def pool(states: np.ndarray, pooling: str, mask: np.ndarray | None) -> np.ndarra
     if pooling == "none":
         return states
     if states.ndim != 3:
-        raise EngineError(f"{pooling} pooling needs token states [N, L, D], got {list(states.shape)}")
+        raise EngineError(
+            f"{pooling} pooling needs token states [N, L, D], got {list(states.shape)}"
+        )
     if pooling == "cls":
         return states[:, 0]
     weights = np.ones(states.shape[:2], np.float32) if mask is None else mask.astype(np.float32)

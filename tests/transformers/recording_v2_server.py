@@ -54,13 +54,17 @@ class RecordingModel(Model):
             out.write(json.dumps({"id": request.id, "headers": request.headers}) + "\n")
         auth = request.headers.get("authorization", "")
         if auth == "Bearer invalid":
-            raise InvalidRequest(f"model '{self.name}' input 'input': refused by the recording predictor")
+            raise InvalidRequest(
+                f"model '{self.name}' input 'input': refused by the recording predictor"
+            )
         if auth == "Bearer denied":
             raise Denied(f"model '{self.name}': token not allowed")
         rows = request.inputs["input"].shape[0]
         probabilities = np.zeros((rows, 10), np.float32)
         probabilities[:, 7] = 1.0
-        return ArrayResponse(outputs={"label": np.full(rows, 7, np.int64), "probabilities": probabilities})
+        return ArrayResponse(
+            outputs={"label": np.full(rows, 7, np.int64), "probabilities": probabilities}
+        )
 
 
 def main() -> int:

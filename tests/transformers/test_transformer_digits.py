@@ -13,8 +13,8 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
 from transformer_helpers import bytes_array, png, start_predictor, start_transformer
+from tritonclient.utils import InferenceServerException
 
 from kbundle import samples
 
@@ -36,7 +36,16 @@ def servers(sample_models, tmp_path_factory):
     started = [predictor]
     try:
         for protocol in ("grpc-v2", "v2"):
-            started.append(start_transformer(tmp, "digits", spec_dir, predictor.grpc_url if protocol == "grpc-v2" else predictor.http_url, protocol, f"transformer-{protocol}"))
+            started.append(
+                start_transformer(
+                    tmp,
+                    "digits",
+                    spec_dir,
+                    predictor.grpc_url if protocol == "grpc-v2" else predictor.http_url,
+                    protocol,
+                    f"transformer-{protocol}",
+                )
+            )
         yield {"predictor": predictor, "grpc-v2": started[1], "v2": started[2]}
     finally:
         for server in reversed(started):
@@ -90,13 +99,19 @@ def test_heldout_pngs_via_tritonclient_http_binary(transformer, heldout):
 def test_heldout_pngs_via_raw_json_base64(transformer, heldout):
     images, labels = heldout
     body = {
-        "inputs": [{
-            "name": "image", "datatype": "BYTES", "shape": [len(images)],
-            "data": [base64.b64encode(image).decode() for image in images],
-        }],
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [len(images)],
+                "data": [base64.b64encode(image).decode() for image in images],
+            }
+        ],
         "outputs": [{"name": "labels"}],
     }
-    response = requests.post(f"http://{transformer.http_url}/v2/models/digits/infer", json=body, timeout=30)
+    response = requests.post(
+        f"http://{transformer.http_url}/v2/models/digits/infer", json=body, timeout=30
+    )
     assert response.status_code == 200, response.text
     top = np.asarray(response.json()["outputs"][0]["data"]).reshape(len(images), 3)
     assert _accuracy(list(top[:, 0]), labels) >= MIN_ACCURACY
@@ -105,9 +120,19 @@ def test_heldout_pngs_via_raw_json_base64(transformer, heldout):
 def test_corrupt_image_is_400_naming_the_field(transformer, heldout):
     images, _ = heldout
     corrupt = images[0][:20] + b"\x00" * 40  # a PNG signature, then garbage
-    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2],
-                        "data": [base64.b64encode(images[1]).decode(), base64.b64encode(corrupt).decode()]}]}
-    response = requests.post(f"http://{transformer.http_url}/v2/models/digits/infer", json=body, timeout=30)
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [2],
+                "data": [base64.b64encode(images[1]).decode(), base64.b64encode(corrupt).decode()],
+            }
+        ]
+    }
+    response = requests.post(
+        f"http://{transformer.http_url}/v2/models/digits/infer", json=body, timeout=30
+    )
     assert response.status_code == 400
     assert "input 'image' element 1" in response.json()["error"]
 
@@ -122,7 +147,9 @@ def test_corrupt_image_is_400_naming_the_field(transformer, heldout):
 
 def test_missing_and_unknown_inputs_are_400(transformer):
     url = f"http://{transformer.http_url}/v2/models/digits/infer"
-    body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
+    body = {
+        "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]
+    }
     response = requests.post(url, json=body, timeout=30)
     assert response.status_code == 400
     assert "unknown input 'pixels'" in response.json()["error"]

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-
 from procs import ServerProcess, start_module
 
 HERE = Path(__file__).parent
@@ -15,25 +14,47 @@ HERE = Path(__file__).parent
 
 def start_predictor(tmp: Path, name: str, model_dir: Path, label: str) -> ServerProcess:
     return start_module(
-        "kbundle.predictors", ["--model_name", name, "--model_dir", str(model_dir)],
-        tmp / f"{label}.log", f"/v2/models/{name}/ready",
+        "kbundle.predictors",
+        ["--model_name", name, "--model_dir", str(model_dir)],
+        tmp / f"{label}.log",
+        f"/v2/models/{name}/ready",
     )
 
 
 def start_transformer(
-    tmp: Path, name: str, model_dir: Path, predictor: str, protocol: str, label: str, extra: list[str] = ()
+    tmp: Path,
+    name: str,
+    model_dir: Path,
+    predictor: str,
+    protocol: str,
+    label: str,
+    extra: list[str] = (),
 ) -> ServerProcess:
-    args = ["--model_name", name, "--model_dir", str(model_dir), "--predictor_host", predictor,
-            "--predictor_protocol", protocol, *extra]
-    return start_module("kbundle.transformers", args, tmp / f"{label}.log", f"/v2/models/{name}/ready")
+    args = [
+        "--model_name",
+        name,
+        "--model_dir",
+        str(model_dir),
+        "--predictor_host",
+        predictor,
+        "--predictor_protocol",
+        protocol,
+        *extra,
+    ]
+    return start_module(
+        "kbundle.transformers", args, tmp / f"{label}.log", f"/v2/models/{name}/ready"
+    )
 
 
 def start_recording_predictor(tmp: Path, name: str, record: Path) -> ServerProcess:
     """A real V2 server (our serving layer) that records the headers each request carried."""
     env = {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     return start_module(
-        "recording_v2_server", ["--model_name", name, "--record", str(record)],
-        tmp / "recording.log", f"/v2/models/{name}/ready", env=env,
+        "recording_v2_server",
+        ["--model_name", name, "--record", str(record)],
+        tmp / "recording.log",
+        f"/v2/models/{name}/ready",
+        env=env,
     )
 
 
@@ -86,7 +107,11 @@ def write_text_model(path: Path, table: np.ndarray) -> None:
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, [None, None]),
             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [None, None]),
         ],
-        [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, [None, table.shape[1]])],
+        [
+            helper.make_tensor_value_info(
+                "sentence_embedding", TensorProto.FLOAT, [None, table.shape[1]]
+            )
+        ],
         initializer=[
             numpy_helper.from_array(table.astype(np.float32), "table"),
             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
