@@ -1,0 +1,122 @@
+"""The hop, observed from the predictor's side: forwarded headers, the predictor's 4xx kept as the
+same 4xx with its message, and a predictor outage as 503 / UNAVAILABLE.
+
+The predictor here is `recording_v2_server.py`: our real V2 server in its own process, serving a
+model with the digits signature that records each request's headers (a real engine cannot tell
+us which headers reached it).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+from transformer_helpers import bytes_array, png, start_recording_predictor, start_transformer
+from tritonclient.utils import InferenceServerException
+
+HOPS = ("grpc-v2", "v2")
+TRACE = {
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "x-b3-traceid": "80f198ee56343ba864fe8b2a57d3eff7",
+    "x-b3-spanid": "e457b5a2e4d86bd1",
+    "x-b3-sampled": "1",
+    "authorization": "Bearer ok",
+}
+IMAGE = png(np.eye(8) * 16)
+
+
+@pytest.fixture(scope="module")
+def setup(sample_models, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hop")
+    record = tmp / "headers.jsonl"
+    predictor = start_recording_predictor(tmp, "digits", record)
+    spec_dir = sample_models / "digits-transformer" / "v1"
+    started = [predictor]
+    try:
+        for hop in HOPS:
+            host = predictor.grpc_url if hop == "grpc-v2" else predictor.http_url
+            started.append(start_transformer(tmp, "digits", spec_dir, host, hop, f"t-{hop}"))
+        yield {"predictor": predictor, "record": record, "grpc-v2": started[1], "v2": started[2]}
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+def _recorded(record, request_id: str) -> dict[str, str]:
+    for line in record.read_text().splitlines():
+        entry = json.loads(line)
+        if entry["headers"].get("x-request-id") == request_id:
+            return entry["headers"]
+    raise AssertionError(f"the predictor never saw x-request-id {request_id}")
+
+
+def _rest(transformer, headers: dict[str, str]) -> requests.Response:
+    data = [base64.b64encode(IMAGE).decode()]
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": data}]}
+    url = f"http://{transformer.http_url}/v2/models/digits/infer"
+    return requests.post(url, json=body, headers=headers, timeout=30)
+
+
+def _grpc(transformer, headers: dict[str, str]):
+    client = grpcclient.InferenceServerClient(transformer.grpc_url)
+    tensor = grpcclient.InferInput("image", [1], "BYTES")
+    tensor.set_data_from_numpy(bytes_array([IMAGE]))
+    return client.infer("digits", [tensor], headers=headers)
+
+
+@pytest.mark.parametrize("hop", HOPS)
+@pytest.mark.parametrize("client", ["rest", "grpc"])
+def test_trace_and_auth_headers_reach_the_predictor(setup, hop, client):
+    request_id = f"{client}-{hop}-{uuid.uuid4()}"
+    headers = {"x-request-id": request_id, **TRACE, "x-custom": "stays-here"}
+    if client == "rest":
+        response = _rest(setup[hop], headers)
+        assert response.status_code == 200, response.text
+    else:
+        result = _grpc(setup[hop], headers)
+        assert result.as_numpy("labels")[0, 0] == b"7"
+    seen = _recorded(setup["record"], request_id)
+    for name, value in TRACE.items():
+        assert seen.get(name) == value, f"{name} not forwarded over {hop}"
+    assert "x-custom" not in seen, "only identity/trace/auth headers cross the hop"
+
+
+@pytest.mark.parametrize("hop", HOPS)
+def test_predictor_400_comes_back_as_400_with_its_message(setup, hop):
+    response = _rest(setup[hop], {"authorization": "Bearer invalid"})
+    assert response.status_code == 400
+    message = response.json()["error"]
+    assert "refused by the recording predictor" in message and "predictor 'digits'" in message
+    with pytest.raises(InferenceServerException) as caught:
+        _grpc(setup[hop], {"authorization": "Bearer invalid"})
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "refused by the recording predictor" in caught.value.message()
+
+
+@pytest.mark.parametrize("hop", HOPS)
+def test_predictor_403_comes_back_as_403(setup, hop):
+    response = _rest(setup[hop], {"authorization": "Bearer denied"})
+    assert response.status_code == 403
+    assert "token not allowed" in response.json()["error"]
+    with pytest.raises(InferenceServerException) as caught:
+        _grpc(setup[hop], {"authorization": "Bearer denied"})
+    assert caught.value.status() == "StatusCode.PERMISSION_DENIED"
+
+
+def test_predictor_down_is_503_on_both_hops(setup):
+    """Runs last in this module: it stops the predictor."""
+    setup["predictor"].stop()
+    for hop in HOPS:
+        response = _rest(setup[hop], {})
+        assert response.status_code == 503, response.text
+        assert "unavailable" in response.json()["error"]
+        with pytest.raises(InferenceServerException) as caught:
+            _grpc(setup[hop], {})
+        assert caught.value.status() == "StatusCode.UNAVAILABLE"
+    for hop in HOPS:
+        assert "internal error" not in setup[hop].log(), "an outage is not an internal error"
