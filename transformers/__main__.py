@@ -9,6 +9,7 @@ values, or `v1` through either, is refused at start-up rather than silently igno
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
 
@@ -25,9 +26,11 @@ PROTOCOLS = ("grpc-v2", "v2")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # A copy: "resolve" strips the overridden flags from the parent's own actions, which would
+    # break kserve's parser (and a second build_parser) in this process.
     parser = argparse.ArgumentParser(
         prog="python -m kbundle.transformers",
-        parents=[model_server.parser],
+        parents=[copy.deepcopy(model_server.parser)],
         conflict_handler="resolve",
     )
     parser.add_argument(
