@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TypeVar
 
+import aiohttp
 import grpc
-import httpx
 import numpy as np
 import orjson
 from grpc import aio
@@ -261,28 +261,47 @@ HTTP_TO_GRPC: dict[int, grpc.StatusCode] = {
 }
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """The parts of an HTTP response the hop needs, read before the connection is released."""
+
+    status: int
+    body: bytes
+    header_length: str | None
+
+
 class _Retryable503(Exception):
-    def __init__(self, response: httpx.Response):
-        super().__init__(f"HTTP {response.status_code}")
-        self.response = response
+    def __init__(self, answer: _Answer):
+        super().__init__(f"HTTP {answer.status}")
+        self.answer = answer
+
+
+# Failures before the predictor saw the request (or of a stale pooled connection): safe to retry.
+_RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, _Retryable503)
 
 
 class RestHop(Hop):
+    """V2 REST with the binary extension, on aiohttp (a kserve dependency already in the image).
+
+    aiohttp, not httpx: on the 64-float tensor the same loop measured p50 0.9-1.3 ms per call with
+    aiohttp against 4.4-7.3 ms with httpx.AsyncClient (2-core machine, see docs/transformer.md).
+    """
+
     def __init__(self, config: HopConfig):
         super().__init__(config)
         scheme = "https" if config.use_ssl else "http"
         self.url = f"{scheme}://{config.host}/v2/models/{config.model_name}/infer"
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
 
-    def _connect(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.config.timeout_s),
-                limits=httpx.Limits(
-                    max_connections=256, max_keepalive_connections=64, keepalive_expiry=60
-                ),
+    def _connect(self) -> aiohttp.ClientSession:
+        # Created lazily, on the serving event loop; one pool of keep-alive connections.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+                auto_decompress=False,
             )
-        return self._client
+        return self._session
 
     async def infer(
         self,
@@ -291,7 +310,7 @@ class RestHop(Hop):
         outputs: list[str],
         headers: Mapping[str, str],
     ) -> dict[str, np.ndarray]:
-        client = self._connect()
+        session = self._connect()
         body, json_length = encode_binary_request(request_id, inputs, outputs)
         # Exactly one Content-Type (kserve 0.21 sends two here, and the predictor answers 400).
         send_headers = {
@@ -300,62 +319,57 @@ class RestHop(Hop):
             HEADER_LENGTH: str(json_length),
         }
 
-        async def call() -> httpx.Response:
-            response = await client.post(self.url, content=body, headers=send_headers)
-            if response.status_code == HTTPStatus.SERVICE_UNAVAILABLE:
-                raise _Retryable503(response)
-            return response
+        async def call() -> _Answer:
+            async with session.post(self.url, data=body, headers=send_headers) as response:
+                answer = _Answer(
+                    response.status, await response.read(), response.headers.get(HEADER_LENGTH)
+                )
+            if answer.status == HTTPStatus.SERVICE_UNAVAILABLE:
+                raise _Retryable503(answer)
+            return answer
 
         try:
-            response = await self._with_retries(
-                call,
-                lambda e: isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout, _Retryable503)),
-            )
+            answer = await self._with_retries(call, lambda e: isinstance(e, _RETRYABLE))
         except _Retryable503 as exc:
-            response = exc.response
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise ModelUnavailable(
-                f"{self.config.where} is unavailable: {exc or type(exc).__name__}"
-            ) from None
-        except httpx.TimeoutException:
+            answer = exc.answer
+        except asyncio.TimeoutError:
             raise UpstreamTimeout(
                 f"{self.config.where} did not answer within {self.config.timeout_s:g} s"
             ) from None
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise ModelUnavailable(
-                f"{self.config.where}: connection failed: {exc or type(exc).__name__}"
+                f"{self.config.where} is unavailable: {exc or type(exc).__name__}"
             ) from None
-        if response.status_code >= 400:
-            raise self._error(response)
+        if answer.status >= 400:
+            raise self._error(answer)
         return _checked(
             self.config.where,
-            lambda: decode_binary_response(
-                self.config.where, response.content, response.headers.get(HEADER_LENGTH)
-            ),
+            lambda: decode_binary_response(self.config.where, answer.body, answer.header_length),
         )
 
-    def _error(self, response: httpx.Response) -> KbundleError:
+    def _error(self, answer: _Answer) -> KbundleError:
+        text = answer.body.decode("utf-8", "replace")
         try:
-            message = orjson.loads(response.content).get("error") or response.text
+            message = orjson.loads(answer.body).get("error") or text
         except (orjson.JSONDecodeError, AttributeError):
-            message = response.text or response.reason_phrase
-        status = response.status_code
-        text = f"{self.config.where}: {message}"
+            message = text or HTTPStatus(answer.status).phrase
+        status = answer.status
+        where = f"{self.config.where}: {message}"
         if status == 503:
             return ModelUnavailable(f"{self.config.where} is unavailable: {message}")
         if status == 504:
-            return UpstreamTimeout(text)
+            return UpstreamTimeout(where)
         if status == 400:
-            return InvalidRequest(text)
+            return InvalidRequest(where)
         if 400 <= status < 500 or status == 501:
             code = HTTP_TO_GRPC.get(status, grpc.StatusCode.FAILED_PRECONDITION)
-            return PredictorError(text, HTTPStatus(status), code)
-        return PredictorError(text, HTTPStatus.BAD_GATEWAY, grpc.StatusCode.INTERNAL)
+            return PredictorError(where, HTTPStatus(status), code)
+        return PredictorError(where, HTTPStatus.BAD_GATEWAY, grpc.StatusCode.INTERNAL)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 def encode_binary_request(
