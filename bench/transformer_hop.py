@@ -42,14 +42,26 @@ def start_servers(tmp: Path, model_dir: Path):
     spec_dir.mkdir()
     (spec_dir / "transformer.yaml").write_text(PASSTHROUGH_SPEC)
     predictor = start_module(
-        "kbundle.predictors", ["--model_name", "digits", "--model_dir", str(model_dir)],
-        tmp / "predictor.log", "/v2/models/digits/ready",
+        "kbundle.predictors",
+        ["--model_name", "digits", "--model_dir", str(model_dir)],
+        tmp / "predictor.log",
+        "/v2/models/digits/ready",
     )
     servers = {"predictor": predictor}
     for hop, host in (("grpc-v2", predictor.grpc_url), ("v2", predictor.http_url)):
-        args = ["--model_name", "digits", "--model_dir", str(spec_dir), "--predictor_host", host,
-                "--predictor_protocol", hop]
-        servers[hop] = start_module("kbundle.transformers", args, tmp / f"t-{hop}.log", "/v2/models/digits/ready")
+        args = [
+            "--model_name",
+            "digits",
+            "--model_dir",
+            str(spec_dir),
+            "--predictor_host",
+            host,
+            "--predictor_protocol",
+            hop,
+        ]
+        servers[hop] = start_module(
+            "kbundle.transformers", args, tmp / f"t-{hop}.log", "/v2/models/digits/ready"
+        )
     return servers
 
 
@@ -73,34 +85,56 @@ def rest_call(url: str, data: np.ndarray):
     return lambda: client.infer("digits", [tensor], outputs=outputs)
 
 
-def measure(calls: dict[str, object], requests: int, warmup: int) -> dict[str, np.ndarray]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(calls: dict[str, object], requests: int, warmup: int, pids: dict[str, int]):
+    """Wall time per call (round-robin), and each server's CPU time over the timed loop."""
     for call in calls.values():
         for _ in range(warmup):
             call()
     times = {name: np.empty(requests) for name in calls}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     for i in range(requests):
         for name, call in calls.items():
             start = time.perf_counter()
             call()
             times[name][i] = time.perf_counter() - start
-    return times
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+    return times, cpu
 
 
-def report(times: dict[str, np.ndarray], requests: int) -> str:
-    ms = {name: (np.percentile(t, 50) * 1e3, np.percentile(t, 99) * 1e3) for name, t in times.items()}
+def report(times: dict[str, np.ndarray], cpu: dict[str, float], requests: int) -> str:
+    ms = {
+        name: (np.percentile(t, 50) * 1e3, np.percentile(t, 99) * 1e3) for name, t in times.items()
+    }
     lines = [
         "| client | path | p50 ms | p99 ms | added p50 ms | added p99 ms |",
         "|---|---|---|---|---|---|",
     ]
     for client in ("grpc", "rest"):
         direct = ms[f"{client} direct"]
-        lines.append(f"| {client} | direct to predictor | {direct[0]:.3f} | {direct[1]:.3f} | – | – |")
+        lines.append(
+            f"| {client} | direct to predictor | {direct[0]:.3f} | {direct[1]:.3f} | – | – |"
+        )
         for hop in ("grpc-v2", "v2"):
             p50, p99 = ms[f"{client} via {hop}"]
             lines.append(
                 f"| {client} | transformer, hop {hop} | {p50:.3f} | {p99:.3f} | "
                 f"**{p50 - direct[0]:+.3f}** | {p99 - direct[1]:+.3f} |"
             )
+    # Each transformer serves 2 of the paths (gRPC and REST clients): its CPU per request.
+    lines += [
+        "",
+        "| server | CPU ms per request (user+sys, over the timed loop) |",
+        "|---|---|",
+        f"| predictor (serves all 6 paths) | {cpu['predictor'] * 1e3 / (6 * requests):.3f} |",
+    ]
+    for hop in ("grpc-v2", "v2"):
+        lines.append(f"| transformer, hop {hop} | {cpu[hop] * 1e3 / (2 * requests):.3f} |")
     return "\n".join(lines)
 
 
@@ -135,11 +169,12 @@ def main() -> int:
                 calls[f"{client} direct"] = make(url_of(servers["predictor"]), data)
                 for hop in ("grpc-v2", "v2"):
                     calls[f"{client} via {hop}"] = make(url_of(servers[hop]), data)
-            times = measure(calls, args.requests, args.warmup)
+            pids = {name: server.proc.pid for name, server in servers.items()}
+            times, cpu = measure(calls, args.requests, args.warmup, pids)
         finally:
             for server in servers.values():
                 server.stop()
-    table = report(times, args.requests)
+    table = report(times, cpu, args.requests)
     text = (
         "# Transformer hop latency\n\n"
         f"`{' '.join(['python', 'bench/transformer_hop.py', *sys.argv[1:]])}`: {args.requests} sequential "
