@@ -148,6 +148,15 @@ GRPC_TO_HTTP: dict[grpc.StatusCode, HTTPStatus] = {
 }
 
 
+def grpc_target(host: str, use_ssl: bool) -> str:
+    """`host:port`, with :80 (:443 with TLS) added when no port is given, as kserve does: the
+    controller passes `--predictor_host <isvc>-predictor.<ns>`, and gRPC alone would pick 443."""
+    bare = host.rsplit("]", 1)[-1]  # an IPv6 literal's colons are inside the brackets
+    if ":" in bare:
+        return host
+    return f"{host}:{443 if use_ssl else 80}"
+
+
 class GrpcHop(Hop):
     def __init__(self, config: HopConfig):
         super().__init__(config)
@@ -163,14 +172,13 @@ class GrpcHop(Hop):
                 # Reconnect quickly after a predictor restart (the default backoff starts at 1 s).
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 2000),
-                ("grpc.keepalive_time_ms", 30000),
             ]
+            target = grpc_target(self.config.host, self.config.use_ssl)
             if self.config.use_ssl:
-                self._channel = aio.secure_channel(
-                    self.config.host, grpc.ssl_channel_credentials(), options
-                )
+                credentials = grpc.ssl_channel_credentials()
+                self._channel = aio.secure_channel(target, credentials, options)
             else:
-                self._channel = aio.insecure_channel(self.config.host, options)
+                self._channel = aio.insecure_channel(target, options)
             self._stub = GRPCInferenceServiceStub(self._channel)
         return self._stub
 

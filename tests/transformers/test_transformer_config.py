@@ -16,6 +16,7 @@ from PIL import Image
 from kbundle.errors import ConfigError, InvalidRequest
 from kbundle.serving.server import check_workers
 from kbundle.transformers.__main__ import build_parser, hop_config, resolve_protocol
+from kbundle.transformers.hop import forwardable, grpc_target
 from kbundle.transformers.pipeline import Pipeline
 
 BASE = ["--model_name", "digits", "--predictor_host", "127.0.0.1:9"]
@@ -73,6 +74,41 @@ def test_v1_protocol_process_exits_with_a_clear_message(sample_models):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "speaks V2" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "ssl", "target"),
+    [
+        ("digits-predictor.default", False, "digits-predictor.default:80"),
+        ("digits-predictor.default", True, "digits-predictor.default:443"),
+        ("127.0.0.1:8081", False, "127.0.0.1:8081"),
+        ("[::1]", False, "[::1]:80"),
+        ("[::1]:9000", False, "[::1]:9000"),
+    ],
+)
+def test_grpc_target_gets_kserves_default_port(host, ssl, target):
+    assert grpc_target(host, ssl) == target
+
+
+def test_only_identity_trace_and_auth_headers_are_forwardable():
+    headers = {
+        "X-Request-Id": "r",
+        "X-B3-ParentSpanId": "p",
+        "b3": "x",
+        "traceparent": "t",
+        "tracestate": "s",
+        "Authorization": "Bearer a",
+        "cookie": "c",
+        "x-custom": "y",
+    }
+    assert forwardable(headers) == {
+        "x-request-id": "r",
+        "x-b3-parentspanid": "p",
+        "b3": "x",
+        "traceparent": "t",
+        "tracestate": "s",
+        "authorization": "Bearer a",
+    }
 
 
 def _spec(tmp_path: Path, text: str) -> Path:
