@@ -63,6 +63,11 @@ class Pipeline:
         if stray:
             accepted = [s.name for s in self.signature.inputs]
             raise InvalidRequest(f"unknown input '{stray[0]}' (this transformer takes {accepted})")
+        empty = next(
+            (name for name, array in inputs.items() if array.ndim and not len(array)), None
+        )
+        if empty is not None:
+            raise InvalidRequest(f"input '{empty}': no rows (the batch dimension is 0)")
         tensors: dict[str, np.ndarray] = {}
         for feature in self.features:
             tensors.update(feature.encode(inputs))

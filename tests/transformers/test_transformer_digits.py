@@ -159,6 +159,22 @@ def test_missing_and_unknown_inputs_are_400(transformer):
     assert "input 'image'" in response.json()["error"] and "BYTES" in response.json()["error"]
 
 
+def test_empty_batch_and_v1_are_400(transformer):
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [0], "data": []}]}
+    response = requests.post(
+        f"http://{transformer.http_url}/v2/models/digits/infer", json=body, timeout=30
+    )
+    assert response.status_code == 400
+    assert "input 'image': no rows" in response.json()["error"]
+    response = requests.post(
+        f"http://{transformer.http_url}/v1/models/digits:predict",
+        json={"instances": [[0]]},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert "V2 protocol only" in response.json()["error"]
+
+
 def test_metadata_describes_what_clients_send(transformer):
     client = httpclient.InferenceServerClient(transformer.http_url)
     meta = client.get_model_metadata("digits")
