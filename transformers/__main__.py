@@ -13,11 +13,11 @@ import copy
 import logging
 import sys
 
+from kbundle.transformers.hop import HopConfig
+from kbundle.transformers.model import TransformerModel
 from kserve import model_server
 
 from kbundle.serving.server import KbundleModelServer, check_workers
-from kbundle.transformers.hop import HopConfig
-from kbundle.transformers.model import TransformerModel
 
 logger = logging.getLogger("kbundle.transformer")
 DEFAULT_MODEL_DIR = "/mnt/models"
