@@ -124,7 +124,13 @@ class ImageFeature:
                 if self.size is not None and image.size != (self.size[1], self.size[0]):
                     image = image.resize((self.size[1], self.size[0]), self.resample)
                 pixels = np.asarray(image)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except (
+            UnidentifiedImageError,
+            Image.DecompressionBombError,
+            OSError,
+            SyntaxError,
+            ValueError,
+        ) as exc:
             raise InvalidRequest(f"{where}: not a decodable PNG/JPEG image ({exc})") from None
         return pixels
 

@@ -189,3 +189,12 @@ def test_jpeg_is_decoded_and_gif_refused(tmp_path):
     items[:] = [_encoded(gray, "GIF")]
     with pytest.raises(InvalidRequest, match="input 'image' element 0"):
         pipeline.preprocess({"image": items})
+
+
+def test_oversized_image_is_refused_before_decoding(tmp_path):
+    spec = "inputs: [{kind: image, tensor: x, max_pixels: 100}]\noutputs: [{kind: tensor, tensor: y}]\n"
+    pipeline = Pipeline.load(_spec(tmp_path, spec))
+    items = np.empty(1, dtype=object)
+    items[:] = [_encoded(np.zeros((20, 20, 3), np.uint8), "PNG")]
+    with pytest.raises(InvalidRequest, match="input 'image' element 0: 20x20 is over 100 pixels"):
+        pipeline.preprocess({"image": items})
