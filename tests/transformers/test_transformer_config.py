@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kbundle.transformers.__main__ import build_parser, hop_config, resolve_protocol
-from kbundle.transformers.hop import forwardable, grpc_target
+from kbundle.transformers.hop import forwardable
+from kbundle.transformers.hop_grpc import grpc_target
 from kbundle.transformers.pipeline import Pipeline
 from PIL import Image
 

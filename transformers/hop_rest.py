@@ -1,0 +1,188 @@
+"""The REST V2 hop: binary extension both ways, one long-lived aiohttp connection pool."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import aiohttp
+import grpc
+import numpy as np
+import orjson
+from kbundle.transformers.hop import Hop, HopConfig, PredictorError, checked_decode, forwardable
+
+from kbundle.errors import InvalidRequest, KbundleError, ModelUnavailable, UpstreamTimeout
+from kbundle.serving.v2_rest import HEADER_LENGTH
+from kbundle.specs import v2_datatype
+from kbundle.tensors import array_from_list, array_from_raw, raw_from_array
+
+HTTP_TO_GRPC: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ABORTED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+}
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """The parts of an HTTP response the hop needs, read before the connection is released."""
+
+    status: int
+    body: bytes
+    header_length: str | None
+
+
+class _Retryable503(Exception):
+    def __init__(self, answer: _Answer):
+        super().__init__(f"HTTP {answer.status}")
+        self.answer = answer
+
+
+# Failures before the predictor saw the request (or of a stale pooled connection): safe to retry.
+_RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, _Retryable503)
+
+
+class RestHop(Hop):
+    """V2 REST with the binary extension, on aiohttp (a kserve dependency already in the image).
+
+    aiohttp, not httpx: on the 64-float tensor the same loop measured p50 0.9-1.3 ms per call with
+    aiohttp against 4.4-7.3 ms with httpx.AsyncClient (2-core machine, see docs/transformer.md).
+    """
+
+    def __init__(self, config: HopConfig):
+        super().__init__(config)
+        scheme = "https" if config.use_ssl else "http"
+        self.url = f"{scheme}://{config.host}/v2/models/{config.model_name}/infer"
+        self._session: aiohttp.ClientSession | None = None
+
+    def _connect(self) -> aiohttp.ClientSession:
+        # Created lazily, on the serving event loop; one pool of keep-alive connections.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def infer(
+        self,
+        request_id: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: list[str],
+        headers: Mapping[str, str],
+    ) -> dict[str, np.ndarray]:
+        session = self._connect()
+        body, json_length = encode_binary_request(request_id, inputs, outputs)
+        # Exactly one Content-Type (kserve 0.21 sends two here, and the predictor answers 400).
+        send_headers = {
+            **forwardable(headers),
+            "content-type": "application/octet-stream",
+            HEADER_LENGTH: str(json_length),
+        }
+
+        async def call() -> _Answer:
+            async with session.post(self.url, data=body, headers=send_headers) as response:
+                answer = _Answer(
+                    response.status, await response.read(), response.headers.get(HEADER_LENGTH)
+                )
+            if answer.status == HTTPStatus.SERVICE_UNAVAILABLE:
+                raise _Retryable503(answer)
+            return answer
+
+        try:
+            answer = await self._with_retries(call, lambda e: isinstance(e, _RETRYABLE))
+        except _Retryable503 as exc:
+            answer = exc.answer
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(
+                f"{self.config.where} did not answer within {self.config.timeout_s:g} s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise ModelUnavailable(
+                f"{self.config.where} is unavailable: {exc or type(exc).__name__}"
+            ) from None
+        if answer.status >= 400:
+            raise self._error(answer)
+        return checked_decode(
+            self.config.where,
+            lambda: decode_binary_response(self.config.where, answer.body, answer.header_length),
+        )
+
+    def _error(self, answer: _Answer) -> KbundleError:
+        text = answer.body.decode("utf-8", "replace")
+        try:
+            message = orjson.loads(answer.body).get("error") or text
+        except (orjson.JSONDecodeError, AttributeError):
+            message = text or HTTPStatus(answer.status).phrase
+        status = answer.status
+        where = f"{self.config.where}: {message}"
+        if status == 503:
+            return ModelUnavailable(f"{self.config.where} is unavailable: {message}")
+        if status == 504:
+            return UpstreamTimeout(where)
+        if status == 400:
+            return InvalidRequest(where)
+        if 400 <= status < 500 or status == 501:
+            code = HTTP_TO_GRPC.get(status, grpc.StatusCode.FAILED_PRECONDITION)
+            return PredictorError(where, HTTPStatus(status), code)
+        return PredictorError(where, HTTPStatus.BAD_GATEWAY, grpc.StatusCode.INTERNAL)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def encode_binary_request(
+    request_id: str, inputs: Mapping[str, np.ndarray], outputs: list[str]
+) -> tuple[bytes, int]:
+    """A V2 binary-extension body (JSON header + raw tensors) and the header's length."""
+    tails, tensors = [], []
+    for name, array in inputs.items():
+        raw = raw_from_array(array)
+        tails.append(raw)
+        tensors.append(
+            {
+                "name": name,
+                "datatype": v2_datatype(array.dtype),
+                "shape": list(array.shape),
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
+    header = {
+        "id": request_id,
+        "inputs": tensors,
+        "outputs": [{"name": n, "parameters": {"binary_data": True}} for n in outputs],
+        "parameters": {"binary_data_output": True},
+    }
+    head = orjson.dumps(header)
+    return b"".join([head, *tails]), len(head)
+
+
+def decode_binary_response(
+    where: str, body: bytes, header_length: str | None
+) -> dict[str, np.ndarray]:
+    """Outputs of a V2 REST response, JSON or binary-extension (as any V2 server may answer)."""
+    view = memoryview(body)
+    json_length = int(header_length) if header_length else len(body)
+    header = orjson.loads(view[:json_length])
+    tail, offset, out = view[json_length:], 0, {}
+    for tensor in header.get("outputs") or []:
+        name, shape, datatype = tensor["name"], tuple(tensor["shape"]), tensor["datatype"]
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        label = f"{where} output '{name}'"
+        if size is not None:
+            out[name] = array_from_raw(label, datatype, shape, tail[offset : offset + size])
+            offset += size
+        else:
+            out[name] = array_from_list(label, datatype, shape, tensor["data"])
+    return out
