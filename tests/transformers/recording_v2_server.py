@@ -2,13 +2,15 @@
 the digits signature that appends the headers of every request to a JSON-lines file.
 
 It answers like the digits model (label 7 for every row) and, to exercise error forwarding,
-refuses `authorization: Bearer invalid` with a 400 and `Bearer denied` with a 403 — the
+refuses `authorization: Bearer invalid` with a 400 and `Bearer denied` with a 403 (and answers
+`Bearer slow` late) — the
 statuses a real predictor behind an auth proxy or with a stricter signature would send.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from http import HTTPStatus
@@ -27,6 +29,9 @@ SIGNATURE = Signature.of(
     [TensorSpec("input", "FP32", (-1, 64))],
     [TensorSpec("label", "INT64", (-1,)), TensorSpec("probabilities", "FP32", (-1, 10))],
 )
+
+
+SLOW_S = 4.0  # `authorization: Bearer slow` answers after this long (timeout tests)
 
 
 class Denied(KbundleError):
@@ -57,6 +62,8 @@ class RecordingModel(Model):
             raise InvalidRequest(
                 f"model '{self.name}' input 'input': refused by the recording predictor"
             )
+        if auth == "Bearer slow":
+            await asyncio.sleep(SLOW_S)
         if auth == "Bearer denied":
             raise Denied(f"model '{self.name}': token not allowed")
         rows = request.inputs["input"].shape[0]

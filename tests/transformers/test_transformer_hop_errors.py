@@ -28,6 +28,7 @@ TRACE = {
     "authorization": "Bearer ok",
 }
 IMAGE = png(np.eye(8) * 16)
+TIMEOUT_S = 2  # the transformers' predictor timeout; the recording server's "slow" answer takes 4 s
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,10 @@ def setup(sample_models, tmp_path_factory):
     try:
         for hop in HOPS:
             host = predictor.grpc_url if hop == "grpc-v2" else predictor.http_url
-            started.append(start_transformer(tmp, "digits", spec_dir, host, hop, f"t-{hop}"))
+            timeout = ["--predictor_request_timeout_seconds", str(TIMEOUT_S)]
+            started.append(
+                start_transformer(tmp, "digits", spec_dir, host, hop, f"t-{hop}", timeout)
+            )
         yield {"predictor": predictor, "record": record, "grpc-v2": started[1], "v2": started[2]}
     finally:
         for server in reversed(started):
@@ -106,6 +110,13 @@ def test_predictor_403_comes_back_as_403(setup, hop):
     with pytest.raises(InferenceServerException) as caught:
         _grpc(setup[hop], {"authorization": "Bearer denied"})
     assert caught.value.status() == "StatusCode.PERMISSION_DENIED"
+
+
+@pytest.mark.parametrize("hop", HOPS)
+def test_predictor_timeout_is_504(setup, hop):
+    response = _rest(setup[hop], {"authorization": "Bearer slow"})
+    assert response.status_code == 504
+    assert f"did not answer within {TIMEOUT_S} s" in response.json()["error"]
 
 
 def test_predictor_down_is_503_on_both_hops(setup):
