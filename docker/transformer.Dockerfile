@@ -13,14 +13,15 @@ COPY src ./src
 COPY predictors ./predictors
 COPY transformers ./transformers
 COPY storage-init ./storage-init
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# kbundle[transformer]: Pillow (image decode) and tokenizers (text) come with it.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[transformer]"
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/home/kbundle
 RUN groupadd --gid 1000 kbundle \
  && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/kbundle kbundle
 COPY --from=builder /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels kbundle \
+RUN pip install --no-cache-dir --no-index --find-links /wheels "kbundle[transformer]" \
  && rm -rf /wheels
 USER 1000:1000
 WORKDIR /home/kbundle
