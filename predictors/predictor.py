@@ -88,6 +88,7 @@ class EnginePredictor(Model):
     # -- inference ---------------------------------------------------------------------------
     async def infer_arrays(self, request: ArrayRequest) -> ArrayResponse:
         names = request.requested_outputs or list(self.signature.output_names)
+        self.engine.check_shapes(self.name, request.inputs)  # per request, before any batching
         try:
             outputs = await self.runner.run(request.inputs, names)
         except KbundleError:

@@ -10,6 +10,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "samples": ("kbundle.commands.samples", "build the sample model repository (cached)"),
     "serve": ("kbundle.commands.serve", "serve a model dir with the engine predictor"),
+    "build": ("kbundle.commands.build", "build (or reuse from cache) a TensorRT plan from model.onnx for this GPU"),
+    "export": ("kbundle.commands.export", "export a torch model to model.onnx / model.pt2, checked against torch"),
 }
 
 
