@@ -48,11 +48,12 @@ def digits_model(width: int = 128, depth: int = 2, train_steps: int = 300, seed:
         x = torch.tensor(train.images.reshape(len(train.images), -1), dtype=torch.float32)
         y = torch.tensor(train.labels)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(train_steps):
-            optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(model.body(x / 16.0), y)
-            loss.backward()
-            optimizer.step()
+        with torch.inference_mode(False), torch.enable_grad():  # callers may sit in inference_mode
+            for _ in range(train_steps):
+                optimizer.zero_grad()
+                loss = nn.functional.cross_entropy(model.body(x / 16.0), y)
+                loss.backward()
+                optimizer.step()
     return model.eval()
 
 
