@@ -49,17 +49,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from kbundle.predictors import torch_export
+FORMATS = ("onnx", "program", "aoti")
 
+
+def run(args: argparse.Namespace) -> int:
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    bad = [f for f in formats if f not in torch_export.FORMATS]
+    bad = [f for f in formats if f not in FORMATS]
     if bad or ("program" in formats and "aoti" in formats):
         print(
             f"error: --format takes onnx plus one of program/aoti, got {args.format!r}",
             file=sys.stderr,
         )
         return 2
+    from kbundle.predictors import torch_export  # imports torch: only once the arguments are sound
+
     module_name, _, attr = args.model.partition(":")
     try:
         module = importlib.import_module(module_name)
