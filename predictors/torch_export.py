@@ -24,7 +24,6 @@ from kbundle.specs import DYNAMIC, TensorSpec
 
 logger = logging.getLogger("kbundle.export")
 
-FORMATS = ("onnx", "program", "aoti")  # program and aoti both write model.pt2: pick one
 TRACE_BATCH = 4
 CHECK_BATCH = 3
 MAX_BATCH = 4096

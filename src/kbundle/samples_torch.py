@@ -49,9 +49,14 @@ def digits_model(width: int = 128, depth: int = 2, train_steps: int = 150, seed:
         y = torch.tensor(train.labels)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # tiny matmuls: more threads only contend (10x slower on a busy box)
+        torch.set_num_threads(
+            1
+        )  # tiny matmuls: more threads only contend (10x slower on a busy box)
         try:
-            with torch.inference_mode(False), torch.enable_grad():  # callers may sit in inference_mode
+            with (
+                torch.inference_mode(False),
+                torch.enable_grad(),
+            ):  # callers may sit in inference_mode
                 for _ in range(train_steps):
                     optimizer.zero_grad()
                     loss = nn.functional.cross_entropy(model.body(x / 16.0), y)

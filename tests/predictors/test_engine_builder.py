@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from kbundle.errors import EngineLoadError
 from kbundle.predictors import engine_builder
 from kbundle.predictors.engine_builder import BuildSpec, EngineCache, Target, cache_key, ensure_plan
 from kbundle.predictors.tensorrt_build import profile_shapes
+
+from kbundle.errors import EngineLoadError
 from kbundle.settings import ModelSettings
 
 H100 = Target("NVIDIA H100 80GB HBM3", "9.0", "10.3.0")
@@ -35,7 +35,9 @@ class FakeBuild:
 
     def __call__(self, spec: BuildSpec, out: Path) -> None:
         self.calls.append(spec)
-        out.write_bytes(f"plan for sm{self.target.compute_capability} {spec.precision} {spec.profile_batch}".encode())
+        out.write_bytes(
+            f"plan for sm{self.target.compute_capability} {spec.precision} {spec.profile_batch}".encode()
+        )
 
 
 @pytest.fixture()
@@ -90,7 +92,9 @@ def test_another_gpu_gets_its_own_build_and_both_stay_cached(model_dir: Path) ->
     assert len(list((model_dir / ".kbundle-engines").iterdir())) == 2
 
 
-def test_corrupt_cache_entry_is_rebuilt_not_served(model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_corrupt_cache_entry_is_rebuilt_not_served(
+    model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     build = FakeBuild(H100)
     ensure_plan(model_dir, ModelSettings(), H100, build)
     key = cache_key(spec_for(model_dir), H100)
@@ -125,7 +129,9 @@ def test_failed_build_leaves_no_entry(model_dir: Path) -> None:
 
 
 def test_engine_cache_dir_setting_moves_the_cache(model_dir: Path, tmp_path: Path) -> None:
-    ensure_plan(model_dir, ModelSettings(engine_cache_dir=str(tmp_path / "shared")), H100, FakeBuild(H100))
+    ensure_plan(
+        model_dir, ModelSettings(engine_cache_dir=str(tmp_path / "shared")), H100, FakeBuild(H100)
+    )
     assert len(list((tmp_path / "shared").iterdir())) == 1
     assert not (model_dir / ".kbundle-engines").exists()
 
@@ -147,7 +153,9 @@ def test_profile_shapes_fill_batch_and_sequence_dims() -> None:
         profile_shapes("ids", (-1, -1), BuildSpec(Path("m.onnx"), "fp16", (1, 8, 32), ()))
 
 
-def test_build_engine_returns_none_with_one_line_where_it_cannot_build(model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_build_engine_returns_none_with_one_line_where_it_cannot_build(
+    model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.INFO, "kbundle.engine_builder"):
         assert engine_builder.build_engine(model_dir, ModelSettings(device="cpu")) is None
         assert engine_builder.build_engine(model_dir / "absent", ModelSettings()) is None
@@ -168,8 +176,15 @@ def test_build_command_fails_in_one_line_without_gpu(model_dir: Path) -> None:
         pytest.skip("a GPU with TensorRT is present: the refusal path is not reachable here")
     except EngineLoadError:
         pass
-    proc = subprocess.run([sys.executable, "-m", "kbundle.cli", "build", str(model_dir), "--fp16", "true"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kbundle.cli", "build", str(model_dir), "--fp16", "true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: cannot build a TensorRT engine: "), proc.stderr
+    assert len(errors) == 1 and errors[0].startswith("error: cannot build a TensorRT engine: "), (
+        proc.stderr
+    )
     assert not (model_dir / "model.plan").exists()

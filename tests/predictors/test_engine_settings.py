@@ -9,14 +9,30 @@ from kbundle.settings import ModelSettings, effective_precision, resolve_setting
 
 
 def test_precision_and_profiles_follow_the_documented_precedence() -> None:
-    config = {"precision": "fp16", "profile_batch": [1, 4, 16], "device": "cuda", "cuda_graphs": True}
+    config = {
+        "precision": "fp16",
+        "profile_batch": [1, 4, 16],
+        "device": "cuda",
+        "cuda_graphs": True,
+    }
     from_config = resolve_settings(config, env={})
-    assert (from_config.precision, from_config.profile_batch, from_config.device, from_config.cuda_graphs) == ("fp16", (1, 4, 16), "cuda", True)
+    assert (
+        from_config.precision,
+        from_config.profile_batch,
+        from_config.device,
+        from_config.cuda_graphs,
+    ) == ("fp16", (1, 4, 16), "cuda", True)
     env = {"KBUNDLE_PRECISION": "bf16", "KBUNDLE_PROFILE_BATCH": "2,8,64"}
     from_env = resolve_settings(config, env=env)
     assert (from_env.precision, from_env.profile_batch) == ("bf16", (2, 8, 64))
-    from_flag = resolve_settings(config, flags={"precision": "fp32", "device": "cpu", "batch_buckets": "1,2"}, env=env)
-    assert (from_flag.precision, from_flag.device, from_flag.batch_buckets) == ("fp32", "cpu", (1, 2))
+    from_flag = resolve_settings(
+        config, flags={"precision": "fp32", "device": "cpu", "batch_buckets": "1,2"}, env=env
+    )
+    assert (from_flag.precision, from_flag.device, from_flag.batch_buckets) == (
+        "fp32",
+        "cpu",
+        (1, 2),
+    )
 
 
 def test_effective_precision_reads_fp16_as_a_shorthand() -> None:

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from kbundle.errors import EngineLoadError, InvalidRequest
 from kbundle.predictors.cuda_device import GpuInfo
 from kbundle.predictors.engine import Engine
 from kbundle.predictors.tensorrt_engine import (
@@ -22,6 +20,8 @@ from kbundle.predictors.tensorrt_engine import (
     shape_ranges_of,
     signature_of,
 )
+
+from kbundle.errors import EngineLoadError, InvalidRequest
 from kbundle.settings import ModelSettings
 
 # What read_io_tensors returns for the digits model built with profile_batch 1,8,32.
@@ -34,7 +34,9 @@ DIGITS_IO = [
 
 def test_signature_from_io_tensors_keeps_dynamic_dims_as_minus_one() -> None:
     signature = signature_of(DIGITS_IO)
-    assert [s.to_metadata() for s in signature.inputs] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    assert [s.to_metadata() for s in signature.inputs] == [
+        {"name": "input", "datatype": "FP32", "shape": [-1, 64]}
+    ]
     assert [(s.name, s.datatype, s.shape) for s in signature.outputs] == [
         ("label", "INT64", (-1,)),
         ("probabilities", "FP32", (-1, 10)),
@@ -83,8 +85,12 @@ def test_request_outside_the_profile_is_a_clear_400() -> None:
 def test_plan_built_for_another_gpu_is_refused_in_words(tmp_path: Path) -> None:
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"plan")
-    (tmp_path / "model.plan.json").write_text(json.dumps({"compute_capability": "8.6", "tensorrt_version": "10.3.0"}))
-    with pytest.raises(EngineLoadError, match=r"built for sm 8.6 / TensorRT 10.3.0, this is NVIDIA H100 sm 9.0"):
+    (tmp_path / "model.plan.json").write_text(
+        json.dumps({"compute_capability": "8.6", "tensorrt_version": "10.3.0"})
+    )
+    with pytest.raises(
+        EngineLoadError, match=r"built for sm 8.6 / TensorRT 10.3.0, this is NVIDIA H100 sm 9.0"
+    ):
         check_plan_target(plan, GpuInfo(0, "NVIDIA H100", "9.0"), "10.3.0")
     check_plan_target(plan, GpuInfo(0, "NVIDIA A10", "8.6"), "10.3.0")  # same target: no complaint
 
@@ -99,7 +105,6 @@ def _gpu_with_tensorrt() -> str | None:
     """None when a GPU and TensorRT are usable, else why not (the skip reason)."""
     try:
         import tensorrt  # noqa: F401
-
         from kbundle.predictors.cuda_device import gpu_info
 
         gpu_info(0)
@@ -119,13 +124,35 @@ def test_build_and_serve_tensorrt_plan_on_gpu(tmp_path: Path, digits_v1: Path) -
     model_dir = tmp_path / "digits"
     model_dir.mkdir()
     shutil.copy(digits_v1 / "model.onnx", model_dir / "model.onnx")
-    build = subprocess.run([sys.executable, "-m", "kbundle.cli", "build", str(model_dir), "--fp16", "true"], capture_output=True, text=True, timeout=600)
+    build = subprocess.run(
+        [sys.executable, "-m", "kbundle.cli", "build", str(model_dir), "--fp16", "true"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stderr
-    rebuilt = subprocess.run([sys.executable, "-m", "kbundle.cli", "build", str(model_dir), "--fp16", "true"], capture_output=True, text=True, timeout=600)
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "kbundle.cli", "build", str(model_dir), "--fp16", "true"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert "reusing cached TensorRT engine" in rebuilt.stderr
     server = start_module(
-        "kbundle.predictors", ["--model_name", "digits", "--model_dir", str(model_dir), "--device", "cuda", "--instances", "2"],
-        tmp_path / "server.log", "/v2/models/digits/ready", timeout=300,
+        "kbundle.predictors",
+        [
+            "--model_name",
+            "digits",
+            "--model_dir",
+            str(model_dir),
+            "--device",
+            "cuda",
+            "--instances",
+            "2",
+        ],
+        tmp_path / "server.log",
+        "/v2/models/digits/ready",
+        timeout=300,
     )
     try:
         client = httpclient.InferenceServerClient(server.http_url)

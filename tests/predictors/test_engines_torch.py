@@ -12,9 +12,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 
-from kbundle.errors import EngineLoadError, InvalidRequest  # noqa: E402
 from kbundle.predictors.engine import load_engine  # noqa: E402
 from kbundle.predictors.torch_engine import TorchEngine  # noqa: E402
+
+from kbundle.errors import EngineLoadError, InvalidRequest  # noqa: E402
 from kbundle.samples import digits_split  # noqa: E402
 from kbundle.samples_torch import build_torch_digits, digits_model  # noqa: E402
 from kbundle.settings import ModelSettings  # noqa: E402
@@ -42,12 +43,16 @@ def held_out() -> tuple[np.ndarray, np.ndarray]:
 
 def test_signature_comes_from_the_exported_program(pt2_only: Path) -> None:
     engine = TorchEngine.load(pt2_only / "model.pt2", ModelSettings(device="cpu"))
-    assert [s.to_metadata() for s in engine.signature.inputs] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    assert [s.to_metadata() for s in engine.signature.inputs] == [
+        {"name": "input", "datatype": "FP32", "shape": [-1, 64]}
+    ]
     assert [s.to_metadata() for s in engine.signature.outputs] == [
         {"name": "label", "datatype": "INT64", "shape": [-1]},
         {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
     ]
-    assert engine.shape_ranges == {"input": ((1, 64), (4096, 64))}  # torch.export.Dim("batch", 1, 4096)
+    assert engine.shape_ranges == {
+        "input": ((1, 64), (4096, 64))
+    }  # torch.export.Dim("batch", 1, 4096)
     assert engine.device.startswith("cpu (torch.export program")
 
 
@@ -65,9 +70,13 @@ def test_exported_program_matches_eager_and_is_accurate(pt2_only: Path, held_out
 
 def test_bf16_and_fp16_keep_the_signature_dtypes(pt2_only: Path, held_out) -> None:
     x, _ = held_out
-    base = TorchEngine.load(pt2_only / "model.pt2", ModelSettings(device="cpu")).run({"input": x[:64]}, ["probabilities"])[0]
+    base = TorchEngine.load(pt2_only / "model.pt2", ModelSettings(device="cpu")).run(
+        {"input": x[:64]}, ["probabilities"]
+    )[0]
     for precision in ("bf16", "fp16"):
-        engine = TorchEngine.load(pt2_only / "model.pt2", ModelSettings(device="cpu", precision=precision))
+        engine = TorchEngine.load(
+            pt2_only / "model.pt2", ModelSettings(device="cpu", precision=precision)
+        )
         probs = engine.run({"input": x[:64]}, ["probabilities"])[0]
         assert probs.dtype == np.float32  # cast back: the signature says FP32
         assert {"bf16": "bfloat16", "fp16": "float16"}[precision] in engine.device
@@ -77,14 +86,19 @@ def test_bf16_and_fp16_keep_the_signature_dtypes(pt2_only: Path, held_out) -> No
 
 def test_batch_outside_the_exported_dim_range_is_a_400(pt2_only: Path) -> None:
     engine = TorchEngine.load(pt2_only / "model.pt2", ModelSettings(device="cpu"))
-    with pytest.raises(InvalidRequest, match="input 'input': dim 0 is 4097, outside the torch engine's range 1..4096"):
+    with pytest.raises(
+        InvalidRequest,
+        match="input 'input': dim 0 is 4097, outside the torch engine's range 1..4096",
+    ):
         engine.check_shapes("digits", {"input": np.zeros((4097, 64), np.float32)})
 
 
 def test_device_cuda_without_a_gpu_is_a_one_line_load_failure(pt2_only: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
-    with pytest.raises(EngineLoadError, match="device: cuda asked for, but torch .* sees no CUDA GPU") as info:
+    with pytest.raises(
+        EngineLoadError, match="device: cuda asked for, but torch .* sees no CUDA GPU"
+    ) as info:
         load_engine(pt2_only, ModelSettings(device="cuda"))
     assert "\n" not in str(info.value)
 
@@ -106,7 +120,11 @@ def torch_server(pt2_only: Path, tmp_path_factory: pytest.TempPathFactory):
 
     log = tmp_path_factory.mktemp("torch-server") / "server.log"
     server = start_module(
-        "kbundle.predictors", ["--model_name", "digits", "--model_dir", str(pt2_only), "--device", "cpu"], log, "/v2/models/digits/ready", timeout=120
+        "kbundle.predictors",
+        ["--model_name", "digits", "--model_dir", str(pt2_only), "--device", "cpu"],
+        log,
+        "/v2/models/digits/ready",
+        timeout=120,
     )
     yield server
     server.stop()
@@ -130,8 +148,12 @@ def test_torch_engine_served_over_http_and_grpc(torch_server, held_out) -> None:
     grpc = grpcclient.InferenceServerClient(torch_server.grpc_url)
     ginp = grpcclient.InferInput("input", list(batch.shape), "FP32")
     ginp.set_data_from_numpy(batch)
-    gresult = grpc.infer("digits", [ginp], outputs=[grpcclient.InferRequestedOutput("probabilities")])
-    np.testing.assert_allclose(gresult.as_numpy("probabilities"), result.as_numpy("probabilities"), atol=1e-6)
+    gresult = grpc.infer(
+        "digits", [ginp], outputs=[grpcclient.InferRequestedOutput("probabilities")]
+    )
+    np.testing.assert_allclose(
+        gresult.as_numpy("probabilities"), result.as_numpy("probabilities"), atol=1e-6
+    )
 
 
 def test_served_request_outside_the_dim_range_is_400_and_invalid_argument(torch_server) -> None:
@@ -144,21 +166,30 @@ def test_served_request_outside_the_dim_range_is_400_and_invalid_argument(torch_
     inp.set_data_from_numpy(big, binary_data=True)
     with pytest.raises(InferenceServerException) as info:
         httpclient.InferenceServerClient(torch_server.http_url).infer("digits", [inp])
-    assert info.value.status() == "400" and "outside the torch engine's range 1..4096" in info.value.message()
+    assert (
+        info.value.status() == "400"
+        and "outside the torch engine's range 1..4096" in info.value.message()
+    )
     ginp = grpcclient.InferInput("input", list(big.shape), "FP32")
     ginp.set_data_from_numpy(big)
     with pytest.raises(InferenceServerException) as ginfo:
         grpcclient.InferenceServerClient(torch_server.grpc_url).infer("digits", [ginp])
-    assert ginfo.value.status() == "StatusCode.INVALID_ARGUMENT" and "dim 0 is 4097" in ginfo.value.message()
+    assert (
+        ginfo.value.status() == "StatusCode.INVALID_ARGUMENT"
+        and "dim 0 is 4097" in ginfo.value.message()
+    )
 
 
 @pytest.mark.slow
-def test_aoti_package_compiles_loads_and_matches_eager(tmp_path: Path, held_out, request: pytest.FixtureRequest) -> None:
+def test_aoti_package_compiles_loads_and_matches_eager(
+    tmp_path: Path, held_out, request: pytest.FixtureRequest
+) -> None:
     """AOTInductor compiles C++ (about 1-2 minutes on 2 cores): runs only when `-m slow` selects it."""
     markexpr = request.config.option.markexpr or ""
     if "slow" not in markexpr or "not slow" in markexpr:
         pytest.skip("AOTInductor C++ compile takes 1-2 minutes on 2 cores: run with -m slow")
     from kbundle.predictors.torch_export import save_aoti
+
     from kbundle.samples_torch import INPUTS, OUTPUTS
 
     model = digits_model()
@@ -166,7 +197,10 @@ def test_aoti_package_compiles_loads_and_matches_eager(tmp_path: Path, held_out,
     assert result.max_abs_diff < 1e-4
     engine = TorchEngine.load(tmp_path / "model.pt2", ModelSettings(device="cpu"))
     assert engine.device.startswith("cpu (AOTInductor package")
-    assert engine.signature.inputs[0].shape == (-1, 64) and engine.shape_ranges["input"] == ((1, 64), (4096, 64))
+    assert engine.signature.inputs[0].shape == (-1, 64) and engine.shape_ranges["input"] == (
+        (1, 64),
+        (4096, 64),
+    )
     x, _ = held_out
     with torch.inference_mode():
         want = model(torch.from_numpy(x[:7]))[1].numpy()
@@ -174,16 +208,35 @@ def test_aoti_package_compiles_loads_and_matches_eager(tmp_path: Path, held_out,
 
 
 @pytest.mark.gpu
-def test_torch_engine_on_cuda_with_graphs_and_fp16(pt2_only: Path, held_out, tmp_path: Path) -> None:
+def test_torch_engine_on_cuda_with_graphs_and_fp16(
+    pt2_only: Path, held_out, tmp_path: Path
+) -> None:
     if not torch.cuda.is_available():
-        pytest.skip(f"needs a CUDA GPU; torch {torch.__version__} sees none (CUDA build: {torch.version.cuda})")
+        pytest.skip(
+            f"needs a CUDA GPU; torch {torch.__version__} sees none (CUDA build: {torch.version.cuda})"
+        )
     import tritonclient.http as httpclient
     from procs import start_module
 
     server = start_module(
         "kbundle.predictors",
-        ["--model_name", "digits", "--model_dir", str(pt2_only), "--device", "cuda", "--precision", "fp16", "--cuda_graphs", "true", "--batch_buckets", "1,8,32"],
-        tmp_path / "server.log", "/v2/models/digits/ready", timeout=300,
+        [
+            "--model_name",
+            "digits",
+            "--model_dir",
+            str(pt2_only),
+            "--device",
+            "cuda",
+            "--precision",
+            "fp16",
+            "--cuda_graphs",
+            "true",
+            "--batch_buckets",
+            "1,8,32",
+        ],
+        tmp_path / "server.log",
+        "/v2/models/digits/ready",
+        timeout=300,
     )
     try:
         x, labels = held_out
