@@ -428,6 +428,8 @@ def write_results(
         "seconds_per_point": args.seconds,
         "command": "python bench/gpu_engines.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # A shared machine's other load skews every figure: recorded so readers can tell.
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "skipped": skipped,
     }
     stem.with_suffix(".json").write_text(
