@@ -169,3 +169,75 @@ def test_build_and_serve_tensorrt_plan_on_gpu(tmp_path: Path, digits_v1: Path) -
             client.infer("digits", [big])
     finally:
         server.stop()
+
+
+# -- the engine's own code on CPU, against stand-ins for TensorRT and CUDA (see fake_tensorrt.py) --
+@pytest.fixture()
+def fake_gpu(monkeypatch: pytest.MonkeyPatch):
+    from fake_tensorrt import FakeCudart, FakeEngine, fake_trt_module
+    from kbundle.predictors import cuda_device
+
+    cudart = FakeCudart()
+    engine = FakeEngine(
+        np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32), max_batch=32
+    )
+    monkeypatch.setattr(cuda_device, "_cudart", lambda: cudart)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt_module(engine))
+    return cudart, engine
+
+
+def test_engine_runs_through_fixed_buffers_one_context_per_instance(
+    fake_gpu, tmp_path: Path
+) -> None:
+    """Stand-in TensorRT/CUDA: checks kbundle's buffers, shapes and copies, not TensorRT."""
+    cudart, fake = fake_gpu
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"serialized")
+    engine = TensorRTEngine.load(plan, ModelSettings(device="cuda", instances=3))
+    assert fake.contexts == 3 and cudart.streams_open == 3
+    assert len(cudart.allocations) == 9  # 3 tensors x 3 contexts, sized once at load
+    assert engine.device == "cuda:0 (Fake GPU, sm 9.0, TensorRT 10.99.0-fake)"
+    assert engine.shape_ranges == {"input": ((1, 64), (32, 64))}
+    x = np.random.default_rng(1).uniform(0, 16, (5, 64)).astype(np.float32)
+    logits = x @ fake.weights
+    want = np.exp(logits - logits.max(axis=1, keepdims=True))
+    want /= want.sum(axis=1, keepdims=True)
+    before = cudart.copies
+    probs, label = engine.run({"input": x}, ["probabilities", "label"])
+    assert cudart.copies - before == 3  # one upload, one download per requested output
+    np.testing.assert_allclose(probs, want, rtol=1e-5)
+    assert (label == want.argmax(axis=1)).all()
+    (only,) = engine.run({"input": x[:2].astype(np.float64)}, ["label"])  # cast to the plan's dtype
+    assert only.shape == (2,)
+    engine.close()
+    assert cudart.allocations == {} and cudart.streams_open == 0
+
+
+def test_concurrent_calls_each_get_their_own_context(fake_gpu, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"serialized")
+    engine = TensorRTEngine.load(plan, ModelSettings(device="cuda", instances=2))
+    rng = np.random.default_rng(2)
+    batches = [rng.uniform(0, 16, (int(n), 64)).astype(np.float32) for n in rng.integers(1, 33, 40)]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda b: engine.run({"input": b}, ["label"])[0], batches))
+    assert [r.shape[0] for r in results] == [b.shape[0] for b in batches]
+    serial = [engine.run({"input": b}, ["label"])[0] for b in batches]
+    assert all((a == b).all() for a, b in zip(results, serial, strict=True))
+
+
+def test_plan_that_does_not_deserialize_names_the_fix(
+    monkeypatch: pytest.MonkeyPatch, fake_gpu, tmp_path: Path
+) -> None:
+    from fake_tensorrt import fake_trt_module
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt_module(None))
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"from another GPU")
+    with pytest.raises(
+        EngineLoadError,
+        match="cannot deserialize .* on Fake GPU \\(sm 9.0\\).*rebuild it with `kbundle build`",
+    ):
+        TensorRTEngine.load(plan, ModelSettings(device="cuda"))
