@@ -6,10 +6,10 @@ import argparse
 import logging
 import sys
 
+from kbundle.predictors.predictor import EnginePredictor
 from kserve import model_server
 
 from kbundle.errors import ConfigError
-from kbundle.predictors.predictor import EnginePredictor
 from kbundle.serving.server import KbundleModelServer, check_workers
 from kbundle.settings import ModelSettings, add_setting_flags, read_model_config, resolve_settings
 
@@ -19,10 +19,14 @@ DEFAULT_MODEL_DIR = "/mnt/models"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m kbundle.predictors", parents=[model_server.parser], conflict_handler="resolve"
+        prog="python -m kbundle.predictors",
+        parents=[model_server.parser],
+        conflict_handler="resolve",
     )
     parser.add_argument(
-        "--model_dir", default=DEFAULT_MODEL_DIR, help="Model directory (KServe mounts it at /mnt/models)."
+        "--model_dir",
+        default=DEFAULT_MODEL_DIR,
+        help="Model directory (KServe mounts it at /mnt/models).",
     )
     add_setting_flags(parser)
     return parser
@@ -39,7 +43,9 @@ def settings_for(args: argparse.Namespace) -> ModelSettings:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     check_workers(args, "predictor", refuse=True)
     try:
         settings = settings_for(args)
@@ -48,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     predictor = EnginePredictor(args.model_name, args.model_dir, settings)
     if not predictor.load():
-        print(f"error: model '{args.model_name}' failed to load: {predictor.load_error}", file=sys.stderr)
+        print(
+            f"error: model '{args.model_name}' failed to load: {predictor.load_error}",
+            file=sys.stderr,
+        )
         return 1
     KbundleModelServer(args).start([predictor])
     return 0

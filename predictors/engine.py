@@ -52,7 +52,9 @@ class Engine(ABC):
                     )
 
     @abstractmethod
-    def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
+    def run(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> list[np.ndarray]:
         """Run one batch; returns the outputs in `output_names` order."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
@@ -104,7 +106,12 @@ def load_engine(model_dir: str | Path, settings: ModelSettings) -> Engine:
             # device: cuda fails with the reason instead of quietly serving something else.
             if kind == kinds[-1] or settings.device != "auto":
                 raise
-            logger.warning("%s engine not usable here (%s): falling back to %s", kind, exc, kinds[kinds.index(kind) + 1])
+            logger.warning(
+                "%s engine not usable here (%s): falling back to %s",
+                kind,
+                exc,
+                kinds[kinds.index(kind) + 1],
+            )
             continue
         logger.info("loaded %s engine from %s on %s", kind, path, engine.device)
         return engine

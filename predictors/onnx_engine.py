@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from kbundle.predictors.engine import Engine
 
 from kbundle.errors import EngineLoadError
-from kbundle.predictors.engine import Engine
 from kbundle.settings import ModelSettings, effective_precision
 from kbundle.specs import DYNAMIC, Signature, TensorSpec
 
@@ -79,7 +79,11 @@ def provider_options(provider: str, settings: ModelSettings, model_path: Path) -
             "trt_timing_cache_path": cache,
         }
     if provider == "CUDAExecutionProvider":
-        return {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": True}
+        return {
+            "device_id": 0,
+            "cudnn_conv_algo_search": "HEURISTIC",
+            "do_copy_in_default_stream": True,
+        }
     return {}
 
 
@@ -130,7 +134,9 @@ class OnnxEngine(Engine):
         logger.info("onnxruntime providers %s (available %s)", session.get_providers(), available)
         return cls(session)
 
-    def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
+    def run(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> list[np.ndarray]:
         feeds = {name: self._feed(name, array) for name, array in inputs.items()}
         if self.on_gpu and not self._string_inputs and not self._string_outputs:
             outputs = self._run_bound(feeds, output_names)
@@ -141,7 +147,9 @@ class OnnxEngine(Engine):
             for name, out in zip(output_names, outputs, strict=True)
         ]
 
-    def _run_bound(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
+    def _run_bound(
+        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> list[np.ndarray]:
         """IO binding on GPU: inputs copied up once, only the requested outputs allocated on the
         device, and each copied down once, when the response needs it (no ORT-internal copies)."""
         binding = self.session.io_binding()
@@ -155,9 +163,14 @@ class OnnxEngine(Engine):
     def _feed(self, name: str, array: np.ndarray) -> np.ndarray:
         if name in self._string_inputs:
             # ORT string tensors take str objects; V2 BYTES arrive as bytes.
-            return np.vectorize(lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else b, otypes=[object])(array)
+            return np.vectorize(
+                lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else b,
+                otypes=[object],
+            )(array)
         return array
 
     @staticmethod
     def _as_bytes(array: np.ndarray) -> np.ndarray:
-        return np.vectorize(lambda s: s.encode("utf-8") if isinstance(s, str) else s, otypes=[object])(array)
+        return np.vectorize(
+            lambda s: s.encode("utf-8") if isinstance(s, str) else s, otypes=[object]
+        )(array)

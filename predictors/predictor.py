@@ -6,12 +6,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from kbundle.predictors.engine import Engine, load_engine, warmup_inputs
+from kbundle.predictors.runner import EngineRunner
 from kserve import Model
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from kbundle.errors import EngineError, EngineLoadError, InvalidRequest, KbundleError
-from kbundle.predictors.engine import Engine, load_engine, warmup_inputs
-from kbundle.predictors.runner import EngineRunner
 from kbundle.serving.arrays import ArrayRequest, ArrayResponse
 from kbundle.settings import ModelSettings
 from kbundle.specs import Signature, v2_datatype
@@ -61,7 +61,11 @@ class EnginePredictor(Model):
             outputs = self.runner.run_sync(inputs, names)
         except Exception as exc:
             raise EngineLoadError(f"warm-up inference failed: {exc}") from exc
-        logger.info("model '%s' warm-up passed: %s", self.name, {n: o.shape for n, o in zip(names, outputs, strict=True)})
+        logger.info(
+            "model '%s' warm-up passed: %s",
+            self.name,
+            {n: o.shape for n, o in zip(names, outputs, strict=True)},
+        )
 
     def stop(self) -> None:
         if self.runner is not None:
@@ -98,10 +102,16 @@ class EnginePredictor(Model):
             logger.exception("model '%s' engine failure", self.name)
             raise EngineError(f"model '{self.name}': engine failed: {exc}") from exc
         return ArrayResponse(
-            outputs=dict(zip(names, outputs, strict=True)), model_version=self.settings.model_version
+            outputs=dict(zip(names, outputs, strict=True)),
+            model_version=self.settings.model_version,
         )
 
-    async def predict(self, payload: InferRequest, headers: dict | None = None, response_headers: dict | None = None) -> InferResponse:
+    async def predict(
+        self,
+        payload: InferRequest,
+        headers: dict | None = None,
+        response_headers: dict | None = None,
+    ) -> InferResponse:
         """kserve's own entry (V2 via DataPlane): same validation and engine path as our routes."""
         if not isinstance(payload, InferRequest):
             raise InvalidRequest(f"model '{self.name}' serves the V2 protocol only")

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-
 from kbundle.predictors.engine import Engine
 
 
@@ -19,11 +18,15 @@ class EngineRunner:
         self.instances = instances
         self._pool = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="engine")
 
-    async def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
+    async def run(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.engine.run, inputs, output_names)
 
-    def run_sync(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
+    def run_sync(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> list[np.ndarray]:
         return self._pool.submit(self.engine.run, inputs, output_names).result()
 
     def close(self) -> None:

@@ -48,13 +48,17 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def wait_http(url: str, proc: subprocess.Popen | None, log_path: Path | None, timeout: float = 60) -> None:
+def wait_http(
+    url: str, proc: subprocess.Popen | None, log_path: Path | None, timeout: float = 60
+) -> None:
     """Poll `url` until it answers 200; fail early (with the log) if the process dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             log = log_path.read_text(errors="replace") if log_path else ""
-            raise RuntimeError(f"process exited with {proc.returncode} before ready:\n{log[-4000:]}")
+            raise RuntimeError(
+                f"process exited with {proc.returncode} before ready:\n{log[-4000:]}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
@@ -67,15 +71,32 @@ def wait_http(url: str, proc: subprocess.Popen | None, log_path: Path | None, ti
 
 
 def start_module(
-    module: str, args: list[str], log_path: Path, ready_path: str | None, env: dict | None = None,
-    http_port: int | None = None, grpc_port: int | None = None, timeout: float = 60,
+    module: str,
+    args: list[str],
+    log_path: Path,
+    ready_path: str | None,
+    env: dict | None = None,
+    http_port: int | None = None,
+    grpc_port: int | None = None,
+    timeout: float = 60,
 ) -> ServerProcess:
     """Start `python -m module --http_port P --grpc_port Q args...` and wait for `ready_path`."""
     http_port = http_port or free_port()
     grpc_port = grpc_port or free_port()
-    cmd = [sys.executable, "-m", module, "--http_port", str(http_port), "--grpc_port", str(grpc_port), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        module,
+        "--http_port",
+        str(http_port),
+        "--grpc_port",
+        str(grpc_port),
+        *args,
+    ]
     log = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
     server = ServerProcess(proc, log_path, http_port, grpc_port)
     if ready_path is not None:
         try:

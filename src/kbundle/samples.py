@@ -46,7 +46,9 @@ def digits_split(seed: int = 0) -> tuple[DigitsSplit, DigitsSplit]:
     x_train, x_test, y_train, y_test = train_test_split(
         digits.images, digits.target, test_size=0.25, random_state=seed, stratify=digits.target
     )
-    return DigitsSplit(x_train, y_train.astype(np.int64)), DigitsSplit(x_test, y_test.astype(np.int64))
+    return DigitsSplit(x_train, y_train.astype(np.int64)), DigitsSplit(
+        x_test, y_test.astype(np.int64)
+    )
 
 
 def _train_digits(hidden: tuple[int, ...], seed: int):
@@ -103,7 +105,12 @@ def build_digits(out_dir: Path, version: str) -> dict:
         f"labels: [{', '.join(str(i) for i in range(10))}]\n"
     )
     (out_dir / "kbundle.yaml").write_text(config)
-    info = {"model": "digits", "version": version, "hidden": list(hidden), "held_out_accuracy": accuracy}
+    info = {
+        "model": "digits",
+        "version": version,
+        "hidden": list(hidden),
+        "held_out_accuracy": accuracy,
+    }
     (out_dir / "model-info.json").write_text(json.dumps(info, indent=2) + "\n")
     write_sha256sums(out_dir)
     return info

@@ -33,23 +33,33 @@ class ModelSettings:
 
     engine: str = field(
         default="auto",
-        metadata=_doc("Engine: auto (from the file in the model dir), onnx, tensorrt or torch.",
-                      choices=("auto", "onnx", "tensorrt", "torch")),
+        metadata=_doc(
+            "Engine: auto (from the file in the model dir), onnx, tensorrt or torch.",
+            choices=("auto", "onnx", "tensorrt", "torch"),
+        ),
     )
     device: str = field(
         default="auto",
-        metadata=_doc("Device: auto (GPU when usable), cuda or cpu.", choices=("auto", "cuda", "cpu")),
+        metadata=_doc(
+            "Device: auto (GPU when usable), cuda or cpu.", choices=("auto", "cuda", "cpu")
+        ),
     )
     execution_providers: tuple[str, ...] = field(
         default=(),
-        metadata=_doc("ONNX Runtime providers in order of preference; empty = TensorRT, CUDA, CPU "
-                      "filtered by what is installed."),
+        metadata=_doc(
+            "ONNX Runtime providers in order of preference; empty = TensorRT, CUDA, CPU "
+            "filtered by what is installed."
+        ),
     )
     max_batch_size: int = field(
-        default=32, metadata=_doc("Most rows the dynamic batcher puts in one engine call; 0 disables batching.")
+        default=32,
+        metadata=_doc(
+            "Most rows the dynamic batcher puts in one engine call; 0 disables batching."
+        ),
     )
     max_batch_delay_ms: float = field(
-        default=1.0, metadata=_doc("Longest the oldest queued request waits for a batch to fill (ms).")
+        default=1.0,
+        metadata=_doc("Longest the oldest queued request waits for a batch to fill (ms)."),
     )
     instances: int = field(default=1, metadata=_doc("Engine instances (one batch in flight each)."))
     intra_op_threads: int = field(
@@ -58,15 +68,20 @@ class ModelSettings:
     warmup: bool = field(
         default=True, metadata=_doc("Run a warm-up inference before reporting ready.")
     )
-    fp16: bool = field(default=False, metadata=_doc("Build/run GPU engines in FP16 where supported."))
+    fp16: bool = field(
+        default=False, metadata=_doc("Build/run GPU engines in FP16 where supported.")
+    )
     engine_cache_dir: str = field(
-        default="", metadata=_doc("Where GPU engines built at start-up are cached (default: model dir).")
+        default="",
+        metadata=_doc("Where GPU engines built at start-up are cached (default: model dir)."),
     )
     precision: str = field(
         default="auto",
-        metadata=_doc("Engine precision: auto (fp16 when `fp16` is set, else fp32), fp32, fp16, bf16 "
-                      "(Torch) or int8 (TensorRT build, calibrated from calibration.npz).",
-                      choices=("auto", "fp32", "fp16", "bf16", "int8")),
+        metadata=_doc(
+            "Engine precision: auto (fp16 when `fp16` is set, else fp32), fp32, fp16, bf16 "
+            "(Torch) or int8 (TensorRT build, calibrated from calibration.npz).",
+            choices=("auto", "fp32", "fp16", "bf16", "int8"),
+        ),
     )
     profile_batch: tuple[int, ...] = field(
         default=(1, 8, 32),
@@ -74,18 +89,24 @@ class ModelSettings:
     )
     profile_seq: tuple[int, ...] = field(
         default=(),
-        metadata=_doc("TensorRT optimization profile for every other dynamic dim (e.g. sequence): "
-                      "min,opt,max; required when the model has such dims."),
+        metadata=_doc(
+            "TensorRT optimization profile for every other dynamic dim (e.g. sequence): "
+            "min,opt,max; required when the model has such dims."
+        ),
     )
     cuda_graphs: bool = field(
         default=False,
-        metadata=_doc("Torch on CUDA: capture a CUDA graph per batch bucket and pad requests up to it."),
+        metadata=_doc(
+            "Torch on CUDA: capture a CUDA graph per batch bucket and pad requests up to it."
+        ),
     )
     batch_buckets: tuple[int, ...] = field(
-        default=(1, 8, 32), metadata=_doc("Batch sizes CUDA graphs are captured for (cuda_graphs: true).")
+        default=(1, 8, 32),
+        metadata=_doc("Batch sizes CUDA graphs are captured for (cuda_graphs: true)."),
     )
     model_version: str = field(
-        default="", metadata=_doc("Version reported as V2 model_version (e.g. the revision serving it).")
+        default="",
+        metadata=_doc("Version reported as V2 model_version (e.g. the revision serving it)."),
     )
     labels: tuple[str, ...] = field(
         default=(), metadata=_doc("Class labels, index-aligned with the model's class output.")
@@ -155,7 +176,9 @@ def _check(settings: ModelSettings) -> ModelSettings:
     for f in dataclasses.fields(settings):
         choices = f.metadata.get("choices")
         if choices and getattr(settings, f.name) not in choices:
-            raise ConfigError(f"{f.name}: {getattr(settings, f.name)!r} is not one of {list(choices)}")
+            raise ConfigError(
+                f"{f.name}: {getattr(settings, f.name)!r} is not one of {list(choices)}"
+            )
     if settings.max_batch_size < 0:
         raise ConfigError("max_batch_size must be >= 0")
     if settings.max_batch_delay_ms < 0:
@@ -163,13 +186,22 @@ def _check(settings: ModelSettings) -> ModelSettings:
     if settings.instances < 1:
         raise ConfigError("instances must be >= 1")
     if settings.profile_batch and (
-        len(settings.profile_batch) != 3 or not 1 <= settings.profile_batch[0] <= settings.profile_batch[1] <= settings.profile_batch[2]
+        len(settings.profile_batch) != 3
+        or not 1
+        <= settings.profile_batch[0]
+        <= settings.profile_batch[1]
+        <= settings.profile_batch[2]
     ):
-        raise ConfigError(f"profile_batch must be min,opt,max with 1 <= min <= opt <= max, got {list(settings.profile_batch)}")
+        raise ConfigError(
+            f"profile_batch must be min,opt,max with 1 <= min <= opt <= max, got {list(settings.profile_batch)}"
+        )
     if settings.profile_seq and (
-        len(settings.profile_seq) != 3 or not 1 <= settings.profile_seq[0] <= settings.profile_seq[1] <= settings.profile_seq[2]
+        len(settings.profile_seq) != 3
+        or not 1 <= settings.profile_seq[0] <= settings.profile_seq[1] <= settings.profile_seq[2]
     ):
-        raise ConfigError(f"profile_seq must be min,opt,max with 1 <= min <= opt <= max, got {list(settings.profile_seq)}")
+        raise ConfigError(
+            f"profile_seq must be min,opt,max with 1 <= min <= opt <= max, got {list(settings.profile_seq)}"
+        )
     if any(b < 1 for b in settings.batch_buckets):
         raise ConfigError(f"batch_buckets must be positive, got {list(settings.batch_buckets)}")
     return settings
@@ -203,7 +235,9 @@ def resolve_settings(
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """Add one flag per setting; defaults stay None so "not given" falls through to env/config."""
-    group = parser.add_argument_group("kbundle model settings (flag > env > kbundle.yaml > default)")
+    group = parser.add_argument_group(
+        "kbundle model settings (flag > env > kbundle.yaml > default)"
+    )
     for f in dataclasses.fields(ModelSettings):
         group.add_argument(
             f"--{f.name}",

@@ -42,7 +42,9 @@ def check_datatype(where: str, datatype: str) -> str:
     return name
 
 
-def array_from_raw(where: str, datatype: str, shape: tuple[int, ...], raw: bytes | memoryview) -> np.ndarray:
+def array_from_raw(
+    where: str, datatype: str, shape: tuple[int, ...], raw: bytes | memoryview
+) -> np.ndarray:
     """Decode a binary (REST binary extension / gRPC raw_input_contents) tensor."""
     count = element_count(shape)
     if datatype == "BYTES":
@@ -56,7 +58,9 @@ def array_from_raw(where: str, datatype: str, shape: tuple[int, ...], raw: bytes
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def _bytes_from_raw(where: str, shape: tuple[int, ...], count: int, raw: bytes | memoryview) -> np.ndarray:
+def _bytes_from_raw(
+    where: str, shape: tuple[int, ...], count: int, raw: bytes | memoryview
+) -> np.ndarray:
     view = memoryview(raw)
     items: list[bytes] = []
     offset = 0
@@ -84,7 +88,9 @@ def array_from_list(where: str, datatype: str, shape: tuple[int, ...], data: obj
     if datatype == "BYTES":
         flat = _flatten_bytes(where, data)
         if len(flat) != count:
-            raise InvalidRequest(f"{where}: BYTES {list(shape)} needs {count} elements, got {len(flat)}")
+            raise InvalidRequest(
+                f"{where}: BYTES {list(shape)} needs {count} elements, got {len(flat)}"
+            )
         out = np.empty(count, dtype=object)
         out[:] = flat
         return out.reshape(shape)
@@ -106,22 +112,32 @@ def _cast_checked(where: str, datatype: str, values: np.ndarray) -> np.ndarray:
         return values.astype(dtype)
     if dtype.kind == "b":
         if kind != "b":
-            raise InvalidRequest(f"{where}: BOOL data must be true/false, got {values.dtype} values")
+            raise InvalidRequest(
+                f"{where}: BOOL data must be true/false, got {values.dtype} values"
+            )
     elif dtype.kind in "iu":
         if kind not in "iub":
-            raise InvalidRequest(f"{where}: {datatype} data must be integers, got {_kind_name(kind)}")
+            raise InvalidRequest(
+                f"{where}: {datatype} data must be integers, got {_kind_name(kind)}"
+            )
         info = np.iinfo(dtype)
         if values.min() < info.min or values.max() > info.max:
-            raise InvalidRequest(f"{where}: a value is outside the {datatype} range [{info.min}, {info.max}]")
+            raise InvalidRequest(
+                f"{where}: a value is outside the {datatype} range [{info.min}, {info.max}]"
+            )
     elif kind not in "iufb":
         raise InvalidRequest(f"{where}: {datatype} data must be numbers, got {_kind_name(kind)}")
     return values.astype(dtype, copy=False)
 
 
 def _kind_name(kind: str) -> str:
-    return {"f": "floats", "U": "strings", "S": "strings", "O": "mixed values", "b": "booleans"}.get(
-        kind, kind
-    )
+    return {
+        "f": "floats",
+        "U": "strings",
+        "S": "strings",
+        "O": "mixed values",
+        "b": "booleans",
+    }.get(kind, kind)
 
 
 def _flatten_bytes(where: str, data: object) -> list[bytes]:
@@ -136,7 +152,9 @@ def _flatten_bytes(where: str, data: object) -> list[bytes]:
         elif isinstance(item, (bytes, bytearray)):
             out.append(bytes(item))
         else:
-            raise InvalidRequest(f"{where}: BYTES elements must be strings, got {type(item).__name__}")
+            raise InvalidRequest(
+                f"{where}: BYTES elements must be strings, got {type(item).__name__}"
+            )
     return out
 
 

@@ -45,7 +45,9 @@ class SignatureValidator:
         given = list(names)
         duplicates = sorted({n for n in given if given.count(n) > 1})
         if duplicates:
-            raise InvalidRequest(f"model '{self.model_name}': input {duplicates[0]!r} given more than once")
+            raise InvalidRequest(
+                f"model '{self.model_name}': input {duplicates[0]!r} given more than once"
+            )
         missing = [n for n in self._inputs if n not in given]
         if missing:
             raise InvalidRequest(
@@ -62,7 +64,9 @@ class SignatureValidator:
         }
         if len(set(sizes.values())) > 1:
             detail = ", ".join(f"'{n}' has {b}" for n, b in sizes.items())
-            raise InvalidRequest(f"model '{self.model_name}': inputs disagree on batch size ({detail})")
+            raise InvalidRequest(
+                f"model '{self.model_name}': inputs disagree on batch size ({detail})"
+            )
         return next(iter(sizes.values()), None)
 
     def check_outputs(self, requested: Iterable[str]) -> None:

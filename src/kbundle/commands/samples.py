@@ -10,7 +10,9 @@ from kbundle import samples
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["build"], help="what to do")
-    parser.add_argument("--out", default=None, help=f"models dir (default {samples.default_models_dir()})")
+    parser.add_argument(
+        "--out", default=None, help=f"models dir (default {samples.default_models_dir()})"
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even when cached")
 
 

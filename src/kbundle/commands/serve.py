@@ -8,8 +8,14 @@ from kbundle.predictors.__main__ import main as predictor_main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", help="model directory holding model.onnx / model.plan / model.pt2")
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help="any predictor flag (see python -m kbundle.predictors -h)")
+    parser.add_argument(
+        "model_dir", help="model directory holding model.onnx / model.plan / model.pt2"
+    )
+    parser.add_argument(
+        "rest",
+        nargs=argparse.REMAINDER,
+        help="any predictor flag (see python -m kbundle.predictors -h)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,7 +10,9 @@ from kbundle.serving.arrays import ArrayRequest, ArrayResponse
 from kbundle.specs import v2_datatype
 
 
-async def infer_via_dataplane(dataplane: DataPlane, model_name: str, request: ArrayRequest) -> ArrayResponse:
+async def infer_via_dataplane(
+    dataplane: DataPlane, model_name: str, request: ArrayRequest
+) -> ArrayResponse:
     inputs = []
     for name, array in request.inputs.items():
         tensor = InferInput(name=name, shape=list(array.shape), datatype=v2_datatype(array.dtype))
@@ -24,8 +26,12 @@ async def infer_via_dataplane(dataplane: DataPlane, model_name: str, request: Ar
     )
     result, headers = await dataplane.infer(model_name, infer_request, request.headers)
     if not isinstance(result, InferResponse):
-        raise EngineError(f"model '{model_name}' returned {type(result).__name__}, not a V2 response")
+        raise EngineError(
+            f"model '{model_name}' returned {type(result).__name__}, not a V2 response"
+        )
     outputs = {out.name: out.as_numpy() for out in result.outputs}
     if request.requested_outputs:
         outputs = {name: outputs[name] for name in request.requested_outputs if name in outputs}
-    return ArrayResponse(outputs=outputs, model_version=result.model_version or "", headers=headers or {})
+    return ArrayResponse(
+        outputs=outputs, model_version=result.model_version or "", headers=headers or {}
+    )

@@ -52,7 +52,10 @@ class KbundleGRPCServer(GRPCServer):
             interceptors=(LoggingInterceptor(), StatusInterceptor()),
             options=[
                 ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
-                ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length")),
+                (
+                    "grpc.max_receive_message_length",
+                    self._kwargs.get("grpc_max_receive_message_length"),
+                ),
             ],
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
@@ -68,7 +71,12 @@ class KbundleModelServer(ModelServer):
     """ModelServer that serves one process: kserve's `--workers > 1` pickles the model into
     spawned children, which an engine session cannot survive (KSERVE_NOTES §1)."""
 
-    def __init__(self, args: argparse.Namespace, rest_hooks: Sequence[RestHook] = (), grpc_hooks: Sequence[GrpcHook] = ()):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        rest_hooks: Sequence[RestHook] = (),
+        grpc_hooks: Sequence[GrpcHook] = (),
+    ):
         super().__init__(
             http_port=args.http_port,
             grpc_port=args.grpc_port,

@@ -64,7 +64,9 @@ def decode_request(
             raise InvalidRequest(f"{where}: shape {list(shape)} has a negative dimension")
         if validator is not None:
             validator.check_input(tensor.name, datatype, shape)
-        arrays[tensor.name] = _decode_tensor(where, datatype, shape, tensor, raw[index] if raw else None)
+        arrays[tensor.name] = _decode_tensor(
+            where, datatype, shape, tensor, raw[index] if raw else None
+        )
     if validator is not None:
         validator.check_complete([t.name for t in request.inputs])
         validator.check_batch(arrays)
@@ -87,7 +89,11 @@ def _new_id() -> str:
 
 
 def _decode_tensor(
-    where: str, datatype: str, shape: tuple[int, ...], tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None
+    where: str,
+    datatype: str,
+    shape: tuple[int, ...],
+    tensor: pb.ModelInferRequest.InferInputTensor,
+    raw: bytes | None,
 ) -> np.ndarray:
     if raw is not None:
         if tensor.HasField("contents"):
@@ -99,8 +105,12 @@ def _decode_tensor(
     return array_from_list(where, datatype, shape, list(getattr(tensor.contents, field)))
 
 
-def encode_response(model_name: str, request: ArrayRequest, response: ArrayResponse) -> pb.ModelInferResponse:
-    message = pb.ModelInferResponse(model_name=model_name, model_version=response.model_version, id=request.id)
+def encode_response(
+    model_name: str, request: ArrayRequest, response: ArrayResponse
+) -> pb.ModelInferResponse:
+    message = pb.ModelInferResponse(
+        model_name=model_name, model_version=response.model_version, id=request.id
+    )
     for name, array in response.outputs.items():
         message.outputs.add(name=name, datatype=v2_datatype(array.dtype), shape=list(array.shape))
         message.raw_output_contents.append(raw_from_array(array))
@@ -121,7 +131,9 @@ def _set_param(param: pb.InferParameter, value: Any) -> None:
 class ArrayServicer(InferenceServicer):
     """kserve's servicer with ModelInfer going straight to ArrayModels (others keep kserve's path)."""
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.ServicerContext
+    ) -> pb.ModelInferResponse:
         model = self._data_plane.model_registry.get_model(request.model_name)
         if not isinstance(model, ArrayModel):
             if model is None:
@@ -138,7 +150,9 @@ class ArrayServicer(InferenceServicer):
 class StatusInterceptor(AsyncExceptionToStatusInterceptor):
     """Maps every exception through the shared table (kbundle.serving.status_map)."""
 
-    async def handle_exception(self, ex: Exception, request_or_iterator: Any, context: Any, method_name: str) -> None:
+    async def handle_exception(
+        self, ex: Exception, request_or_iterator: Any, context: Any, method_name: str
+    ) -> None:
         _, code, message = classify(ex)
         if code == grpc.StatusCode.INTERNAL:
             logger.error("internal error in %s", method_name, exc_info=ex)

@@ -37,7 +37,9 @@ def parse_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview
         try:
             json_len = int(header_length)
         except ValueError:
-            raise InvalidRequest(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+            raise InvalidRequest(
+                f"{HEADER_LENGTH} must be an integer, got {header_length!r}"
+            ) from None
         if not 0 <= json_len <= len(body):
             raise InvalidRequest(
                 f"{HEADER_LENGTH} is {json_len} but the body has only {len(body)} bytes"
@@ -155,7 +157,11 @@ def encode_response(
     outputs_json = []
     tails: list[bytes] = []
     for name, array in response.outputs.items():
-        entry: dict = {"name": name, "datatype": v2_datatype(array.dtype), "shape": list(array.shape)}
+        entry: dict = {
+            "name": name,
+            "datatype": v2_datatype(array.dtype),
+            "shape": list(array.shape),
+        }
         if per_output.get(name, all_binary):
             raw = raw_from_array(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
