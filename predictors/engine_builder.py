@@ -135,7 +135,7 @@ def build_spec(model_dir: Path, settings: ModelSettings) -> BuildSpec:
         raise EngineLoadError(
             f"precision int8 needs a calibration set {calibration} (arrays named after the inputs)"
         )
-    batch = tuple(settings.profile_batch) or (1, 8, max(settings.max_batch_size, 1))
+    batch = profile_batch_of(settings)
     return BuildSpec(
         onnx_path=model_dir / ONNX_FILE,
         precision=precision,
@@ -143,6 +143,14 @@ def build_spec(model_dir: Path, settings: ModelSettings) -> BuildSpec:
         profile_seq=tuple(settings.profile_seq),
         calibration_path=calibration if precision == "int8" else None,
     )
+
+
+def profile_batch_of(settings: ModelSettings) -> tuple[int, int, int]:
+    """profile_batch, or (when emptied) 1..max_batch_size so the batcher's batches always fit."""
+    if settings.profile_batch:
+        return tuple(settings.profile_batch)  # type: ignore[return-value]
+    top = max(settings.max_batch_size, 1)
+    return (1, min(8, top), top)
 
 
 def cache_root(model_dir: Path, settings: ModelSettings) -> Path:

@@ -188,3 +188,8 @@ def test_build_command_fails_in_one_line_without_gpu(model_dir: Path) -> None:
         proc.stderr
     )
     assert not (model_dir / "model.plan").exists()
+
+
+def test_empty_profile_batch_follows_max_batch_size(model_dir: Path) -> None:
+    assert spec_for(model_dir, profile_batch=(), max_batch_size=64).profile_batch == (1, 8, 64)
+    assert spec_for(model_dir, profile_batch=(), max_batch_size=4).profile_batch == (1, 4, 4)

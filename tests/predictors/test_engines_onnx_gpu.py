@@ -175,3 +175,24 @@ def test_gpu_providers_with_io_binding_served(
         assert wanted in server.log()
     finally:
         server.stop()
+
+
+def test_tensorrt_provider_gets_the_same_profile_as_a_native_plan(digits_v1: Path) -> None:
+    from kbundle.predictors.onnx_engine import input_shapes_of
+
+    shapes = input_shapes_of(digits_v1 / "model.onnx")
+    assert shapes == {"input": (-1, 64)}
+    options = provider_options(
+        "TensorrtExecutionProvider",
+        ModelSettings(profile_batch=(1, 4, 16)),
+        digits_v1 / "model.onnx",
+        shapes,
+    )
+    assert options["trt_profile_min_shapes"] == "input:1x64"
+    assert options["trt_profile_opt_shapes"] == "input:4x64"
+    assert options["trt_profile_max_shapes"] == "input:16x64"
+    # a sequence dim with no profile_seq: no explicit profile, the EP sizes engines itself
+    seq = provider_options(
+        "TensorrtExecutionProvider", ModelSettings(), digits_v1 / "model.onnx", {"ids": (-1, -1)}
+    )
+    assert "trt_profile_min_shapes" not in seq
