@@ -123,13 +123,20 @@ def present_kinds(model_dir: Path) -> list[str]:
     return [k for k in ("tensorrt", "torch", "onnx") if (model_dir / ENGINES[k][0]).is_file()]
 
 
-def warmup_inputs(signature: Signature, batch: int = 1) -> dict[str, np.ndarray]:
-    """Zero-filled inputs fitting the signature, dynamic dims set to `batch` (leading) or 1."""
+def warmup_inputs(
+    signature: Signature, batch: int = 1, ranges: Mapping[str, ShapeRange] | None = None
+) -> dict[str, np.ndarray]:
+    """Zero-filled inputs fitting the signature, dynamic dims set to `batch` (leading) or 1,
+    raised to the engine's minimum where it has one (a TensorRT profile may start above 1)."""
+    ranges = ranges or {}
+    batch = max([batch, *(low[0] for low, _ in ranges.values() if low)])  # one batch for all
     arrays = {}
     for spec in signature.inputs:
         shape = tuple(
             (batch if i == 0 else 1) if d == DYNAMIC else d for i, d in enumerate(spec.shape)
         )
+        low = ranges.get(spec.name, ((),))[0]
+        shape = tuple(max(d, lo) for d, lo in zip(shape, low, strict=False)) + shape[len(low) :]
         arrays[spec.name] = _zeros(spec, shape)
     return arrays
 

@@ -55,7 +55,7 @@ class EnginePredictor(Model):
         self._validator = SignatureValidator(self.name, engine.signature)
 
     def _warm_up(self) -> None:
-        inputs = warmup_inputs(self.signature)
+        inputs = warmup_inputs(self.signature, ranges=self.engine.shape_ranges)
         names = self.signature.output_names
         try:
             outputs = self.runner.run_sync(inputs, names)

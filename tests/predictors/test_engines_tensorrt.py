@@ -241,3 +241,22 @@ def test_plan_that_does_not_deserialize_names_the_fix(
         match="cannot deserialize .* on Fake GPU \\(sm 9.0\\).*rebuild it with `kbundle build`",
     ):
         TensorRTEngine.load(plan, ModelSettings(device="cuda"))
+
+
+def test_warm_up_inputs_start_at_the_profile_minimum() -> None:
+    from kbundle.predictors.engine import warmup_inputs
+
+    from kbundle.specs import Signature, TensorSpec
+
+    signature = Signature.of(
+        [TensorSpec("ids", "INT64", (-1, -1)), TensorSpec("mask", "FP32", (-1, 4))], []
+    )
+    shapes = {
+        k: v.shape
+        for k, v in warmup_inputs(signature, ranges={"ids": ((2, 16), (32, 512))}).items()
+    }
+    assert shapes == {"ids": (2, 16), "mask": (2, 4)}  # batch raised for every input alike
+    assert {k: v.shape for k, v in warmup_inputs(signature).items()} == {
+        "ids": (1, 1),
+        "mask": (1, 4),
+    }
