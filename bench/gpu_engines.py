@@ -367,12 +367,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-served", action="store_true", help="raw engines only")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads per engine (torch and the predictor's intra_op_threads); 0 = library default. "
+        "On a small shared CPU, 1 avoids thread contention swamping the figures.",
+    )
+    parser.add_argument(
         "--out", default=None, help="results file stem (default bench/results/gpu_engines-<device>)"
     )
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     device = device_name(args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     print(f"device: {device}", flush=True)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="kbundle-bench-") as tmp:
@@ -392,8 +403,13 @@ def main(argv: list[str] | None = None) -> int:
                 engine.close()
             if served_dir is None or args.no_served:
                 continue
+            threads = ["--intra_op_threads", str(args.threads)] if args.threads else []
             proc, url = start_predictor(
-                served_dir, args.device, precision, flags, work / f"{name}-{precision}.log"
+                served_dir,
+                args.device,
+                precision,
+                flags + threads,
+                work / f"{name}-{precision}.log",
             )
             try:
                 for batch in batches:
@@ -426,6 +442,7 @@ def write_results(
         "torch": torch.__version__,
         "model": f"digits MLP 64-{args.width}x{args.depth}-10",
         "seconds_per_point": args.seconds,
+        "threads": args.threads or "library default",
         "command": "python bench/gpu_engines.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         # A shared machine's other load skews every figure: recorded so readers can tell.
