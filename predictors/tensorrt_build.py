@@ -74,6 +74,11 @@ def _calibrator(trt: Any, spec: BuildSpec, inputs: dict[str, tuple[int, ...]]) -
             self.index += batch
             return [self.buffers[name].ptr for name in names]
 
+        def close(self) -> None:
+            for buffer in self.buffers.values():
+                buffer.close()
+            self.stream.close()
+
         def read_calibration_cache(self) -> bytes | None:
             return None  # the plan cache already keys on the calibration set's digest
 
@@ -106,10 +111,12 @@ def build_plan(spec: BuildSpec, out_path: Path) -> None:
     config.add_optimization_profile(profile)
     if spec.precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)  # int8 layers fall back to fp16, not fp32
+    calibrator = None  # held here: TensorRT calls back into it during the build
     if spec.precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
         config.set_calibration_profile(profile)
-        config.int8_calibrator = _calibrator(trt, spec, shapes)
+        calibrator = _calibrator(trt, spec, shapes)
+        config.int8_calibrator = calibrator
     logger.info(
         "TensorRT %s: building %s (%s, profiles %s)",
         trt.__version__,
@@ -117,7 +124,11 @@ def build_plan(spec: BuildSpec, out_path: Path) -> None:
         spec.precision,
         shapes,
     )
-    serialized = builder.build_serialized_network(network, config)
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    finally:
+        if calibrator is not None:
+            calibrator.close()
     if serialized is None:
         raise EngineLoadError(f"TensorRT failed to build {spec.onnx_path} (see the log above)")
     out_path.write_bytes(bytes(serialized))

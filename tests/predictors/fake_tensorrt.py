@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import types
 from enum import Enum
+from pathlib import Path
 
 import numpy as np
 
@@ -179,4 +180,88 @@ def fake_trt_module(engine: FakeEngine | None) -> types.ModuleType:
 
     trt.Logger = Logger
     trt.Runtime = Runtime
+    return trt
+
+
+# -- TensorRT builder (for tensorrt_build.build_plan) ---------------------------------------------
+class FakeBuilderState:
+    """What the fake builder saw: the profile, the flags, and every calibration batch it pulled."""
+
+    def __init__(self, inputs: dict[str, tuple[int, ...]]):
+        self.inputs = inputs
+        self.profile: dict[str, tuple] = {}
+        self.flags: set[str] = set()
+        self.calibration_rows = 0
+        self.calibration_batches: list[np.ndarray] = []
+
+
+def add_builder(trt: types.ModuleType, state: FakeBuilderState) -> types.ModuleType:
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8")
+
+    class IInt8EntropyCalibrator2:
+        def __init__(self) -> None:
+            pass
+
+    class Profile:
+        def set_shape(self, name, lo, opt, hi):
+            state.profile[name] = (tuple(lo), tuple(opt), tuple(hi))
+
+    class Config:
+        int8_calibrator = None
+
+        def set_memory_pool_limit(self, pool, size):
+            assert pool == "WORKSPACE" and size > 0
+
+        def set_flag(self, flag):
+            state.flags.add(flag)
+
+        def add_optimization_profile(self, profile):
+            return 0
+
+        def set_calibration_profile(self, profile):
+            pass
+
+    class Network:
+        num_inputs = len(state.inputs)
+
+        def get_input(self, i):
+            name = list(state.inputs)[i]
+            return types.SimpleNamespace(name=name, shape=state.inputs[name])
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.num_errors = 0
+
+        def parse_from_file(self, path):
+            return Path(path).is_file()
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            assert flags == 0  # TensorRT 10: explicit batch is implied
+            return Network()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            calibrator = config.int8_calibrator
+            if calibrator is not None:  # drive it the way TensorRT does
+                batch = calibrator.get_batch_size()
+                names = list(state.inputs)
+                while (pointers := calibrator.get_batch(names)) is not None:
+                    shape = (batch, *state.inputs[names[0]][1:])
+                    state.calibration_batches.append(_view(pointers[0], shape, np.float32).copy())
+                    state.calibration_rows += batch
+            return memoryview(f"plan {sorted(state.flags)} {state.profile}".encode())
+
+    trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
+    trt.OnnxParser = OnnxParser
+    trt.Builder = Builder
     return trt

@@ -193,3 +193,53 @@ def test_build_command_fails_in_one_line_without_gpu(model_dir: Path) -> None:
 def test_empty_profile_batch_follows_max_batch_size(model_dir: Path) -> None:
     assert spec_for(model_dir, profile_batch=(), max_batch_size=64).profile_batch == (1, 8, 64)
     assert spec_for(model_dir, profile_batch=(), max_batch_size=4).profile_batch == (1, 4, 4)
+
+
+# -- tensorrt_build.build_plan's own code, against a stand-in TensorRT builder (fake_tensorrt.py) --
+@pytest.fixture()
+def fake_builder(monkeypatch: pytest.MonkeyPatch):
+    from fake_tensorrt import FakeBuilderState, FakeCudart, add_builder, fake_trt_module
+    from kbundle.predictors import cuda_device
+
+    state = FakeBuilderState({"input": (-1, 64)})
+    monkeypatch.setattr(cuda_device, "_cudart", lambda: FakeCudart())
+    monkeypatch.setitem(sys.modules, "tensorrt", add_builder(fake_trt_module(None), state))
+    return state
+
+
+def test_build_plan_sets_profile_and_fp16(fake_builder, model_dir: Path, tmp_path: Path) -> None:
+    """Stand-in TensorRT: checks the calls kbundle makes (profile, flags), not TensorRT's build."""
+    from kbundle.predictors.tensorrt_build import build_plan
+
+    spec = spec_for(model_dir, fp16=True, profile_batch=(1, 4, 16))
+    build_plan(spec, tmp_path / "model.plan")
+    assert fake_builder.profile == {"input": ((1, 64), (4, 64), (16, 64))}
+    assert fake_builder.flags == {"FP16"}
+    assert (tmp_path / "model.plan").read_bytes().startswith(b"plan ['FP16']")
+
+
+def test_int8_build_feeds_the_whole_calibration_set(
+    fake_builder, model_dir: Path, tmp_path: Path
+) -> None:
+    from kbundle.predictors.tensorrt_build import build_plan
+
+    samples = np.arange(20 * 64, dtype=np.float32).reshape(20, 64)
+    np.savez(model_dir / "calibration.npz", input=samples)
+    build_plan(
+        spec_for(model_dir, precision="int8", profile_batch=(1, 8, 32)), tmp_path / "model.plan"
+    )
+    assert fake_builder.flags == {"FP16", "INT8"}
+    assert fake_builder.calibration_rows == 16  # whole batches of opt=8 from 20 rows
+    np.testing.assert_array_equal(np.concatenate(fake_builder.calibration_batches), samples[:16])
+
+
+def test_int8_calibration_set_must_name_every_input(
+    fake_builder, model_dir: Path, tmp_path: Path
+) -> None:
+    from kbundle.predictors.tensorrt_build import build_plan
+
+    np.savez(model_dir / "calibration.npz", pixels=np.zeros((8, 64), np.float32))
+    with pytest.raises(
+        EngineLoadError, match=r"calibration.npz lacks arrays for inputs \['input'\]"
+    ):
+        build_plan(spec_for(model_dir, precision="int8"), tmp_path / "model.plan")
