@@ -196,3 +196,17 @@ def test_tensorrt_provider_gets_the_same_profile_as_a_native_plan(digits_v1: Pat
         "TensorrtExecutionProvider", ModelSettings(), digits_v1 / "model.onnx", {"ids": (-1, -1)}
     )
     assert "trt_profile_min_shapes" not in seq
+
+
+def test_predictor_that_cannot_load_its_gpu_engine_is_not_ready(digits_v1: Path) -> None:
+    from kbundle.predictors.predictor import EnginePredictor
+
+    if _gpu_providers():
+        pytest.skip(f"this onnxruntime has GPU providers {_gpu_providers()}")
+    predictor = EnginePredictor("digits", digits_v1, ModelSettings(device="cuda"))
+    assert predictor.load() is False
+    assert predictor.ready is False
+    assert (
+        predictor.load_error.startswith("device: cuda asked for")
+        and "\n" not in predictor.load_error
+    )
