@@ -16,11 +16,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from kbundle.errors import EngineLoadError
+from kbundle.errors import EngineLoadError, InvalidRequest
 from kbundle.settings import ModelSettings
 from kbundle.specs import DYNAMIC, Signature, TensorSpec
 
 logger = logging.getLogger("kbundle.engine")
+
+ShapeRange = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 class Engine(ABC):
@@ -31,6 +33,23 @@ class Engine(ABC):
 
     signature: Signature
     device: str  # where it runs, in words, for logs and status
+    # Per input: (min shape, max shape) the engine was compiled for (TensorRT profiles,
+    # torch.export Dim ranges). Empty = any shape the signature allows.
+    shape_ranges: Mapping[str, ShapeRange] = {}
+
+    def check_shapes(self, model_name: str, inputs: Mapping[str, np.ndarray]) -> None:
+        """InvalidRequest (400) when an input lies outside the range the engine was built for."""
+        for name, (low, high) in self.shape_ranges.items():
+            array = inputs.get(name)
+            if array is None:
+                continue
+            for axis, (got, lo, hi) in enumerate(zip(array.shape, low, high, strict=False)):
+                if not lo <= got <= hi:
+                    raise InvalidRequest(
+                        f"model '{model_name}' input '{name}': dim {axis} is {got}, outside the "
+                        f"{self.kind} engine's range {lo}..{hi} (shape {list(array.shape)}, "
+                        f"allowed {list(low)}..{list(high)})"
+                    )
 
     @abstractmethod
     def run(
@@ -73,22 +92,51 @@ def load_engine(model_dir: str | Path, settings: ModelSettings) -> Engine:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise EngineLoadError(f"model dir {model_dir} does not exist")
-    kind = detect_kind(model_dir) if settings.engine == "auto" else settings.engine
-    path = model_dir / ENGINES[kind][0]
-    if not path.is_file():
-        raise EngineLoadError(f"engine {kind} needs {path}, which is missing")
-    engine = engine_class(kind).load(path, settings)  # type: ignore[attr-defined]
-    logger.info("loaded %s engine from %s on %s", kind, path, engine.device)
-    return engine
+    kinds = present_kinds(model_dir) if settings.engine == "auto" else [settings.engine]
+    if not kinds:
+        detect_kind(model_dir)  # raises, naming the files it looked for
+    for kind in kinds:
+        path = model_dir / ENGINES[kind][0]
+        if not path.is_file():
+            raise EngineLoadError(f"engine {kind} needs {path}, which is missing")
+        try:
+            engine = engine_class(kind).load(path, settings)  # type: ignore[attr-defined]
+        except EngineLoadError as exc:
+            # Only engine: auto with device: auto falls back, and says so; a named engine or
+            # device: cuda fails with the reason instead of quietly serving something else.
+            if kind == kinds[-1] or settings.device != "auto":
+                raise
+            logger.warning(
+                "%s engine not usable here (%s): falling back to %s",
+                kind,
+                exc,
+                kinds[kinds.index(kind) + 1],
+            )
+            continue
+        logger.info("loaded %s engine from %s on %s", kind, path, engine.device)
+        return engine
+    raise AssertionError("unreachable")
 
 
-def warmup_inputs(signature: Signature, batch: int = 1) -> dict[str, np.ndarray]:
-    """Zero-filled inputs fitting the signature, dynamic dims set to `batch` (leading) or 1."""
+def present_kinds(model_dir: Path) -> list[str]:
+    """Engines whose file is in the model dir, best first (plan, then pt2, then onnx)."""
+    return [k for k in ("tensorrt", "torch", "onnx") if (model_dir / ENGINES[k][0]).is_file()]
+
+
+def warmup_inputs(
+    signature: Signature, batch: int = 1, ranges: Mapping[str, ShapeRange] | None = None
+) -> dict[str, np.ndarray]:
+    """Zero-filled inputs fitting the signature, dynamic dims set to `batch` (leading) or 1,
+    raised to the engine's minimum where it has one (a TensorRT profile may start above 1)."""
+    ranges = ranges or {}
+    batch = max([batch, *(low[0] for low, _ in ranges.values() if low)])  # one batch for all
     arrays = {}
     for spec in signature.inputs:
         shape = tuple(
             (batch if i == 0 else 1) if d == DYNAMIC else d for i, d in enumerate(spec.shape)
         )
+        low = ranges.get(spec.name, ((),))[0]
+        shape = tuple(max(d, lo) for d, lo in zip(shape, low, strict=False)) + shape[len(low) :]
         arrays[spec.name] = _zeros(spec, shape)
     return arrays
 

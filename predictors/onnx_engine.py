@@ -11,7 +11,7 @@ import onnxruntime as ort
 from kbundle.predictors.engine import Engine
 
 from kbundle.errors import EngineLoadError
-from kbundle.settings import ModelSettings
+from kbundle.settings import ModelSettings, effective_precision
 from kbundle.specs import DYNAMIC, Signature, TensorSpec
 
 logger = logging.getLogger("kbundle.engine.onnx")
@@ -64,17 +64,71 @@ def choose_providers(requested: Sequence[str], available: Sequence[str], device:
     return chosen
 
 
-def provider_options(provider: str, settings: ModelSettings, model_path: Path) -> dict:
+def provider_options(
+    provider: str,
+    settings: ModelSettings,
+    model_path: Path,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> dict:
+    precision = effective_precision(settings)
     if provider == "TensorrtExecutionProvider":
         cache = settings.engine_cache_dir or str(model_path.parent / ".trt-cache")
-        return {
-            "trt_fp16_enable": settings.fp16,
+        # ORT keys its own engine cache by model, GPU and shapes; the dir only has to persist.
+        options = {
+            "device_id": 0,
+            "trt_fp16_enable": precision in ("fp16", "int8"),
+            "trt_int8_enable": precision == "int8",  # for Q/DQ-quantized models
             "trt_engine_cache_enable": True,
             "trt_engine_cache_path": cache,
             "trt_timing_cache_enable": True,
             "trt_timing_cache_path": cache,
         }
+        return {**options, **trt_profile_options(input_shapes or {}, settings)}
+    if provider == "CUDAExecutionProvider":
+        return {
+            "device_id": 0,
+            "cudnn_conv_algo_search": "HEURISTIC",
+            "do_copy_in_default_stream": True,
+        }
     return {}
+
+
+def trt_profile_options(
+    input_shapes: Mapping[str, tuple[int, ...]], settings: ModelSettings
+) -> dict[str, str]:
+    """One explicit TensorRT EP profile from profile_batch/profile_seq, the same ranges a native
+    plan gets; without it the EP rebuilds its engine whenever a larger shape first arrives."""
+    from kbundle.predictors.engine_builder import BuildSpec, profile_batch_of
+    from kbundle.predictors.tensorrt_build import profile_shapes
+
+    spec = BuildSpec(Path(), "fp32", profile_batch_of(settings), tuple(settings.profile_seq))
+    triples = {}
+    for name, shape in input_shapes.items():
+        if DYNAMIC not in shape:
+            continue
+        try:
+            triples[name] = profile_shapes(name, shape, spec)
+        except EngineLoadError:
+            return {}  # a dynamic dim with no range given: let the EP size engines itself
+    if not triples:
+        return {}
+
+    def joined(which: int) -> str:
+        return ",".join(f"{n}:{'x'.join(map(str, t[which]))}" for n, t in triples.items())
+
+    return {
+        "trt_profile_min_shapes": joined(0),
+        "trt_profile_opt_shapes": joined(1),
+        "trt_profile_max_shapes": joined(2),
+    }
+
+
+def input_shapes_of(path: Path) -> dict[str, tuple[int, ...]]:
+    """Input shapes (-1 dynamic) read through a CPU session with no graph optimization (cheap)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return {a.name: tensor_spec(a, "input").shape for a in session.get_inputs()}
 
 
 def tensor_spec(arg: ort.NodeArg, where: str) -> TensorSpec:
@@ -99,9 +153,8 @@ class OnnxEngine(Engine):
             (tensor_spec(a, "output") for a in session.get_outputs()),
         )
         providers = session.get_providers()
-        self.device = (
-            "cuda" if providers[0] in GPU_PROVIDERS else "cpu"
-        ) + f" ({', '.join(providers)})"
+        self.on_gpu = providers[0] in GPU_PROVIDERS
+        self.device = ("cuda" if self.on_gpu else "cpu") + f" ({', '.join(providers)})"
         self._string_inputs = {s.name for s in self.signature.inputs if s.datatype == "BYTES"}
         self._string_outputs = {s.name for s in self.signature.outputs if s.datatype == "BYTES"}
 
@@ -114,11 +167,12 @@ class OnnxEngine(Engine):
         if settings.intra_op_threads:
             options.intra_op_num_threads = settings.intra_op_threads
         try:
+            shapes = input_shapes_of(path) if "TensorrtExecutionProvider" in providers else None
             session = ort.InferenceSession(
                 str(path),
                 sess_options=options,
                 providers=providers,
-                provider_options=[provider_options(p, settings, path) for p in providers],
+                provider_options=[provider_options(p, settings, path, shapes) for p in providers],
             )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise EngineLoadError(f"onnxruntime cannot load {path}: {exc}") from exc
@@ -129,11 +183,27 @@ class OnnxEngine(Engine):
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
     ) -> list[np.ndarray]:
         feeds = {name: self._feed(name, array) for name, array in inputs.items()}
-        outputs = self.session.run(list(output_names), feeds)
+        if self.on_gpu and not self._string_inputs and not self._string_outputs:
+            outputs = self._run_bound(feeds, output_names)
+        else:
+            outputs = self.session.run(list(output_names), feeds)
         return [
             self._as_bytes(out) if name in self._string_outputs else out
             for name, out in zip(output_names, outputs, strict=True)
         ]
+
+    def _run_bound(
+        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> list[np.ndarray]:
+        """IO binding on GPU: inputs copied up once, only the requested outputs allocated on the
+        device, and each copied down once, when the response needs it (no ORT-internal copies)."""
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in output_names:
+            binding.bind_output(name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return [value.numpy() for value in binding.get_outputs()]
 
     def _feed(self, name: str, array: np.ndarray) -> np.ndarray:
         if name in self._string_inputs:

@@ -55,7 +55,7 @@ class EnginePredictor(Model):
         self._validator = SignatureValidator(self.name, engine.signature)
 
     def _warm_up(self) -> None:
-        inputs = warmup_inputs(self.signature)
+        inputs = warmup_inputs(self.signature, ranges=self.engine.shape_ranges)
         names = self.signature.output_names
         try:
             outputs = self.runner.run_sync(inputs, names)
@@ -92,6 +92,7 @@ class EnginePredictor(Model):
     # -- inference ---------------------------------------------------------------------------
     async def infer_arrays(self, request: ArrayRequest) -> ArrayResponse:
         names = request.requested_outputs or list(self.signature.output_names)
+        self.engine.check_shapes(self.name, request.inputs)  # per request, before any batching
         try:
             outputs = await self.runner.run(request.inputs, names)
         except KbundleError:

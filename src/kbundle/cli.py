@@ -12,6 +12,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("kbundle.commands.serve", "serve a model dir with the engine predictor"),
     "validate": ("kbundle.commands.validate", "check manifests: CRD schema, KServe webhook, lint"),
     "canary": ("kbundle.commands.canary", "set/promote/rollback a canary by editing a manifest"),
+    "build": (
+        "kbundle.commands.build",
+        "build or reuse a TensorRT plan from model.onnx for this GPU",
+    ),
+    "export": (
+        "kbundle.commands.export",
+        "export a torch model to model.onnx / model.pt2, checked",
+    ),
 }
 
 

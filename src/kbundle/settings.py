@@ -75,6 +75,35 @@ class ModelSettings:
         default="",
         metadata=_doc("Where GPU engines built at start-up are cached (default: model dir)."),
     )
+    precision: str = field(
+        default="auto",
+        metadata=_doc(
+            "Engine precision: auto (fp16 when `fp16` is set, else fp32), fp32, fp16, bf16 "
+            "(Torch) or int8 (TensorRT build, calibrated from calibration.npz).",
+            choices=("auto", "fp32", "fp16", "bf16", "int8"),
+        ),
+    )
+    profile_batch: tuple[int, ...] = field(
+        default=(1, 8, 32),
+        metadata=_doc("TensorRT optimization profile for the batch (leading) dim: min,opt,max."),
+    )
+    profile_seq: tuple[int, ...] = field(
+        default=(),
+        metadata=_doc(
+            "TensorRT optimization profile for every other dynamic dim (e.g. sequence): "
+            "min,opt,max; required when the model has such dims."
+        ),
+    )
+    cuda_graphs: bool = field(
+        default=False,
+        metadata=_doc(
+            "Torch on CUDA: capture a CUDA graph per batch bucket and pad requests up to it."
+        ),
+    )
+    batch_buckets: tuple[int, ...] = field(
+        default=(1, 8, 32),
+        metadata=_doc("Batch sizes CUDA graphs are captured for (cuda_graphs: true)."),
+    )
     model_version: str = field(
         default="",
         metadata=_doc("Version reported as V2 model_version (e.g. the revision serving it)."),
@@ -86,6 +115,13 @@ class ModelSettings:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def effective_precision(settings: ModelSettings) -> str:
+    """The one precision engines use: `precision` unless auto, then `fp16: true` means fp16."""
+    if settings.precision != "auto":
+        return settings.precision
+    return "fp16" if settings.fp16 else "fp32"
 
 
 def env_name(setting: str) -> str:
@@ -124,6 +160,9 @@ def _coerce(name: str, kind: Any, value: Any, source: str) -> Any:
             return int(value)
         if kind in (float, "float"):
             return float(value)
+        if kind in ("tuple[int, ...]",):
+            parts = value.split(",") if isinstance(value, str) else value
+            return tuple(int(part) for part in parts if str(part).strip())
         if kind in ("tuple[str, ...]",):
             if isinstance(value, str):
                 return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -146,6 +185,25 @@ def _check(settings: ModelSettings) -> ModelSettings:
         raise ConfigError("max_batch_delay_ms must be >= 0")
     if settings.instances < 1:
         raise ConfigError("instances must be >= 1")
+    if settings.profile_batch and (
+        len(settings.profile_batch) != 3
+        or not 1
+        <= settings.profile_batch[0]
+        <= settings.profile_batch[1]
+        <= settings.profile_batch[2]
+    ):
+        raise ConfigError(
+            f"profile_batch must be min,opt,max with 1 <= min <= opt <= max, got {list(settings.profile_batch)}"
+        )
+    if settings.profile_seq and (
+        len(settings.profile_seq) != 3
+        or not 1 <= settings.profile_seq[0] <= settings.profile_seq[1] <= settings.profile_seq[2]
+    ):
+        raise ConfigError(
+            f"profile_seq must be min,opt,max with 1 <= min <= opt <= max, got {list(settings.profile_seq)}"
+        )
+    if any(b < 1 for b in settings.batch_buckets):
+        raise ConfigError(f"batch_buckets must be positive, got {list(settings.batch_buckets)}")
     return settings
 
 

@@ -1,0 +1,251 @@
+"""Native TensorRT engine (`model.plan`), TensorRT 10 name-based tensor API.
+
+One execution context per instance, each with its own CUDA stream and device buffers sized
+once, at load time, for the optimization profile's max shapes: a call is the request's own
+host->device copies, one enqueue, the requested outputs' device->host copies, one sync.
+The signature (dynamic dims = -1) and the profile ranges come from the engine itself; a
+request outside the profile range is refused with a 400 before it reaches the GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kbundle.predictors import cuda_device
+from kbundle.predictors.engine import Engine, ShapeRange
+
+from kbundle.errors import EngineError, EngineLoadError
+from kbundle.settings import ModelSettings
+from kbundle.specs import DYNAMIC, Signature, TensorSpec
+
+logger = logging.getLogger("kbundle.engine.tensorrt")
+
+# trt.DataType member name -> V2 datatype. BF16/FP8/INT4 I/O have no numpy/V2 form: refused at load.
+TRT_TO_V2 = {
+    "FLOAT": "FP32",
+    "HALF": "FP16",
+    "INT8": "INT8",
+    "INT32": "INT32",
+    "INT64": "INT64",
+    "BOOL": "BOOL",
+    "UINT8": "UINT8",
+}
+
+
+@dataclass(frozen=True)
+class IoTensor:
+    """One engine I/O tensor as read from the plan (kept free of TensorRT types, for tests)."""
+
+    name: str
+    is_input: bool
+    dtype_name: str  # trt.DataType member name
+    shape: tuple[int, ...]  # -1 for dynamic
+    # Per optimization profile: (min, opt, max); inputs only.
+    profiles: tuple[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...] = ()
+
+
+def signature_of(tensors: Sequence[IoTensor]) -> Signature:
+    """The frozen signature: names, V2 datatypes, shapes with -1 for dynamic dims."""
+    specs: dict[bool, list[TensorSpec]] = {True: [], False: []}
+    for tensor in tensors:
+        datatype = TRT_TO_V2.get(tensor.dtype_name)
+        if datatype is None:
+            kind = "input" if tensor.is_input else "output"
+            raise EngineLoadError(
+                f"{kind} '{tensor.name}' is {tensor.dtype_name}, which V2/numpy cannot carry "
+                "(cast it to FP32/FP16 at the network boundary)"
+            )
+        shape = tuple(d if d >= 0 else DYNAMIC for d in tensor.shape)
+        specs[tensor.is_input].append(TensorSpec(tensor.name, datatype, shape))
+    return Signature.of(specs[True], specs[False])
+
+
+def shape_ranges_of(tensors: Sequence[IoTensor]) -> dict[str, ShapeRange]:
+    """Per dynamic input: the shapes every profile accepts (the intersection over profiles).
+
+    Contexts are spread over the profiles, so a request must fit whichever one it lands on.
+    """
+    ranges: dict[str, ShapeRange] = {}
+    for tensor in tensors:
+        if not tensor.is_input or DYNAMIC not in tensor.shape or not tensor.profiles:
+            continue
+        low = tuple(max(p[0][i] for p in tensor.profiles) for i in range(len(tensor.shape)))
+        high = tuple(min(p[2][i] for p in tensor.profiles) for i in range(len(tensor.shape)))
+        ranges[tensor.name] = (low, high)
+    return ranges
+
+
+def read_io_tensors(engine: Any, trt: Any) -> list[IoTensor]:
+    """The plan's I/O tensors, with each input's min/opt/max for every optimization profile."""
+    tensors = []
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        if engine.is_shape_inference_io(name):
+            raise EngineLoadError(
+                f"tensor '{name}' is a shape tensor; kbundle serves execution tensors only"
+            )
+        shape = tuple(engine.get_tensor_shape(name))
+        profiles = ()
+        if is_input and DYNAMIC in shape:
+            profiles = tuple(
+                tuple(tuple(dims) for dims in engine.get_tensor_profile_shape(name, p))
+                for p in range(engine.num_optimization_profiles)
+            )
+        tensors.append(
+            IoTensor(name, is_input, engine.get_tensor_dtype(name).name, shape, profiles)
+        )
+    return tensors
+
+
+def check_plan_target(plan: Path, gpu: cuda_device.GpuInfo, trt_version: str) -> None:
+    """Refuse early, in words, a plan that `kbundle build` made for another GPU or TensorRT."""
+    meta_path = plan.with_name(plan.name + ".json")
+    if not meta_path.is_file():
+        return  # a plan from elsewhere: TensorRT's own deserializer is the only check
+    meta = json.loads(meta_path.read_text())
+    built_cc, built_trt = meta.get("compute_capability"), meta.get("tensorrt_version")
+    if built_cc != gpu.compute_capability or built_trt != trt_version:
+        raise EngineLoadError(
+            f"{plan} was built for sm {built_cc} / TensorRT {built_trt}, this is {gpu.name} sm "
+            f"{gpu.compute_capability} / TensorRT {trt_version}: run `kbundle build {plan.parent}`"
+        )
+
+
+class _Slot:
+    """One execution context with its stream and max-size device buffers (one per instance)."""
+
+    def __init__(self, engine: Any, profile: int, tensors: Sequence[IoTensor], trt: Any):
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise EngineLoadError(
+                "TensorRT could not create an execution context (out of GPU memory?)"
+            )
+        self.stream = cuda_device.Stream()
+        if engine.num_optimization_profiles > 1:
+            self.context.set_optimization_profile_async(profile, int(self.stream))
+        self.buffers: dict[str, cuda_device.DeviceBuffer] = {}
+        # Size buffers by setting every input to its profile max and reading the outputs' shapes.
+        for tensor in tensors:
+            if tensor.is_input:
+                shape = tensor.profiles[profile][2] if tensor.profiles else tensor.shape
+                self.context.set_input_shape(tensor.name, shape)
+        for tensor in tensors:
+            shape = tuple(self.context.get_tensor_shape(tensor.name))
+            if DYNAMIC in shape:
+                raise EngineLoadError(
+                    f"output '{tensor.name}' has a data-dependent shape; not supported"
+                )
+            itemsize = np.dtype(trt.nptype(getattr(trt.DataType, tensor.dtype_name))).itemsize
+            buffer = cuda_device.DeviceBuffer(int(np.prod(shape, dtype=np.int64)) * itemsize)
+            self.buffers[tensor.name] = buffer
+            # Addresses never change: buffers are fixed, so they are bound once here.
+            self.context.set_tensor_address(tensor.name, buffer.ptr)
+
+    def close(self) -> None:
+        for buffer in self.buffers.values():
+            buffer.close()
+        self.stream.close()
+        del self.context
+
+
+class TensorRTEngine(Engine):
+    kind = "tensorrt"
+    model_file = "model.plan"
+
+    def __init__(
+        self,
+        engine: Any,
+        tensors: Sequence[IoTensor],
+        instances: int,
+        gpu: cuda_device.GpuInfo,
+        trt: Any,
+    ):
+        self._engine = engine
+        self.signature = signature_of(tensors)
+        self.shape_ranges = shape_ranges_of(tensors)
+        self.device = f"cuda:{gpu.index} ({gpu.name}, sm {gpu.compute_capability}, TensorRT {trt.__version__})"
+        self._dtypes = {
+            spec.name: spec.dtype for spec in self.signature.inputs + self.signature.outputs
+        }
+        self._slots: queue.Queue[_Slot] = queue.Queue()
+        for i in range(instances):
+            self._slots.put(_Slot(engine, i % engine.num_optimization_profiles, tensors, trt))
+
+    @classmethod
+    def load(cls, path: Path, settings: ModelSettings) -> TensorRTEngine:
+        if settings.device == "cpu":
+            raise EngineLoadError(
+                "device: cpu asked for, but a TensorRT plan runs on CUDA only (serve model.onnx or model.pt2)"
+            )
+        try:
+            import tensorrt as trt
+        except ImportError as exc:
+            raise EngineLoadError(
+                f"the tensorrt Python package is not installed here ({exc})"
+            ) from exc
+        gpu = cuda_device.gpu_info(0)
+        check_plan_target(path, gpu, trt.__version__)
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise EngineLoadError(
+                f"TensorRT {trt.__version__} cannot deserialize {path} on {gpu.name} (sm {gpu.compute_capability}): "
+                "a plan only loads on the GPU model and TensorRT version that built it; rebuild it with `kbundle build`"
+            )
+        try:
+            instance = cls(engine, read_io_tensors(engine, trt), settings.instances, gpu, trt)
+        except cuda_device.CudaError as exc:
+            raise EngineLoadError(f"CUDA setup for {path} failed: {exc}") from exc
+        instance._runtime = runtime  # the runtime must outlive the engine it made
+        return instance
+
+    def run(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> list[np.ndarray]:
+        slot = (
+            self._slots.get()
+        )  # one context per concurrent call; the runner has one thread per instance
+        try:
+            return self._run(slot, inputs, output_names)
+        except cuda_device.CudaError as exc:
+            raise EngineError(f"TensorRT call failed: {exc}") from exc
+        finally:
+            self._slots.put(slot)
+
+    def _run(
+        self, slot: _Slot, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> list[np.ndarray]:
+        context, stream = slot.context, slot.stream
+        staged = []  # the host arrays must stay alive until the stream is synchronized
+        for spec in self.signature.inputs:
+            array = np.ascontiguousarray(inputs[spec.name], dtype=spec.dtype)
+            if not context.set_input_shape(spec.name, array.shape):
+                raise EngineError(
+                    f"TensorRT refused shape {list(array.shape)} for input '{spec.name}'"
+                )
+            slot.buffers[spec.name].upload(array, stream)
+            staged.append(array)
+        unresolved = context.infer_shapes()
+        if unresolved:
+            raise EngineError(f"TensorRT could not infer the shapes of {list(unresolved)}")
+        if not context.execute_async_v3(int(stream)):
+            raise EngineError("TensorRT execute_async_v3 failed (see the server log)")
+        outputs = []
+        for name in output_names:
+            out = np.empty(tuple(context.get_tensor_shape(name)), dtype=self._dtypes[name])
+            slot.buffers[name].download(out, stream)
+            outputs.append(out)
+        stream.synchronize()
+        return outputs
+
+    def close(self) -> None:
+        while not self._slots.empty():
+            self._slots.get_nowait().close()

@@ -1,0 +1,212 @@
+"""ONNX Runtime on GPU: provider choice and options, device: cuda on a CPU-only onnxruntime
+(clear one-line failure, non-zero exit), engine fallback under device: auto, and the GPU
+providers with IO binding through the real server (marked gpu)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from kbundle.predictors.engine import load_engine
+from kbundle.predictors.onnx_engine import (
+    GPU_PROVIDERS,
+    OnnxEngine,
+    choose_providers,
+    provider_options,
+)
+
+from kbundle.errors import EngineLoadError
+from kbundle.settings import ModelSettings
+
+CPU_ONLY = ["CPUExecutionProvider"]
+GPU_ORT = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_providers_prefer_tensorrt_then_cuda_and_keep_cpu_last() -> None:
+    assert choose_providers([], GPU_ORT, "auto") == GPU_ORT
+    assert choose_providers(["cuda"], GPU_ORT, "cuda") == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert choose_providers([], GPU_ORT, "cpu") == CPU_ONLY
+    assert choose_providers([], CPU_ONLY, "auto") == CPU_ONLY  # auto quietly means CPU here
+
+
+def test_device_cuda_on_cpu_only_onnxruntime_names_the_fix() -> None:
+    with pytest.raises(EngineLoadError, match="install onnxruntime-gpu in place of onnxruntime"):
+        choose_providers([], CPU_ONLY, "cuda")
+
+
+def test_tensorrt_provider_options_follow_precision_and_cache_dir(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    fp16 = provider_options("TensorrtExecutionProvider", ModelSettings(fp16=True), model)
+    assert fp16["trt_fp16_enable"] is True and fp16["trt_int8_enable"] is False
+    assert fp16["trt_engine_cache_enable"] is True and fp16["trt_engine_cache_path"] == str(
+        tmp_path / ".trt-cache"
+    )
+    int8 = provider_options(
+        "TensorrtExecutionProvider",
+        ModelSettings(precision="int8", engine_cache_dir="/cache"),
+        model,
+    )
+    assert int8["trt_int8_enable"] is True and int8["trt_engine_cache_path"] == "/cache"
+    assert provider_options("CUDAExecutionProvider", ModelSettings(), model)["device_id"] == 0
+    assert provider_options("CPUExecutionProvider", ModelSettings(), model) == {}
+
+
+def _gpu_providers() -> list[str]:
+    return [p for p in ort.get_available_providers() if p in GPU_PROVIDERS]
+
+
+def test_predictor_with_device_cuda_exits_nonzero_with_one_line(digits_v1: Path) -> None:
+    if _gpu_providers():
+        pytest.skip(f"this onnxruntime has GPU providers {_gpu_providers()}")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kbundle.predictors",
+            "--model_name",
+            "digits",
+            "--model_dir",
+            str(digits_v1),
+            "--device",
+            "cuda",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: model 'digits' failed to load: device: cuda asked for, but this onnxruntime offers only "
+        f"{ort.get_available_providers()} (install onnxruntime-gpu in place of onnxruntime, on a machine with a CUDA GPU)"
+    ]
+
+
+def test_auto_falls_back_from_an_unusable_plan_to_onnx(
+    tmp_path: Path, digits_v1: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shutil.copy(digits_v1 / "model.onnx", tmp_path / "model.onnx")
+    (tmp_path / "model.plan").write_bytes(b"not a plan for this machine")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("tensorrt is installed: the plan would be tried for real")
+    except ImportError:
+        pass
+    engine = load_engine(tmp_path, ModelSettings())
+    assert isinstance(engine, OnnxEngine)
+    assert (
+        "tensorrt engine not usable here" in caplog.text and "falling back to onnx" in caplog.text
+    )
+    with pytest.raises(EngineLoadError, match="tensorrt"):  # device: cuda never falls back
+        load_engine(tmp_path, ModelSettings(device="cuda"))
+    with pytest.raises(EngineLoadError):  # nor does a named engine
+        load_engine(tmp_path, ModelSettings(engine="tensorrt"))
+
+
+def test_cpu_path_is_unchanged_without_io_binding(digits_v1: Path) -> None:
+    engine = OnnxEngine.load(digits_v1 / "model.onnx", ModelSettings(device="cpu"))
+    assert engine.on_gpu is False and engine.device == "cpu (CPUExecutionProvider)"
+    out = engine.run({"input": np.zeros((3, 64), np.float32)}, ["probabilities"])
+    assert out[0].shape == (3, 10)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("providers", ["cuda", "tensorrt,cuda"])
+def test_gpu_providers_with_io_binding_served(
+    providers: str, digits_v1: Path, tmp_path: Path
+) -> None:
+    wanted = {"cuda": "CUDAExecutionProvider", "tensorrt,cuda": "TensorrtExecutionProvider"}[
+        providers
+    ]
+    if wanted not in ort.get_available_providers():
+        pytest.skip(
+            f"needs onnxruntime-gpu with {wanted} on a CUDA GPU; available: {ort.get_available_providers()}"
+        )
+    import tritonclient.http as httpclient
+    from procs import start_module
+
+    engine = OnnxEngine.load(
+        digits_v1 / "model.onnx",
+        ModelSettings(device="cuda", execution_providers=tuple(providers.split(","))),
+    )
+    assert engine.on_gpu
+    x = np.random.default_rng(0).uniform(0, 16, (8, 64)).astype(np.float32)
+    bound = engine.run({"input": x}, ["probabilities"])[0]  # IO binding path
+    plain = OnnxEngine.load(digits_v1 / "model.onnx", ModelSettings(device="cpu")).run(
+        {"input": x}, ["probabilities"]
+    )[0]
+    np.testing.assert_allclose(bound, plain, atol=1e-3)
+    server = start_module(
+        "kbundle.predictors",
+        [
+            "--model_name",
+            "digits",
+            "--model_dir",
+            str(digits_v1),
+            "--device",
+            "cuda",
+            "--execution_providers",
+            providers,
+            "--engine_cache_dir",
+            str(tmp_path / "trt"),
+        ],
+        tmp_path / "server.log",
+        "/v2/models/digits/ready",
+        timeout=300,
+    )
+    try:
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        probs = (
+            httpclient.InferenceServerClient(server.http_url)
+            .infer("digits", [inp])
+            .as_numpy("probabilities")
+        )
+        np.testing.assert_allclose(probs, plain, atol=1e-3)
+        assert wanted in server.log()
+    finally:
+        server.stop()
+
+
+def test_tensorrt_provider_gets_the_same_profile_as_a_native_plan(digits_v1: Path) -> None:
+    from kbundle.predictors.onnx_engine import input_shapes_of
+
+    shapes = input_shapes_of(digits_v1 / "model.onnx")
+    assert shapes == {"input": (-1, 64)}
+    options = provider_options(
+        "TensorrtExecutionProvider",
+        ModelSettings(profile_batch=(1, 4, 16)),
+        digits_v1 / "model.onnx",
+        shapes,
+    )
+    assert options["trt_profile_min_shapes"] == "input:1x64"
+    assert options["trt_profile_opt_shapes"] == "input:4x64"
+    assert options["trt_profile_max_shapes"] == "input:16x64"
+    # a sequence dim with no profile_seq: no explicit profile, the EP sizes engines itself
+    seq = provider_options(
+        "TensorrtExecutionProvider", ModelSettings(), digits_v1 / "model.onnx", {"ids": (-1, -1)}
+    )
+    assert "trt_profile_min_shapes" not in seq
+
+
+def test_predictor_that_cannot_load_its_gpu_engine_is_not_ready(digits_v1: Path) -> None:
+    from kbundle.predictors.predictor import EnginePredictor
+
+    if _gpu_providers():
+        pytest.skip(f"this onnxruntime has GPU providers {_gpu_providers()}")
+    predictor = EnginePredictor("digits", digits_v1, ModelSettings(device="cuda"))
+    assert predictor.load() is False
+    assert predictor.ready is False
+    assert (
+        predictor.load_error.startswith("device: cuda asked for")
+        and "\n" not in predictor.load_error
+    )
