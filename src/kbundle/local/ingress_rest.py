@@ -1,0 +1,99 @@
+"""The REST ingress: one port for the InferenceService's V2 REST API, split across revisions.
+
+A plain ASGI app (served by uvicorn) forwarding each request whole to the revision `pick()`
+chose, through one pooled httpx client. The answer carries `x-kbundle-revision`. A revision that
+is scaled to zero is started first (the activator); one that cannot be reached is a 503 with
+the reason, a timeout a 504. `GET /kbundle/status[?window=S]` is the runner's own status.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qs
+
+import httpx
+import orjson
+
+from kbundle.errors import KbundleError, ModelUnavailable, UpstreamTimeout
+from kbundle.local.service import LocalService
+
+REVISION_HEADER = "x-kbundle-revision"
+STATUS_PATH = "/kbundle/status"
+# Hop-by-hop headers (RFC 9110 §7.6.1) and the ones httpx recomputes.
+_DROP = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+         b"proxy-authorization", b"proxy-authenticate", b"content-length", b"content-encoding"}
+
+
+class RestIngress:
+    def __init__(self, service: LocalService, timeout_s: float = 600.0):
+        self.service = service
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == STATUS_PATH:
+            query = parse_qs(scope.get("query_string", b"").decode())
+            window = float(query["window"][0]) if "window" in query else None
+            await _respond(send, 200, orjson.dumps(await self.service.status(window)), [(b"content-type", b"application/json")])
+            return
+        body = await _read_body(receive)
+        try:
+            runtime = self.service.pick()
+        except KbundleError as exc:
+            await _error(send, exc, [])
+            return
+        tag = [(REVISION_HEADER.encode(), runtime.name.encode())]
+        started = time.perf_counter()
+        status = 500
+        async with runtime.track():
+            try:
+                await runtime.activate()
+                upstream = await self._forward(scope, body, runtime.rest_base)
+                status = upstream.status_code
+                headers = [(k, v) for k, v in upstream.headers.raw if k.lower() not in _DROP]
+                await _respond(send, status, upstream.content, headers + tag)
+            except KbundleError as exc:
+                status = int(exc.http_status)
+                await _error(send, exc, tag)
+            finally:
+                runtime.stats.record(time.perf_counter() - started, status >= 500)
+
+    async def _forward(self, scope: dict, body: bytes, base: str) -> httpx.Response:
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _DROP]
+        url = base + scope["path"] + (("?" + scope["query_string"].decode()) if scope.get("query_string") else "")
+        try:
+            return await self.client.request(scope["method"], url, headers=headers, content=body)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"{base}: no answer in time ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise ModelUnavailable(f"upstream {base} unreachable: {exc}") from exc
+
+
+async def _read_body(receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def _respond(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _error(send, exc: KbundleError, headers: list) -> None:
+    body = orjson.dumps({"error": exc.message})
+    await _respond(send, int(exc.http_status), body, [(b"content-type", b"application/json"), *headers])
