@@ -78,11 +78,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build_samples_if_needed(spec, storage_map) -> None:
+    """Build the sample models when a sample-bucket URI points at a missing folder (first run)."""
     variants = [spec.variant, *(v for _, v, _ in spec.standard_canaries)]
     uris = [uri for v in variants for c in (v.predictor, v.transformer) if c for uri, _ in c.storage]
-    if any(storage_map.uses_samples(u) for u in uris) and storage_map.resolve("s3://kbundle-models").startswith(
-        str(samples.default_models_dir())
-    ):
+    missing = [u for u in uris if storage_map.uses_samples(u) and not Path(storage_map.resolve(u)).exists()]
+    if missing and storage_map.resolve("s3://kbundle-models").startswith(str(samples.default_models_dir())):
+        print(f"building the sample models for {missing[0]} (once) ...", file=sys.stderr, flush=True)
         samples.build_all()
 
 

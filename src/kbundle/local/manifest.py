@@ -110,9 +110,9 @@ def parse_inference_service(doc: dict[str, Any], source: str = "<manifest>") -> 
     if spec.get("transformer"):
         transformer = _component(spec["transformer"], "transformer", "spec.transformer", name, source)
     canary = _canary_percent(spec, source)
-    canaries = _standard_canaries(spec, transformer, name, source)
-    if canaries and mode != STANDARD:
+    if spec.get("canary") and mode != STANDARD:
         raise ConfigError(f"{source}: spec.canary[] is honoured in Standard (RawDeployment) mode only")
+    canaries = _standard_canaries(spec, transformer, name, source)
     if mode == STANDARD and canary is not None:
         warnings.append("canaryTrafficPercent is ignored in Standard mode (KServe ignores it too); use spec.canary[]")
         canary = None

@@ -163,7 +163,12 @@ class RevisionRuntime:
 
     def describe(self) -> dict:
         idle = "scaled-to-zero" if self.scales_to_zero else "stopped"
-        state = "ready" if self.ready else ("starting" if self.running else idle)
+        if self.ready:
+            state = "ready"
+        elif self.running:
+            state = "starting"
+        else:
+            state = "stopping" if any(p.alive for p in self.processes) else idle
         return {
             "name": self.name,
             "state": state,

@@ -49,7 +49,12 @@ class ComponentProcess:
 
     @property
     def running(self) -> bool:
+        """Wanted up (starting, ready, or waiting to restart)."""
         return self._wanted
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
 
     def start(self) -> None:
         """Start and keep running (idempotent); readiness comes later, see `wait_ready`."""
