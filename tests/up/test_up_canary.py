@@ -83,7 +83,12 @@ def test_bad_request_keeps_its_4xx_through_the_ingress(up):
 
 def test_canary_30_percent_sends_about_30_percent_to_latest(up):
     _set_canary(up, CANARY, "s3://kbundle-models/digits/v2")
-    wait_for(lambda: up.traffic() == {"digits-00002": CANARY, "digits-00001": 100 - CANARY}, 90, "30% split", up)
+    wait_for(
+        lambda: up.traffic() == {"digits-00002": CANARY, "digits-00001": 100 - CANARY},
+        90,
+        "30% split",
+        up,
+    )
     counts = _revisions_answering(up, REQUESTS)
     assert set(counts) == {"digits-00001", "digits-00002"}
     mean, sd = REQUESTS * CANARY / 100, math.sqrt(REQUESTS * 0.3 * 0.7)
@@ -102,14 +107,22 @@ def test_status_and_canary_analyze_report_both_revisions(up):
     # Both revisions are healthy; latency ratios are left loose because a p99 over ~100 requests
     # on a shared 2-core machine is noise (the latency rules are unit-tested in test_up_units).
     lenient = ["--max-p99-ratio", "1000", "--max-p50-ratio", "1000"]
-    out = subprocess.run(kbundle_cmd("canary-analyze", *state, "--window", "120", "--min-requests", "50", *lenient),
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        kbundle_cmd("canary-analyze", *state, "--window", "120", "--min-requests", "50", *lenient),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "verdict: PROMOTE" in out.stdout
     assert "digits-00002" in out.stdout and "p99" in out.stdout
     # Demanding more requests than the canary had: hold, with its own exit status.
-    out = subprocess.run(kbundle_cmd("canary-analyze", *state, "--min-requests", "100000", *lenient),
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        kbundle_cmd("canary-analyze", *state, "--min-requests", "100000", *lenient),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 3 and "verdict: HOLD" in out.stdout
 
 
@@ -118,8 +131,17 @@ def test_rollback_with_zero_pins_the_previous_revision(up):
     wait_for(lambda: up.traffic() == {"digits-00002": 0, "digits-00001": 100}, 30, "rollback", up)
     assert _revisions_answering(up, 100) == {"digits-00001": 100}
     latest = next(r for r in up.status()["revisions"] if r["name"] == "digits-00002")
-    wait_for(lambda: all(c["pid"] is None for c in next(
-        r for r in up.status()["revisions"] if r["name"] == "digits-00002")["components"]), 30, "canary stopped", up)
+    wait_for(
+        lambda: all(
+            c["pid"] is None
+            for c in next(r for r in up.status()["revisions"] if r["name"] == "digits-00002")[
+                "components"
+            ]
+        ),
+        30,
+        "canary stopped",
+        up,
+    )
     assert latest["traffic"] == 0
 
 
@@ -139,4 +161,3 @@ def test_a_broken_edit_leaves_traffic_where_it_was(up):
     wait_for(lambda: up.status()["last_error"] is not None, 30, "apply error", up)
     assert "is not a kbundle component" in up.status()["last_error"]
     assert _revisions_answering(up, 20) == {"digits-00002": 20}
-

@@ -7,14 +7,22 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from up_harness import HERE, kbundle_cmd
-
 from procs import free_port
+from up_harness import HERE, kbundle_cmd
 
 
 def _up(manifest: Path, state: Path, port: int, grpc_port: int) -> subprocess.CompletedProcess:
-    cmd = kbundle_cmd("up", str(manifest), "--port", str(port), "--grpc-port", str(grpc_port),
-                      "--state-dir", str(state), "--quiet")
+    cmd = kbundle_cmd(
+        "up",
+        str(manifest),
+        "--port",
+        str(port),
+        "--grpc-port",
+        str(grpc_port),
+        "--state-dir",
+        str(state),
+        "--quiet",
+    )
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
@@ -35,17 +43,24 @@ def test_a_port_in_use_gets_a_clear_message_and_starts_nothing(tmp_path, which, 
 def test_an_image_that_is_not_ours_is_refused(tmp_path):
     manifest = tmp_path / "foreign.yaml"
     text = (HERE / "digits-custom.yaml").read_text()
-    manifest.write_text(text.replace("ghcr.io/kbundle/predictor-cpu:0.1.0", "docker.io/acme/sklearn-server:2"))
+    manifest.write_text(
+        text.replace("ghcr.io/kbundle/predictor-cpu:0.1.0", "docker.io/acme/sklearn-server:2")
+    )
     out = _up(manifest, tmp_path / "state", free_port(), free_port())
     assert out.returncode == 1
-    assert "spec.predictor.containers[0].image 'docker.io/acme/sklearn-server:2' is not a kbundle component" in out.stderr
+    assert (
+        "spec.predictor.containers[0].image 'docker.io/acme/sklearn-server:2' is not a kbundle component"
+        in out.stderr
+    )
     assert "kbundle.io/component" in out.stderr  # says how to opt a custom image in
 
 
 def test_a_missing_local_model_folder_is_named(tmp_path):
     manifest = tmp_path / "missing.yaml"
     text = (HERE / "digits-custom.yaml").read_text()
-    manifest.write_text(text.replace("s3://kbundle-models/digits/v1", str(tmp_path / "no-such-model")))
+    manifest.write_text(
+        text.replace("s3://kbundle-models/digits/v1", str(tmp_path / "no-such-model"))
+    )
     out = _up(manifest, tmp_path / "state", free_port(), free_port())
     assert out.returncode == 1, out.stdout + out.stderr
     assert "no-such-model" in out.stdout + out.stderr

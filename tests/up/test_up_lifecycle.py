@@ -115,5 +115,9 @@ def test_sigterm_drains_requests_in_flight_then_stops_every_child(up):
     assert (answered == labels).mean() > 0.6
     log = up.log()
     assert "draining in-flight requests" in log and "drained; stopping components" in log
-    pids = [int(line.rsplit("pid ", 1)[1].rstrip(")")) for line in log.splitlines() if "started (pid" in line]
+    pids = [
+        int(line.rsplit("pid ", 1)[1].rstrip(")"))
+        for line in log.splitlines()
+        if "started (pid" in line
+    ]
     assert pids and not any(_alive(p) for p in pids)

@@ -45,7 +45,9 @@ class UpProcess:
 
     def status(self, window: float | None = None) -> dict:
         query = f"?window={window}" if window else ""
-        with urllib.request.urlopen(f"http://{self.rest_url}/kbundle/status{query}", timeout=10) as resp:
+        with urllib.request.urlopen(
+            f"http://{self.rest_url}/kbundle/status{query}", timeout=10
+        ) as resp:
             return json.loads(resp.read())
 
     def traffic(self) -> dict[str, int]:
@@ -82,8 +84,20 @@ def start_up(manifest_src: Path, tmp: Path, *extra: str, timeout: float = 120) -
     port, grpc_port = free_port(), free_port()
     state_root = tmp / "state"
     log_path = tmp / "up.log"
-    cmd = kbundle_cmd("up", str(manifest), "--port", str(port), "--grpc-port", str(grpc_port),
-                      "--state-dir", str(state_root), "--quiet", "--watch-interval", "0.2", *extra)
+    cmd = kbundle_cmd(
+        "up",
+        str(manifest),
+        "--port",
+        str(port),
+        "--grpc-port",
+        str(grpc_port),
+        "--state-dir",
+        str(state_root),
+        "--quiet",
+        "--watch-interval",
+        "0.2",
+        *extra,
+    )
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     up = UpProcess(proc, log_path, manifest, state_root, port, grpc_port)
@@ -105,7 +119,9 @@ def _serving(up: UpProcess) -> bool:
         return False
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str, up: UpProcess | None = None) -> None:
+def wait_for(
+    check: Callable[[], bool], timeout: float, what: str, up: UpProcess | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -124,12 +140,27 @@ def digits_rows(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return test.images[idx].reshape(n, 64).astype(np.float32), test.labels[idx]
 
 
-def infer_json(up: UpProcess, rows: np.ndarray, model: str = "digits", timeout: float = 60) -> tuple[dict, dict]:
+def infer_json(
+    up: UpProcess, rows: np.ndarray, model: str = "digits", timeout: float = 60
+) -> tuple[dict, dict]:
     """Raw V2 JSON through the ingress; returns (response headers, body)."""
-    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape),
-                                   "data": rows.ravel().tolist()}]}).encode()
-    request = urllib.request.Request(f"http://{up.rest_url}/v2/models/{model}/infer", data=body,
-                                     headers={"Content-Type": "application/json"})
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": list(rows.shape),
+                    "data": rows.ravel().tolist(),
+                }
+            ]
+        }
+    ).encode()
+    request = urllib.request.Request(
+        f"http://{up.rest_url}/v2/models/{model}/infer",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=timeout) as resp:
         return dict(resp.headers), json.loads(resp.read())
 

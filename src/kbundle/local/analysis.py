@@ -37,21 +37,33 @@ def decide(latest: dict, previous: dict, limits: Thresholds) -> Verdict:
     reasons = []
     increase = latest["error_rate"] - previous["error_rate"]
     if latest["requests"] and increase > limits.max_error_rate_increase:
-        reasons.append(f"error rate {latest['error_rate']:.2%} vs {previous['error_rate']:.2%} "
-                       f"(+{increase:.2%} > allowed +{limits.max_error_rate_increase:.2%})")
+        reasons.append(
+            f"error rate {latest['error_rate']:.2%} vs {previous['error_rate']:.2%} "
+            f"(+{increase:.2%} > allowed +{limits.max_error_rate_increase:.2%})"
+        )
     for key, limit in (("p99_ms", limits.max_p99_ratio), ("p50_ms", limits.max_p50_ratio)):
         ratio = _ratio(latest[key], previous[key])
         if ratio is not None and ratio > limit and previous["requests"] >= limits.min_requests:
-            reasons.append(f"{key[:3]} {latest[key]:.1f} ms vs {previous[key]:.1f} ms (x{ratio:.2f} > x{limit:.2f})")
+            reasons.append(
+                f"{key[:3]} {latest[key]:.1f} ms vs {previous[key]:.1f} ms (x{ratio:.2f} > x{limit:.2f})"
+            )
     if reasons and latest["requests"] >= min(limits.min_requests, 10):
         return Verdict(ROLLBACK, reasons)
     if latest["requests"] < limits.min_requests:
-        return Verdict(HOLD, [f"only {latest['requests']} requests on the canary in the window "
-                              f"(need {limits.min_requests})"])
-    return Verdict(PROMOTE, [
-        f"error rate {latest['error_rate']:.2%} vs {previous['error_rate']:.2%}, "
-        f"p99 {_fmt(latest['p99_ms'])} vs {_fmt(previous['p99_ms'])} ms: within limits"
-    ])
+        return Verdict(
+            HOLD,
+            [
+                f"only {latest['requests']} requests on the canary in the window "
+                f"(need {limits.min_requests})"
+            ],
+        )
+    return Verdict(
+        PROMOTE,
+        [
+            f"error rate {latest['error_rate']:.2%} vs {previous['error_rate']:.2%}, "
+            f"p99 {_fmt(latest['p99_ms'])} vs {_fmt(previous['p99_ms'])} ms: within limits"
+        ],
+    )
 
 
 def _fmt(value: float | None) -> str:

@@ -104,22 +104,39 @@ async def serve(options: UpOptions) -> int:
             loop.remove_signal_handler(sig)
 
 
-async def _serve_ingress(options: UpOptions, service: LocalService, rest_sock: socket.socket,
-                         stop: asyncio.Event, signals: list[int]) -> int:
+async def _serve_ingress(
+    options: UpOptions,
+    service: LocalService,
+    rest_sock: socket.socket,
+    stop: asyncio.Event,
+    signals: list[int],
+) -> int:
     rest = RestIngress(service)
-    config = uvicorn.Config(rest, lifespan="off", log_level="warning",
-                            timeout_graceful_shutdown=int(options.drain_timeout_s), timeout_keep_alive=65)
+    config = uvicorn.Config(
+        rest,
+        lifespan="off",
+        log_level="warning",
+        timeout_graceful_shutdown=int(options.drain_timeout_s),
+        timeout_keep_alive=65,
+    )
     http = _Uvicorn(config)
     grpc_server = build_server(service, options.host, options.grpc_port)
     await grpc_server.start()
     http_task = asyncio.create_task(http.serve(sockets=[rest_sock]))
     service.start_background(options.watch_interval_s)
     _write_up_file(options, service)
-    print(f"kbundle up: {service.spec.name} is serving V2 REST on http://{options.host}:{options.port} "
-          f"and gRPC on {options.host}:{options.grpc_port} (status: kbundle status; logs: "
-          f"{options.runtime.state_dir / 'logs'})", flush=True)
+    print(
+        f"kbundle up: {service.spec.name} is serving V2 REST on http://{options.host}:{options.port} "
+        f"and gRPC on {options.host}:{options.grpc_port} (status: kbundle status; logs: "
+        f"{options.runtime.state_dir / 'logs'})",
+        flush=True,
+    )
     await stop.wait()
-    logger.info("signal %s: draining in-flight requests (up to %.0fs)", signals[-1] if signals else "?", options.drain_timeout_s)
+    logger.info(
+        "signal %s: draining in-flight requests (up to %.0fs)",
+        signals[-1] if signals else "?",
+        options.drain_timeout_s,
+    )
     http.should_exit = True
     await asyncio.gather(grpc_server.stop(options.drain_timeout_s), http_task)
     await rest.close()
@@ -127,7 +144,9 @@ async def _serve_ingress(options: UpOptions, service: LocalService, rest_sock: s
     return 0
 
 
-def _install_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, service: LocalService) -> list[int]:
+def _install_signals(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, service: LocalService
+) -> list[int]:
     received: list[int] = []
 
     def on_signal(sig: int) -> None:
@@ -146,10 +165,17 @@ def _install_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, servi
 def _write_up_file(options: UpOptions, service: LocalService) -> None:
     from kbundle.local.revisions import write_json_atomic
 
-    write_json_atomic(options.runtime.state_dir / UP_FILE, {
-        "pid": os.getpid(), "isvc": service.spec.name, "manifest": str(options.manifest.resolve()),
-        "host": options.host, "port": options.port, "grpc_port": options.grpc_port,
-    })
+    write_json_atomic(
+        options.runtime.state_dir / UP_FILE,
+        {
+            "pid": os.getpid(),
+            "isvc": service.spec.name,
+            "manifest": str(options.manifest.resolve()),
+            "host": options.host,
+            "port": options.port,
+            "grpc_port": options.grpc_port,
+        },
+    )
 
 
 def read_up_file(state_dir: Path) -> dict | None:

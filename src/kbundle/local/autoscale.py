@@ -20,7 +20,9 @@ from kbundle.errors import ConfigError
 
 logger = logging.getLogger("kbundle.up")
 SCALE_DOWN_DELAY = "autoscaling.knative.dev/scale-down-delay"
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
+_DURATION = re.compile(
+    r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$"
+)
 
 
 class Scalable(Protocol):
@@ -50,7 +52,9 @@ def parse_duration(text: str) -> float:
     return h * 3600 + m * 60 + s + ms / 1000
 
 
-def scale_down_delay(component_annotations: dict[str, str], isvc_annotations: dict[str, str], default_s: float) -> float:
+def scale_down_delay(
+    component_annotations: dict[str, str], isvc_annotations: dict[str, str], default_s: float
+) -> float:
     for source in (component_annotations, isvc_annotations):
         if SCALE_DOWN_DELAY in source:
             return parse_duration(source[SCALE_DOWN_DELAY])
@@ -61,12 +65,23 @@ def idle_for(rev: Scalable, now: float | None = None) -> float:
     return (now or time.monotonic()) - rev.last_activity
 
 
-async def scale_down_loop(revisions: Callable[[], Iterable[Scalable]], interval_s: float = 0.25) -> None:
+async def scale_down_loop(
+    revisions: Callable[[], Iterable[Scalable]], interval_s: float = 0.25
+) -> None:
     """Runs until cancelled; each pass stops every revision that is idle past its delay."""
     while True:
         for rev in list(revisions()):
-            if rev.scales_to_zero and rev.running and rev.inflight == 0 and idle_for(rev) > rev.scale_down_delay_s:
-                logger.info("%s idle for %.1fs (scale-down delay %.1fs): scaling to zero",
-                            rev.name, idle_for(rev), rev.scale_down_delay_s)
+            if (
+                rev.scales_to_zero
+                and rev.running
+                and rev.inflight == 0
+                and idle_for(rev) > rev.scale_down_delay_s
+            ):
+                logger.info(
+                    "%s idle for %.1fs (scale-down delay %.1fs): scaling to zero",
+                    rev.name,
+                    idle_for(rev),
+                    rev.scale_down_delay_s,
+                )
                 await rev.scale_to_zero()
         await asyncio.sleep(interval_s)

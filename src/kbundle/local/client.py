@@ -17,7 +17,9 @@ def find_running(root: Path, name: str | None = None) -> dict:
     running = [info for info in (read_up_file(f) for f in folders) if info]
     if not running:
         where = f"{root / name}" if name else str(root)
-        raise ConfigError(f"no kbundle up is running (looked in {where}); start one with kbundle up FILE")
+        raise ConfigError(
+            f"no kbundle up is running (looked in {where}); start one with kbundle up FILE"
+        )
     if len(running) > 1:
         names = ", ".join(r["isvc"] for r in running)
         raise ConfigError(f"several InferenceServices are running ({names}); name one")
@@ -31,4 +33,6 @@ def fetch_status(up: dict, window_s: float | None = None, timeout_s: float = 10.
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             return json.loads(resp.read())
     except OSError as exc:
-        raise ConfigError(f"kbundle up for {up['isvc']} (pid {up['pid']}) does not answer on {url}: {exc}") from exc
+        raise ConfigError(
+            f"kbundle up for {up['isvc']} (pid {up['pid']}) does not answer on {url}: {exc}"
+        ) from exc

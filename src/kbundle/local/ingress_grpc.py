@@ -21,10 +21,21 @@ logger = logging.getLogger("kbundle.up")
 REVISION_KEY = "x-kbundle-revision"
 # Statuses that are the server's fault (count against a revision); the rest are the client's.
 SERVER_FAULTS = {
-    grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-_SKIP_METADATA = {"content-type", "user-agent", "te", "grpc-accept-encoding", "grpc-encoding", "accept-encoding"}
+_SKIP_METADATA = {
+    "content-type",
+    "user-agent",
+    "te",
+    "grpc-accept-encoding",
+    "grpc-encoding",
+    "accept-encoding",
+}
 
 
 class ProxyHandler(grpc.GenericRpcHandler):
@@ -70,18 +81,21 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
 def _metadata(context: aio.ServicerContext) -> tuple[tuple[str, str | bytes], ...]:
     return tuple(
-        (m.key, m.value) for m in (context.invocation_metadata() or ())
+        (m.key, m.value)
+        for m in (context.invocation_metadata() or ())
         if not m.key.startswith(":") and m.key not in _SKIP_METADATA
     )
 
 
 def build_server(service: LocalService, host: str, port: int) -> aio.Server:
     """The ingress gRPC server, bound (RuntimeError when the port cannot be had)."""
-    server = aio.server(options=[
-        ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
-        ("grpc.max_send_message_length", -1),
-        ("grpc.max_receive_message_length", -1),
-    ])
+    server = aio.server(
+        options=[
+            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", -1),
+        ]
+    )
     server.add_generic_rpc_handlers((ProxyHandler(service),))
     if server.add_insecure_port(f"{host}:{port}") == 0:
         raise RuntimeError(f"cannot bind gRPC {host}:{port}")

@@ -20,8 +20,19 @@ from kbundle.local.service import LocalService
 REVISION_HEADER = "x-kbundle-revision"
 STATUS_PATH = "/kbundle/status"
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones httpx recomputes.
-_DROP = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
-         b"proxy-authorization", b"proxy-authenticate", b"content-length", b"content-encoding"}
+_DROP = {
+    b"host",
+    b"connection",
+    b"keep-alive",
+    b"transfer-encoding",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"proxy-authorization",
+    b"proxy-authenticate",
+    b"content-length",
+    b"content-encoding",
+}
 
 
 class RestIngress:
@@ -41,7 +52,12 @@ class RestIngress:
         if scope["path"] == STATUS_PATH:
             query = parse_qs(scope.get("query_string", b"").decode())
             window = float(query["window"][0]) if "window" in query else None
-            await _respond(send, 200, orjson.dumps(await self.service.status(window)), [(b"content-type", b"application/json")])
+            await _respond(
+                send,
+                200,
+                orjson.dumps(await self.service.status(window)),
+                [(b"content-type", b"application/json")],
+            )
             return
         body = await _read_body(receive)
         try:
@@ -67,7 +83,11 @@ class RestIngress:
 
     async def _forward(self, scope: dict, body: bytes, base: str) -> httpx.Response:
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _DROP]
-        url = base + scope["path"] + (("?" + scope["query_string"].decode()) if scope.get("query_string") else "")
+        url = (
+            base
+            + scope["path"]
+            + (("?" + scope["query_string"].decode()) if scope.get("query_string") else "")
+        )
         try:
             return await self.client.request(scope["method"], url, headers=headers, content=body)
         except httpx.TimeoutException as exc:
@@ -96,4 +116,6 @@ async def _respond(send, status: int, body: bytes, headers: list[tuple[bytes, by
 
 async def _error(send, exc: KbundleError, headers: list) -> None:
     body = orjson.dumps({"error": exc.message})
-    await _respond(send, int(exc.http_status), body, [(b"content-type", b"application/json"), *headers])
+    await _respond(
+        send, int(exc.http_status), body, [(b"content-type", b"application/json"), *headers]
+    )

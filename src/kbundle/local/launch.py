@@ -63,7 +63,7 @@ def map_mounts(value: str, mounts: dict[str, str]) -> str:
         return f"{flag}={map_mounts(rest, mounts)}"
     for mount, local in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
         if value == mount or value.startswith(mount + "/"):
-            return local + value[len(mount):]
+            return local + value[len(mount) :]
     return value
 
 
@@ -73,8 +73,14 @@ def _base_env(spec: ComponentSpec, mounts: dict[str, str], revision: str) -> dic
     return env
 
 
-def predictor_launch(spec: ComponentSpec, isvc: str, revision: str, mounts: dict[str, str],
-                     http_port: int, grpc_port: int) -> Launch:
+def predictor_launch(
+    spec: ComponentSpec,
+    isvc: str,
+    revision: str,
+    mounts: dict[str, str],
+    http_port: int,
+    grpc_port: int,
+) -> Launch:
     args = [map_mounts(a, mounts) for a in spec.args]
     if spec.model_style:
         if get_flag(args, "--model_name") is None:
@@ -91,8 +97,15 @@ def predictor_launch(spec: ComponentSpec, isvc: str, revision: str, mounts: dict
     )
 
 
-def transformer_launch(spec: ComponentSpec, isvc: str, revision: str, mounts: dict[str, str],
-                       predictor: Launch, http_port: int, grpc_port: int) -> Launch:
+def transformer_launch(
+    spec: ComponentSpec,
+    isvc: str,
+    revision: str,
+    mounts: dict[str, str],
+    predictor: Launch,
+    http_port: int,
+    grpc_port: int,
+) -> Launch:
     args = [map_mounts(a, mounts) for a in spec.args]
     if get_flag(args, "--model_name") is None:
         args = set_flag(args, "--model_name", isvc)

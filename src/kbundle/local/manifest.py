@@ -32,7 +32,12 @@ IMAGE_NAMES = {
 MODEL_FORMATS = {"onnx", "tensorrt", "pytorch", "torch", "kbundle"}
 DEFAULT_MOUNT = "/mnt/models"
 KNATIVE, STANDARD = "Knative", "Standard"
-_MODES = {"knative": KNATIVE, "serverless": KNATIVE, "standard": STANDARD, "rawdeployment": STANDARD}
+_MODES = {
+    "knative": KNATIVE,
+    "serverless": KNATIVE,
+    "standard": STANDARD,
+    "rawdeployment": STANDARD,
+}
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,9 @@ def load_inference_service(path: str | Path) -> InferenceServiceSpec:
     return parse_inference_service(isvcs[0], source=str(path))
 
 
-def parse_inference_service(doc: dict[str, Any], source: str = "<manifest>") -> InferenceServiceSpec:
+def parse_inference_service(
+    doc: dict[str, Any], source: str = "<manifest>"
+) -> InferenceServiceSpec:
     meta = doc.get("metadata") or {}
     name = meta.get("name")
     if not name:
@@ -108,13 +115,19 @@ def parse_inference_service(doc: dict[str, Any], source: str = "<manifest>") -> 
     predictor = _component(spec["predictor"], "predictor", "spec.predictor", name, source)
     transformer = None
     if spec.get("transformer"):
-        transformer = _component(spec["transformer"], "transformer", "spec.transformer", name, source)
+        transformer = _component(
+            spec["transformer"], "transformer", "spec.transformer", name, source
+        )
     canary = _canary_percent(spec, source)
     if spec.get("canary") and mode != STANDARD:
-        raise ConfigError(f"{source}: spec.canary[] is honoured in Standard (RawDeployment) mode only")
+        raise ConfigError(
+            f"{source}: spec.canary[] is honoured in Standard (RawDeployment) mode only"
+        )
     canaries = _standard_canaries(spec, transformer, name, source)
     if mode == STANDARD and canary is not None:
-        warnings.append("canaryTrafficPercent is ignored in Standard mode (KServe ignores it too); use spec.canary[]")
+        warnings.append(
+            "canaryTrafficPercent is ignored in Standard mode (KServe ignores it too); use spec.canary[]"
+        )
         canary = None
     return InferenceServiceSpec(
         name=name,
@@ -159,7 +172,9 @@ def _canary_percent(spec: dict[str, Any], source: str) -> int | None:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
-            raise ConfigError(f"{source}: spec.{part}.canaryTrafficPercent must be an integer 0..100, got {value!r}")
+            raise ConfigError(
+                f"{source}: spec.{part}.canaryTrafficPercent must be an integer 0..100, got {value!r}"
+            )
         return value
     return None
 
@@ -176,7 +191,9 @@ def _standard_canaries(
             raise ConfigError(f"{source}: {where}.predictor.name is required")
         percent = entry.get("trafficPercent")
         if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
-            raise ConfigError(f"{source}: {where}.trafficPercent must be an integer 0..100, got {percent!r}")
+            raise ConfigError(
+                f"{source}: {where}.trafficPercent must be an integer 0..100, got {percent!r}"
+            )
         component = _component(predictor, "predictor", f"{where}.predictor", isvc, source)
         out.append((str(name), Variant(component, transformer), percent))
     if sum(p for _, _, p in out) > 100:
@@ -184,7 +201,9 @@ def _standard_canaries(
     return tuple(out)
 
 
-def _component(part: dict[str, Any], role: str, where: str, isvc: str, source: str) -> ComponentSpec:
+def _component(
+    part: dict[str, Any], role: str, where: str, isvc: str, source: str
+) -> ComponentSpec:
     annotations = {str(k): str(v) for k, v in (part.get("annotations") or {}).items()}
     common = {
         "annotations": tuple(sorted(annotations.items())),
@@ -197,18 +216,29 @@ def _component(part: dict[str, Any], role: str, where: str, isvc: str, source: s
     if not containers:
         raise ConfigError(f"{source}: {where} needs containers[] or (predictor only) model")
     container = containers[0]
-    kind = _recognise(annotations.get(COMPONENT_ANNOTATION), container.get("image", ""), f"{where}.containers[0]", source)
+    kind = _recognise(
+        annotations.get(COMPONENT_ANNOTATION),
+        container.get("image", ""),
+        f"{where}.containers[0]",
+        source,
+    )
     if kind != role:
         raise ConfigError(f"{source}: {where}.containers[0] is a kbundle {kind}, not a {role}")
     env = _env(container.get("env") or [])
     storage = _storage(part, env, where, source)
     return ComponentSpec(
-        role=role, module=MODULES[kind], args=tuple(str(a) for a in container.get("args") or []),
-        env=tuple(env.items()), storage=storage, **common,
+        role=role,
+        module=MODULES[kind],
+        args=tuple(str(a) for a in container.get("args") or []),
+        env=tuple(env.items()),
+        storage=storage,
+        **common,
     )
 
 
-def _model_component(model: dict, part: dict, where: str, source: str, common: dict) -> ComponentSpec:
+def _model_component(
+    model: dict, part: dict, where: str, source: str, common: dict
+) -> ComponentSpec:
     fmt = str(((model.get("modelFormat") or {}).get("name")) or "").lower()
     if fmt not in MODEL_FORMATS:
         raise ConfigError(
@@ -219,15 +249,22 @@ def _model_component(model: dict, part: dict, where: str, source: str, common: d
     uri = model.get("storageUri")
     storage = ((str(uri), DEFAULT_MOUNT),) if uri else _storage(part, env, where, source)
     return ComponentSpec(
-        role="predictor", module=MODULES["predictor"], args=tuple(str(a) for a in model.get("args") or []),
-        env=tuple(env.items()), storage=storage, model_style=True, **common,
+        role="predictor",
+        module=MODULES["predictor"],
+        args=tuple(str(a) for a in model.get("args") or []),
+        env=tuple(env.items()),
+        storage=storage,
+        model_style=True,
+        **common,
     )
 
 
 def _recognise(annotation: str | None, image: str, where: str, source: str) -> str:
     if annotation:
         if annotation not in MODULES:
-            raise ConfigError(f"{source}: annotation {COMPONENT_ANNOTATION}={annotation!r} must be predictor or transformer")
+            raise ConfigError(
+                f"{source}: annotation {COMPONENT_ANNOTATION}={annotation!r} must be predictor or transformer"
+            )
         return annotation
     kind = image_kind(image)
     if kind is None:
@@ -246,7 +283,7 @@ def image_kind(image: str) -> str | None:
     repo = path.rsplit("/", 1)[0] if "/" in path else ""
     name = last.split(":", 1)[0]
     if name.startswith("kbundle-"):
-        name, repo = name[len("kbundle-"):], repo + "/kbundle"
+        name, repo = name[len("kbundle-") :], repo + "/kbundle"
     if "kbundle" not in repo.split("/") and not repo.endswith("kbundle"):
         return None
     return IMAGE_NAMES.get(name)
@@ -260,7 +297,9 @@ def _env(items: list[dict]) -> dict[str, str]:
     return env
 
 
-def _storage(part: dict, env: dict[str, str], where: str, source: str) -> tuple[tuple[str, str], ...]:
+def _storage(
+    part: dict, env: dict[str, str], where: str, source: str
+) -> tuple[tuple[str, str], ...]:
     if part.get("storageUris"):
         pairs = []
         for i, item in enumerate(part["storageUris"]):

@@ -27,7 +27,9 @@ class Summary:
 
     def as_dict(self) -> dict:
         return {
-            "requests": self.requests, "errors": self.errors, "error_rate": round(self.error_rate, 5),
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": round(self.error_rate, 5),
             "p50_ms": None if self.p50_ms is None else round(self.p50_ms, 3),
             "p99_ms": None if self.p99_ms is None else round(self.p99_ms, 3),
         }

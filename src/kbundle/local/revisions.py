@@ -49,10 +49,14 @@ def revision_name(isvc: str, number: int) -> str:
     return f"{isvc}-{number:05d}"
 
 
-def add_revision_if_changed(state: RolloutState, template_hash: str, manifest: dict[str, Any]) -> bool:
+def add_revision_if_changed(
+    state: RolloutState, template_hash: str, manifest: dict[str, Any]
+) -> bool:
     """A new latest revision when the template differs from the latest one's; True when created."""
     if state.latest is not None and state.revision(state.latest).template_hash == template_hash:
-        state.revision(state.latest).manifest = manifest  # traffic-only edits still update the record
+        state.revision(
+            state.latest
+        ).manifest = manifest  # traffic-only edits still update the record
         return False
     number = max((r.number for r in state.revisions), default=0) + 1
     rev = Revision(revision_name(state.isvc, number), number, template_hash, manifest)

@@ -45,7 +45,9 @@ def free_port() -> int:
 
 
 class RevisionRuntime:
-    def __init__(self, name: str, isvc: InferenceServiceSpec, variant: Variant, options: RuntimeOptions):
+    def __init__(
+        self, name: str, isvc: InferenceServiceSpec, variant: Variant, options: RuntimeOptions
+    ):
         self.name = name
         self.isvc = isvc
         self.variant = variant
@@ -71,13 +73,17 @@ class RevisionRuntime:
         """Fetch the models (off the event loop) and build the component commands; starts nothing."""
         pred = self.variant.predictor
         pred_mounts = await asyncio.to_thread(self._fetch, pred)
-        predictor = predictor_launch(pred, self.isvc.name, self.name, pred_mounts, free_port(), free_port())
+        predictor = predictor_launch(
+            pred, self.isvc.name, self.name, pred_mounts, free_port(), free_port()
+        )
         self.processes = [self._process("predictor", predictor)]
         self.entry = predictor
         if self.variant.transformer is not None:
             trans = self.variant.transformer
             mounts = await asyncio.to_thread(self._fetch, trans)
-            transformer = transformer_launch(trans, self.isvc.name, self.name, mounts, predictor, free_port(), free_port())
+            transformer = transformer_launch(
+                trans, self.isvc.name, self.name, mounts, predictor, free_port(), free_port()
+            )
             self.processes.append(self._process("transformer", transformer))
             self.entry = transformer
 
@@ -91,8 +97,12 @@ class RevisionRuntime:
     def _process(self, role: str, launch: Launch) -> ComponentProcess:
         label = f"{self.name}/{role}"
         return ComponentProcess(
-            label, launch.argv, launch.env, self.options.state_dir / "logs" / f"{self.name}-{role}.log",
-            f"http://127.0.0.1:{launch.http_port}/v2/models/{launch.model_name}/ready", self.options.console,
+            label,
+            launch.argv,
+            launch.env,
+            self.options.state_dir / "logs" / f"{self.name}-{role}.log",
+            f"http://127.0.0.1:{launch.http_port}/v2/models/{launch.model_name}/ready",
+            self.options.console,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -158,7 +168,9 @@ class RevisionRuntime:
 
     def grpc_channel(self) -> grpc.aio.Channel:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.entry.grpc_port}", options=GRPC_OPTIONS)
+            self._channel = grpc.aio.insecure_channel(
+                f"127.0.0.1:{self.entry.grpc_port}", options=GRPC_OPTIONS
+            )
         return self._channel
 
     def describe(self) -> dict:
@@ -177,8 +189,15 @@ class RevisionRuntime:
             "cold_starts": self.cold_starts,
             "inflight": self.inflight,
             "components": [
-                {"label": p.label, "pid": p.pid, "ready": p.ready, "restarts": p.restarts,
-                 "last_exit": p.last_exit, "log": str(p.log_path), "ready_url": p.ready_url}
+                {
+                    "label": p.label,
+                    "pid": p.pid,
+                    "ready": p.ready,
+                    "restarts": p.restarts,
+                    "last_exit": p.last_exit,
+                    "log": str(p.log_path),
+                    "ready_url": p.ready_url,
+                }
                 for p in self.processes
             ],
         }

@@ -69,8 +69,12 @@ class LocalService:
                 for warning in spec.warnings:
                     logger.warning("%s: %s", self.manifest, warning)
                 if self.spec is not None and spec.name != self.spec.name:
-                    raise ConfigError(f"metadata.name changed from {self.spec.name!r} to {spec.name!r}; restart kbundle up")
-                targets = await (self._knative(spec, doc) if spec.mode == KNATIVE else self._standard(spec))
+                    raise ConfigError(
+                        f"metadata.name changed from {self.spec.name!r} to {spec.name!r}; restart kbundle up"
+                    )
+                targets = await (
+                    self._knative(spec, doc) if spec.mode == KNATIVE else self._standard(spec)
+                )
             except (ConfigError, ModelUnavailable) as exc:
                 self.last_error = str(exc)
                 logger.error("not applied: %s", exc)
@@ -107,7 +111,9 @@ class LocalService:
         wanted += [(f"{spec.name}-{n}", v, p, n) for n, v, p in spec.standard_canaries]
         targets = []
         for name, variant, percent, tag in wanted:
-            key = f"{name}@{hash(variant) & 0xFFFFFFFF:08x}"  # a changed variant is a new process set
+            key = (
+                f"{name}@{hash(variant) & 0xFFFFFFFF:08x}"  # a changed variant is a new process set
+            )
             runtime = self.runtimes.get(key)
             if runtime is None:
                 runtime = RevisionRuntime(name, spec, variant, self.options)
@@ -160,7 +166,9 @@ class LocalService:
         return live[-1].runtime
 
     def start_background(self, watch_interval_s: float) -> None:
-        self._tasks.append(asyncio.create_task(scale_down_loop(lambda: [t.runtime for t in self.targets])))
+        self._tasks.append(
+            asyncio.create_task(scale_down_loop(lambda: [t.runtime for t in self.targets]))
+        )
         if watch_interval_s > 0:
             self._tasks.append(asyncio.create_task(self._watch(watch_interval_s)))
 
@@ -201,16 +209,23 @@ class LocalService:
             "revisions": [],
         }
         if self.state is not None:
-            out.update(latest=self.state.latest, latest_rolled_out=self.state.latest_rolled_out,
-                       previous_rolled_out=self.state.previous_rolled_out)
+            out.update(
+                latest=self.state.latest,
+                latest_rolled_out=self.state.latest_rolled_out,
+                previous_rolled_out=self.state.previous_rolled_out,
+            )
         async with httpx.AsyncClient(timeout=2.0) as client:
             for t in self.targets:
                 info = t.runtime.describe()
-                info.update(traffic=t.percent, tag=t.tag, totals=t.runtime.stats.summary().as_dict())
+                info.update(
+                    traffic=t.percent, tag=t.tag, totals=t.runtime.stats.summary().as_dict()
+                )
                 if window_s:
                     info["window"] = t.runtime.stats.summary(window_s).as_dict()
                 for comp, proc in zip(info["components"], t.runtime.processes, strict=True):
-                    comp["predict_count"] = await _predict_count(client, proc.ready_url) if proc.ready else None
+                    comp["predict_count"] = (
+                        await _predict_count(client, proc.ready_url) if proc.ready else None
+                    )
                 out["revisions"].append(info)
         return out
 

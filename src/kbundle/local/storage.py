@@ -39,7 +39,9 @@ class StorageMap:
         for item in items:
             prefix, sep, folder = item.partition("=")
             if not sep or "://" not in prefix or not folder:
-                raise ConfigError(f"--storage-map {item!r}: expected SCHEME://BUCKET[/PREFIX]=/local/dir")
+                raise ConfigError(
+                    f"--storage-map {item!r}: expected SCHEME://BUCKET[/PREFIX]=/local/dir"
+                )
             pairs[prefix.rstrip("/")] = Path(folder).expanduser().resolve()
         return cls(tuple(sorted(pairs.items(), key=lambda kv: -len(kv[0]))))
 
@@ -47,7 +49,7 @@ class StorageMap:
         """The URI storage-init should fetch: a mapped local path, or the URI unchanged."""
         for prefix, folder in self.pairs:
             if uri == prefix or uri.startswith(prefix + "/"):
-                return str(folder / uri[len(prefix):].lstrip("/"))
+                return str(folder / uri[len(prefix) :].lstrip("/"))
         return uri
 
     def uses_samples(self, uri: str) -> bool:

@@ -27,8 +27,15 @@ READY_PERIOD_S = 10.0  # once ready, probe like a kubelet (exit is seen at once 
 class ComponentProcess:
     """Runs `argv` until `stop()`; `ready` is True while the process answers `ready_url` with 200."""
 
-    def __init__(self, label: str, argv: Sequence[str], env: dict[str, str], log_path: Path,
-                 ready_url: str, console: bool = True):
+    def __init__(
+        self,
+        label: str,
+        argv: Sequence[str],
+        env: dict[str, str],
+        log_path: Path,
+        ready_url: str,
+        console: bool = True,
+    ):
         self.label = label
         self.argv = list(argv)
         self.env = env
@@ -113,15 +120,24 @@ class ComponentProcess:
             self.restarts += 1
             if time.monotonic() - started >= BACKOFF_RESET_S:
                 backoff = BACKOFF_FIRST_S
-            logger.error("%s exited with code %s; restarting in %.0fs (log: %s)", self.label, code, backoff, self.log_path)
+            logger.error(
+                "%s exited with code %s; restarting in %.0fs (log: %s)",
+                self.label,
+                code,
+                backoff,
+                self.log_path,
+            )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     async def _run_once(self) -> int:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = await asyncio.create_subprocess_exec(
-            *self.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+            *self.argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
         )
         logger.info("%s started (pid %s)", self.label, self.proc.pid)
         pump = asyncio.create_task(self._pump(self.proc))
