@@ -86,7 +86,9 @@ async def serve(options: UpOptions) -> int:
     rest_sock = bind_rest(options.host, options.port)
     check_free(options.host, options.grpc_port, "--grpc-port")
     state_dir = options.runtime.state_dir
-    service = LocalService(options.manifest, options.runtime, options.progress_deadline_s)
+    service = LocalService(
+        options.manifest, options.runtime, options.progress_deadline_s, options.drain_timeout_s
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = _install_signals(loop, stop, service)

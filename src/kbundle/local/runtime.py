@@ -145,6 +145,14 @@ class RevisionRuntime:
             if self.inflight == 0:
                 await self.stop()
 
+    async def drain_and_stop(self, timeout_s: float) -> None:
+        """Stop once the requests already routed here are answered (no new ones arrive: the
+        caller has moved the traffic away), or after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while self.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.stop()
+
     async def stop(self) -> None:
         await asyncio.gather(*(p.stop() for p in reversed(self.processes)))
         if self._channel is not None:

@@ -44,10 +44,17 @@ class Target:
 
 
 class LocalService:
-    def __init__(self, manifest: Path, options: RuntimeOptions, progress_deadline_s: float = 120.0):
+    def __init__(
+        self,
+        manifest: Path,
+        options: RuntimeOptions,
+        progress_deadline_s: float = 120.0,
+        drain_timeout_s: float = 30.0,
+    ):
         self.manifest = Path(manifest)
         self.options = options
         self.progress_deadline_s = progress_deadline_s
+        self.drain_timeout_s = drain_timeout_s
         self.spec: InferenceServiceSpec | None = None
         self.state: rv.RolloutState | None = None
         self.runtimes: dict[str, RevisionRuntime] = {}
@@ -85,8 +92,8 @@ class LocalService:
                 rv.record_ready_traffic(self.state, {t.runtime.name: t.percent for t in targets})
                 rv.prune(self.state)
                 rv.save_state(self.options.state_dir, self.state)
-            await self._stop_unrouted()
             logger.info("traffic: %s", ", ".join(f"{t.runtime.name}={t.percent}%" for t in targets))
+            await self._stop_unrouted()
             return True
 
     async def _knative(self, spec: InferenceServiceSpec, doc: dict) -> list[Target]:
@@ -147,8 +154,8 @@ class LocalService:
         routed = {id(t.runtime) for t in self.targets if t.percent > 0}
         for key, runtime in list(self.runtimes.items()):
             if id(runtime) not in routed and runtime.running:
-                logger.info("%s has no traffic: stopping it", runtime.name)
-                await runtime.stop()
+                logger.info("%s has no traffic: stopping it once its in-flight requests finish", runtime.name)
+                await runtime.drain_and_stop(self.drain_timeout_s)
             if id(runtime) not in {id(t.runtime) for t in self.targets}:
                 self.runtimes.pop(key)
 

@@ -24,6 +24,14 @@ BACKOFF_FIRST_S, BACKOFF_MAX_S, BACKOFF_RESET_S = 1.0, 30.0, 60.0
 READY_PERIOD_S = 10.0  # once ready, probe like a kubelet (exit is seen at once anyway)
 
 
+def _die_with_parent() -> None:
+    """In the child (Linux): SIGTERM when `kbundle up` dies, even by SIGKILL, so no orphan keeps a port."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class ComponentProcess:
     """Runs `argv` until `stop()`; `ready` is True while the process answers `ready_url` with 200."""
 
@@ -137,7 +145,8 @@ class ComponentProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
+            start_new_session=True,  # Ctrl-C reaches kbundle up only: it drains first, then stops us
+            preexec_fn=_die_with_parent,
         )
         logger.info("%s started (pid %s)", self.label, self.proc.pid)
         pump = asyncio.create_task(self._pump(self.proc))
