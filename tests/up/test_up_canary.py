@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from up_harness import HERE, digits_rows, infer_json, kbundle_cmd, revision_of, start_up, wait_for
@@ -30,8 +31,9 @@ def up(tmp_path_factory, sample_models: Path):
 def _revisions_answering(up, n: int) -> collections.Counter:
     rows, _ = digits_rows(1)
     counts = collections.Counter()
-    for _ in range(n):
-        counts[revision_of(*infer_json(up, rows))] += 1
+    with requests.Session() as session:
+        for _ in range(n):
+            counts[revision_of(*infer_json(up, rows, session=session))] += 1
     return counts
 
 

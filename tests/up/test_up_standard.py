@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import requests
 from up_harness import HERE, digits_rows, infer_json, revision_of, start_up, wait_for
 
 REQUESTS = 200
@@ -22,7 +23,10 @@ def up(tmp_path_factory, sample_models: Path):
 def test_spec_canary_gets_its_traffic_percent(up):
     assert up.traffic() == {"digits-std-predictor": 75, "digits-std-digits-v2": 25}
     rows, _ = digits_rows(1)
-    counts = collections.Counter(revision_of(*infer_json(up, rows)) for _ in range(REQUESTS))
+    with requests.Session() as session:
+        counts = collections.Counter(
+            revision_of(*infer_json(up, rows, session=session)) for _ in range(REQUESTS)
+        )
     mean, sd = REQUESTS * 0.25, math.sqrt(REQUESTS * 0.25 * 0.75)
     assert abs(counts["digits-std-digits-v2"] - mean) <= 4 * sd, counts
     assert counts["digits-std-predictor"] + counts["digits-std-digits-v2"] == REQUESTS

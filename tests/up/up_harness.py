@@ -141,9 +141,10 @@ def digits_rows(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def infer_json(
-    up: UpProcess, rows: np.ndarray, model: str = "digits", timeout: float = 60
+    up: UpProcess, rows: np.ndarray, model: str = "digits", timeout: float = 60, session=None
 ) -> tuple[dict, dict]:
-    """Raw V2 JSON through the ingress; returns (response headers, body)."""
+    """Raw V2 JSON through the ingress; returns (response headers, body). A `requests.Session`
+    reuses one connection (keep-alive); without it each request opens its own."""
     body = json.dumps(
         {
             "inputs": [
@@ -156,13 +157,15 @@ def infer_json(
             ]
         }
     ).encode()
-    request = urllib.request.Request(
-        f"http://{up.rest_url}/v2/models/{model}/infer",
-        data=body,
-        headers={"Content-Type": "application/json"},
-    )
+    url = f"http://{up.rest_url}/v2/models/{model}/infer"
+    headers = {"Content-Type": "application/json"}
+    if session is not None:
+        resp = session.post(url, data=body, headers=headers, timeout=timeout)
+        resp.raise_for_status()
+        return {k.lower(): v for k, v in resp.headers.items()}, resp.json()
+    request = urllib.request.Request(url, data=body, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout) as resp:
-        return dict(resp.headers), json.loads(resp.read())
+        return {k.lower(): v for k, v in resp.headers.items()}, json.loads(resp.read())
 
 
 def revision_of(headers: dict, body: dict) -> str:

@@ -154,7 +154,10 @@ class LocalService:
         routed = {id(t.runtime) for t in self.targets if t.percent > 0}
         for key, runtime in list(self.runtimes.items()):
             if id(runtime) not in routed and runtime.running:
-                logger.info("%s has no traffic: stopping it once its in-flight requests finish", runtime.name)
+                logger.info(
+                    "%s has no traffic: stopping it once its in-flight requests finish",
+                    runtime.name,
+                )
                 await runtime.drain_and_stop(self.drain_timeout_s)
             if id(runtime) not in {id(t.runtime) for t in self.targets}:
                 self.runtimes.pop(key)
