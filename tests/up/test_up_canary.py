@@ -163,3 +163,21 @@ def test_a_broken_edit_leaves_traffic_where_it_was(up):
     wait_for(lambda: up.status()["last_error"] is not None, 30, "apply error", up)
     assert "is not a kbundle component" in up.status()["last_error"]
     assert _revisions_answering(up, 20) == {"digits-00002": 20}
+
+
+def test_kbundle_up_again_on_an_edited_file_continues_the_rollout(up):
+    """The state folder keeps the rolled-out revision: a restart with a new template canaries
+    against it, as re-applying to a cluster would."""
+    assert up.stop() == 0
+    doc = up.read()
+    predictor = doc["spec"]["predictor"]
+    predictor["containers"][0]["image"] = "ghcr.io/kbundle/predictor-cpu:0.1.0"
+    predictor["containers"][0]["env"][0]["value"] = "s3://kbundle-models/digits/v1"
+    predictor["canaryTrafficPercent"] = 50
+    up.write(doc)
+    again = start_up(up.manifest, up.manifest.parent)
+    try:
+        assert again.traffic() == {"digits-00003": 50, "digits-00002": 50}
+        assert set(_revisions_answering(again, 40)) == {"digits-00002", "digits-00003"}
+    finally:
+        again.stop()
