@@ -10,9 +10,9 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "samples": ("kbundle.commands.samples", "build the sample model repository (cached)"),
     "serve": ("kbundle.commands.serve", "serve a model dir with the engine predictor"),
-    "up": ("kbundle.commands.up", "run an InferenceService file locally (revisions, canary, scale to zero)"),
+    "up": ("kbundle.commands.up", "run an InferenceService file locally, no cluster"),
     "status": ("kbundle.commands.status", "revisions, traffic and latency of a running kbundle up"),
-    "canary-analyze": ("kbundle.commands.canary_analyze", "promote, hold or roll back a local canary from its figures"),
+    "canary-analyze": ("kbundle.commands.canary_analyze", "promote/hold/roll back a local canary"),
 }
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,11 +97,12 @@ async def serve(options: UpOptions) -> int:
     signals = _install_signals(loop, stop, service)
     try:
         if not await service.apply():
-            print(f"error: {service.last_error}", flush=True)
+            print(f"error: {service.last_error}", file=sys.stderr, flush=True)
             return 1
         return await _serve_ingress(options, service, rest_sock, stop, signals)
     finally:
         await service.shutdown()
+        logger.info("all components stopped")
         rest_sock.close()
         with contextlib.suppress(FileNotFoundError):
             (state_dir / UP_FILE).unlink()

@@ -28,7 +28,6 @@ from kbundle.local.autoscale import scale_down_loop
 from kbundle.local.manifest import (
     KNATIVE,
     InferenceServiceSpec,
-    load_inference_service,
     parse_inference_service,
 )
 from kbundle.local.runtime import RevisionRuntime, RuntimeOptions
@@ -267,6 +266,3 @@ async def _predict_count(client: httpx.AsyncClient, ready_url: str) -> int | Non
         if family.name == "request_predict_seconds":
             return int(sum(s.value for s in family.samples if s.name.endswith("_count")))
     return None
-
-
-__all__ = ["LocalService", "Target", "load_inference_service"]

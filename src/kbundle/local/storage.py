@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -126,7 +125,3 @@ def cached_fetch(uri: str, cache_dir: Path) -> Path:
 
 def default_storage_map(models_dir: Path) -> dict[str, Path]:
     return {SAMPLE_BUCKET: Path(models_dir)}
-
-
-def is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://") or os.path.isabs(uri)
