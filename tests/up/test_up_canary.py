@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import math
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,14 @@ def test_first_revision_answers_rest_json_binary_and_grpc_correctly(up):
     assert np.array_equal(result.as_numpy("label"), json_labels)
     assert result.get_response().model_version == "digits-00001"
     assert grpc.get_model_metadata("digits").inputs[0].name == "input"
+
+
+def test_min_replicas_one_keeps_an_idle_revision_running(up):
+    [before] = up.status()["revisions"]
+    time.sleep(2.5)  # idle well past the 1 s scale-down delay of the manifest
+    [after] = up.status()["revisions"]
+    assert after["state"] == "ready" and not after["scales_to_zero"]
+    assert after["components"][0]["pid"] == before["components"][0]["pid"]
 
 
 def test_bad_request_keeps_its_4xx_through_the_ingress(up):

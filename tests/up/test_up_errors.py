@@ -64,3 +64,19 @@ def test_a_missing_local_model_folder_is_named(tmp_path):
     out = _up(manifest, tmp_path / "state", free_port(), free_port())
     assert out.returncode == 1, out.stdout + out.stderr
     assert "no-such-model" in out.stdout + out.stderr
+
+
+def test_a_component_that_cannot_start_fails_the_rollout_fast_with_its_reason(tmp_path):
+    empty_model = tmp_path / "empty-model"
+    empty_model.mkdir()
+    (empty_model / "README").write_text("no model file here\n")
+    manifest = tmp_path / "empty.yaml"
+    text = (HERE / "digits-custom.yaml").read_text()
+    manifest.write_text(text.replace("s3://kbundle-models/digits/v1", str(empty_model)))
+    out = _up(manifest, tmp_path / "state", free_port(), free_port())
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "revision digits-00001 did not become ready" in out.stderr
+    assert (
+        "digits-00001/predictor not ready, exited with" in out.stderr
+    )  # the component's own words follow
+    assert "digits-00001-predictor.log" in out.stderr

@@ -119,12 +119,22 @@ class RevisionRuntime:
         for proc in self.processes:
             proc.start()
 
-    async def wait_ready(self, timeout_s: float) -> bool:
+    async def wait_ready(self, timeout_s: float, fail_on_exit: bool = False) -> bool:
         deadline = time.monotonic() + timeout_s
         for proc in self.processes:
-            if not await proc.wait_ready(max(0.0, deadline - time.monotonic())):
+            if not await proc.wait_ready(max(0.0, deadline - time.monotonic()), fail_on_exit):
                 return False
         return True
+
+    def failure(self) -> str:
+        """Which component is not ready, and the end of its log."""
+        for proc in self.processes:
+            if not proc.ready:
+                exit_note = f", exited with {proc.exit_code}" if proc.exit_code is not None else ""
+                return (
+                    f"{proc.label} not ready{exit_note}: {proc.log_tail()} (log: {proc.log_path})"
+                )
+        return "ready"
 
     async def activate(self) -> None:
         """Start when stopped and wait until ready (bounded); ModelUnavailable when it does not come up."""

@@ -143,10 +143,10 @@ class LocalService:
             if not t.runtime.running:
                 t.runtime.start()
         for t in targets:
-            if not await t.runtime.wait_ready(self.progress_deadline_s):
+            if not await t.runtime.wait_ready(self.progress_deadline_s, fail_on_exit=True):
                 raise ModelUnavailable(
-                    f"revision {t.runtime.name} did not become ready in {self.progress_deadline_s:.0f}s; traffic "
-                    f"stays as it was (logs: {self.options.state_dir / 'logs'})"
+                    f"revision {t.runtime.name} did not become ready; traffic stays as it was. "
+                    f"{t.runtime.failure()}"
                 )
 
     async def _stop_unrouted(self) -> None:

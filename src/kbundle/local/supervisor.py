@@ -57,6 +57,7 @@ class ComponentProcess:
         self._wanted = False
         self._supervise: asyncio.Task | None = None
         self._ready_event = asyncio.Event()
+        self._exit_event = asyncio.Event()
 
     @property
     def pid(self) -> int | None:
@@ -66,6 +67,11 @@ class ComponentProcess:
     def running(self) -> bool:
         """Wanted up (starting, ready, or waiting to restart)."""
         return self._wanted
+
+    @property
+    def exit_code(self) -> int | None:
+        """The current process's exit code; None while it runs (or before the first start)."""
+        return self.proc.returncode if self.proc is not None else None
 
     @property
     def alive(self) -> bool:
@@ -78,10 +84,26 @@ class ComponentProcess:
         self._wanted = True
         self._supervise = asyncio.create_task(self._run_forever(), name=f"supervise {self.label}")
 
-    async def wait_ready(self, timeout: float) -> bool:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._ready_event.wait(), timeout)
+    async def wait_ready(self, timeout: float, fail_on_exit: bool = False) -> bool:
+        """True once ready; False after `timeout`, or (with `fail_on_exit`) as soon as the process
+        exits without having got ready, so a rollout that cannot start fails in seconds."""
+        waits = [asyncio.ensure_future(self._ready_event.wait())]
+        if fail_on_exit:
+            self._exit_event.clear()
+            waits.append(asyncio.ensure_future(self._exit_event.wait()))
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
         return self.ready
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in text[-lines:])
 
     async def stop(self, grace: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds; no restart afterwards."""
@@ -158,6 +180,7 @@ class ComponentProcess:
             self._set_ready(False)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(pump, 2.0)
+        self._exit_event.set()  # after the pump: the log already holds the last words
         return code
 
     async def _pump(self, proc: asyncio.subprocess.Process) -> None:
