@@ -137,7 +137,14 @@ def _build_samples_if_needed(spec, storage_map) -> None:
         print(
             f"building the sample models for {missing[0]} (once) ...", file=sys.stderr, flush=True
         )
-        samples.build_all()
+        try:
+            samples.build_all()
+        except ImportError as exc:
+            raise ConfigError(
+                f"{missing[0]} maps to {storage_map.resolve(missing[0])}, which does not exist, and the sample "
+                f"models cannot be built here ({exc}); pip install 'kbundle[samples]' or map the bucket "
+                "elsewhere with --storage-map"
+            ) from exc
 
 
 def _log_to_file(path: Path) -> None:
