@@ -63,6 +63,7 @@ class RevisionRuntime:
             for c in components
         )
         self.processes: list[ComponentProcess] = []
+        self.launches: list[Launch] = []  # index-aligned with processes
         self.entry: Launch | None = None
         self.cold_starts = 0
         self._lock = asyncio.Lock()
@@ -76,6 +77,7 @@ class RevisionRuntime:
         predictor = predictor_launch(
             pred, self.isvc.name, self.name, pred_mounts, free_port(), free_port()
         )
+        self.launches = [predictor]
         self.processes = [self._process("predictor", predictor)]
         self.entry = predictor
         if self.variant.transformer is not None:
@@ -84,6 +86,7 @@ class RevisionRuntime:
             transformer = transformer_launch(
                 trans, self.isvc.name, self.name, mounts, predictor, free_port(), free_port()
             )
+            self.launches.append(transformer)
             self.processes.append(self._process("transformer", transformer))
             self.entry = transformer
 
@@ -215,7 +218,10 @@ class RevisionRuntime:
                     "last_exit": p.last_exit,
                     "log": str(p.log_path),
                     "ready_url": p.ready_url,
+                    "http_port": launch.http_port,
+                    "grpc_port": launch.grpc_port,
+                    "argv": launch.argv[1:],
                 }
-                for p in self.processes
+                for p, launch in zip(self.processes, self.launches, strict=True)
             ],
         }
