@@ -110,6 +110,26 @@ def test_canary_30_percent_sends_about_30_percent_to_latest(up):
     assert tags == {"digits-00002": "latest", "digits-00001": "prev"}
 
 
+def test_a_tag_pins_a_request_to_the_latest_or_previous_revision(up):
+    rows, _ = digits_rows(1)
+    with requests.Session() as session:
+        session.headers["x-kbundle-tag"] = "latest"
+        assert {revision_of(*infer_json(up, rows, session=session)) for _ in range(20)} == {
+            "digits-00002"
+        }
+        session.headers["x-kbundle-tag"] = "prev"
+        assert {revision_of(*infer_json(up, rows, session=session)) for _ in range(20)} == {
+            "digits-00001"
+        }
+    grpc = grpcclient.InferenceServerClient(up.grpc_url)
+    tensor = grpcclient.InferInput("input", list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows)
+    result = grpc.infer("digits", [tensor], headers={"x-kbundle-tag": "latest"})
+    assert result.get_response().model_version == "digits-00002"
+    with pytest.raises(Exception, match="no revision tagged 'nope'"):
+        grpc.infer("digits", [tensor], headers={"x-kbundle-tag": "nope"})
+
+
 def test_status_and_canary_analyze_report_both_revisions(up):
     state = ["--state-dir", str(up.state_root)]
     out = subprocess.run(kbundle_cmd("status", *state), capture_output=True, text=True, timeout=60)

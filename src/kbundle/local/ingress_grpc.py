@@ -19,6 +19,7 @@ from kbundle.local.service import LocalService
 
 logger = logging.getLogger("kbundle.up")
 REVISION_KEY = "x-kbundle-revision"
+TAG_KEY = "x-kbundle-tag"
 # Statuses that are the server's fault (count against a revision); the rest are the client's.
 SERVER_FAULTS = {
     grpc.StatusCode.UNKNOWN,
@@ -55,7 +56,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
     async def _forward(self, method: str, request: bytes, context: aio.ServicerContext) -> bytes:
         try:
-            runtime = self._local.pick()
+            runtime = self._local.pick(_tag(context))
         except KbundleError as exc:
             await context.abort(exc.grpc_code, exc.message)
         tag = ((REVISION_KEY, runtime.name),)
@@ -77,6 +78,13 @@ class ProxyHandler(grpc.GenericRpcHandler):
                 runtime.stats.record(time.perf_counter() - started, code in SERVER_FAULTS)
         context.set_trailing_metadata(tag)
         await context.abort(code, details or "")
+
+
+def _tag(context: aio.ServicerContext) -> str | None:
+    for m in context.invocation_metadata() or ():
+        if m.key == TAG_KEY:
+            return m.value
+    return None
 
 
 def _metadata(context: aio.ServicerContext) -> tuple[tuple[str, str | bytes], ...]:

@@ -20,6 +20,9 @@ from kbundle.errors import KbundleError, ModelUnavailable, UpstreamTimeout
 from kbundle.local.service import LocalService
 
 REVISION_HEADER = "x-kbundle-revision"
+TAG_HEADER_B = (
+    b"x-kbundle-tag"  # pin a request: latest, prev, a Standard target, or a revision name
+)
 STATUS_PATH = "/kbundle/status"
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the length, which each hop sets itself.
 _DROP = {
@@ -66,7 +69,7 @@ class RestIngress:
             return
         body = await _read_body(receive)
         try:
-            runtime = self.service.pick()
+            runtime = self.service.pick(self._tag(scope))
         except KbundleError as exc:
             await _error(send, exc, [])
             return
@@ -83,6 +86,13 @@ class RestIngress:
                 await _error(send, exc, tag)
             finally:
                 runtime.stats.record(time.perf_counter() - started, status >= 500)
+
+    def _tag(self, scope: dict) -> str | None:
+        """The explicit `x-kbundle-tag` header first, then a `latest-`/`prev-` Host (tag routing)."""
+        headers = dict(scope["headers"])
+        if TAG_HEADER_B in headers:
+            return headers[TAG_HEADER_B].decode("latin-1")
+        return self.service.tag_from_host(headers.get(b"host", b"").decode("latin-1"))
 
     async def _forward(self, scope: dict, body: bytes, base: str) -> tuple[int, list, bytes]:
         """One retry when a pooled connection turns out dead before any answer (a component that

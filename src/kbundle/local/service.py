@@ -22,7 +22,7 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from kbundle.errors import ConfigError, ModelUnavailable
+from kbundle.errors import ConfigError, ModelNotFoundError, ModelUnavailable
 from kbundle.local import revisions as rv
 from kbundle.local.autoscale import scale_down_loop
 from kbundle.local.manifest import (
@@ -33,6 +33,7 @@ from kbundle.local.manifest import (
 from kbundle.local.runtime import RevisionRuntime, RuntimeOptions
 
 logger = logging.getLogger("kbundle.up")
+TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
 
 
 @dataclass
@@ -162,8 +163,17 @@ class LocalService:
                 self.runtimes.pop(key)
 
     # -- serve ----------------------------------------------------------------------------------
-    def pick(self) -> RevisionRuntime:
-        """A revision for one request, by the traffic percentages."""
+    def pick(self, tag: str | None = None) -> RevisionRuntime:
+        """A revision for one request: the one tagged `tag` (latest, prev, or a Standard-mode
+        target name; even at 0%, as Knative's tag routes are), else by the traffic percentages."""
+        if tag:
+            for t in self.targets:
+                if t.tag == tag or t.runtime.name == tag:
+                    return t.runtime
+            known = ", ".join(
+                sorted({t.tag for t in self.targets} | {t.runtime.name for t in self.targets})
+            )
+            raise ModelNotFoundError(f"no revision tagged {tag!r} (known: {known})")
         live = [t for t in self.targets if t.percent > 0]
         if not live:
             raise ModelUnavailable(f"{self.manifest}: no revision receives traffic")
@@ -173,6 +183,16 @@ class LocalService:
             if roll < 0:
                 return t.runtime
         return live[-1].runtime
+
+    def tag_from_host(self, host: str) -> str | None:
+        """`latest-<isvc>…` / `prev-<isvc>…` hosts, when the InferenceService enables tag routing
+        (annotation serving.kserve.io/enable-tag-routing: "true", as KServe requires)."""
+        if self.spec is None or self.spec.annotations.get(TAG_ROUTING) != "true":
+            return None
+        for tag in ("latest", "prev"):
+            if host.startswith(f"{tag}-{self.spec.name}"):
+                return tag
+        return None
 
     def start_background(self, watch_interval_s: float) -> None:
         self._tasks.append(
