@@ -27,13 +27,18 @@ _DURATION = re.compile(
 
 class Scalable(Protocol):
     name: str
-    scales_to_zero: bool
     scale_down_delay_s: float
     inflight: int
     last_activity: float
 
     @property
     def running(self) -> bool: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def scales_to_zero(self) -> bool: ...
 
     async def scale_to_zero(self) -> None: ...
 
@@ -73,6 +78,7 @@ async def scale_down_loop(
         for rev in list(revisions()):
             if (
                 rev.scales_to_zero
+                and rev.ready  # never in the middle of its own start
                 and rev.running
                 and rev.inflight == 0
                 and idle_for(rev) > rev.scale_down_delay_s

@@ -57,7 +57,8 @@ class RevisionRuntime:
         self.last_activity = time.monotonic()
         components = [c for c in (variant.predictor, variant.transformer) if c is not None]
         # The revision stops as one unit, so only when every component allows zero.
-        self.scales_to_zero = all(c.min_replicas == 0 for c in components)
+        self.min_zero = all(c.min_replicas == 0 for c in components)
+        self.routed = True  # set by the service: False while the revision gets 0% (rollback)
         self.scale_down_delay_s = max(
             scale_down_delay(c.annotation_map, isvc.annotations, options.default_scale_down_delay_s)
             for c in components
@@ -67,6 +68,7 @@ class RevisionRuntime:
         self.entry: Launch | None = None
         self.cold_starts = 0
         self._lock = asyncio.Lock()
+        self._stopping = False
         self._channel: grpc.aio.Channel | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -108,6 +110,12 @@ class RevisionRuntime:
             self.options.console,
         )
 
+    @property
+    def scales_to_zero(self) -> bool:
+        """minReplicas 0, or no traffic: Knative scales unrouted revisions to zero whatever their
+        min-scale, which also covers one woken by a tagged request while at 0%."""
+        return self.min_zero or not self.routed
+
     # -- lifecycle ------------------------------------------------------------------------------
     @property
     def running(self) -> bool:
@@ -115,7 +123,7 @@ class RevisionRuntime:
 
     @property
     def ready(self) -> bool:
-        return bool(self.processes) and all(p.ready for p in self.processes)
+        return not self._stopping and bool(self.processes) and all(p.ready for p in self.processes)
 
     def start(self) -> None:
         self.last_activity = time.monotonic()
@@ -127,6 +135,7 @@ class RevisionRuntime:
         for proc in self.processes:
             if not await proc.wait_ready(max(0.0, deadline - time.monotonic()), fail_on_exit):
                 return False
+        self.last_activity = time.monotonic()  # idle time counts from ready, not from the start
         return True
 
     def failure(self) -> str:
@@ -167,10 +176,15 @@ class RevisionRuntime:
         await self.stop()
 
     async def stop(self) -> None:
-        await asyncio.gather(*(p.stop() for p in reversed(self.processes)))
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        # Synchronous up to the first await: from here on no request takes the ready fast path.
+        self._stopping = True
+        try:
+            await asyncio.gather(*(p.stop() for p in reversed(self.processes)))
+            if self._channel is not None:
+                await self._channel.close()
+                self._channel = None
+        finally:
+            self._stopping = False
 
     # -- per request ----------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -195,7 +209,7 @@ class RevisionRuntime:
         return self._channel
 
     def describe(self) -> dict:
-        idle = "scaled-to-zero" if self.scales_to_zero else "stopped"
+        idle = "scaled-to-zero" if self.min_zero else "stopped"
         if self.ready:
             state = "ready"
         elif self.running:
@@ -205,7 +219,7 @@ class RevisionRuntime:
         return {
             "name": self.name,
             "state": state,
-            "scales_to_zero": self.scales_to_zero,
+            "scales_to_zero": self.min_zero,
             "scale_down_delay_s": self.scale_down_delay_s,
             "cold_starts": self.cold_starts,
             "inflight": self.inflight,

@@ -88,6 +88,8 @@ class LocalService:
                 await self._stop_unrouted()  # a revision that failed to come up is not left running
                 return False
             self.spec, self.targets, self.last_error = spec, targets, None
+            for t in targets:
+                t.runtime.routed = t.percent > 0
             if spec.mode == KNATIVE:
                 rv.record_ready_traffic(self.state, {t.runtime.name: t.percent for t in targets})
                 rv.prune(self.state)
@@ -141,6 +143,7 @@ class LocalService:
     async def _bring_up(self, targets: list[Target]) -> None:
         """Start what is stopped and wait until all are ready (the new split waits for that)."""
         for t in targets:
+            t.runtime.routed = True  # about to get traffic: not the autoscaler's to stop meanwhile
             if not t.runtime.running:
                 t.runtime.start()
         for t in targets:
