@@ -4,7 +4,7 @@
 
 Starts `kbundle up` on tests/up/digits-custom.yaml, sends batch-1 V2 requests one at a time
 (keep-alive REST JSON with `requests`, gRPC with tritonclient) straight to the predictor and
-through the ingress, and reports p50/p99 of each and the difference; then runs
+through the ingress, alternating request by request so both see the same load, and reports p50/p99 of each and the difference; then runs
 tests/up/digits-model.yaml (minReplicas 0, scale-down delay 2 s), waits for scale to zero and times
 the first request (the activator's wait for the cold start).
 """
@@ -42,30 +42,35 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def rest(base: str, n: int) -> tuple[float, float]:
-    with requests.Session() as session:
-        url, lat = f"{base}/v2/models/{MODEL}/infer", []
-        for i in range(n + 50):
+def rest(bases: list[str], n: int) -> list[tuple[float, float]]:
+    """Alternates between the targets request by request, so both see the same machine load."""
+    sessions = [requests.Session() for _ in bases]
+    lat: list[list[float]] = [[] for _ in bases]
+    for i in range(n + 50):
+        for k, (base, session) in enumerate(zip(bases, sessions, strict=True)):
             started = time.perf_counter()
             session.post(
-                url, data=BODY, headers={"Content-Type": "application/json"}
+                f"{base}/v2/models/{MODEL}/infer",
+                data=BODY,
+                headers={"Content-Type": "application/json"},
             ).raise_for_status()
             if i >= 50:
-                lat.append(time.perf_counter() - started)
-    return percentiles(lat)
+                lat[k].append(time.perf_counter() - started)
+    return [percentiles(x) for x in lat]
 
 
-def grpc(address: str, n: int) -> tuple[float, float]:
-    client = grpcclient.InferenceServerClient(address)
+def grpc(addresses: list[str], n: int) -> list[tuple[float, float]]:
+    clients = [grpcclient.InferenceServerClient(a) for a in addresses]
     tensor = grpcclient.InferInput("input", [1, 64], "FP32")
     tensor.set_data_from_numpy(np.ones((1, 64), np.float32))
-    lat = []
+    lat: list[list[float]] = [[] for _ in addresses]
     for i in range(n + 50):
-        started = time.perf_counter()
-        client.infer(MODEL, [tensor])
-        if i >= 50:
-            lat.append(time.perf_counter() - started)
-    return percentiles(lat)
+        for k, client in enumerate(clients):
+            started = time.perf_counter()
+            client.infer(MODEL, [tensor])
+            if i >= 50:
+                lat[k].append(time.perf_counter() - started)
+    return [percentiles(x) for x in lat]
 
 
 def status(port: int) -> dict:
@@ -120,12 +125,8 @@ def main() -> int:
         direct_rest = component["ready_url"].split("/v2/")[0]
         direct_grpc = f"127.0.0.1:{component['grpc_port']}"
         rows = [
-            (
-                "REST JSON",
-                rest(direct_rest, args.requests),
-                rest(f"http://127.0.0.1:{port}", args.requests),
-            ),
-            ("gRPC", grpc(direct_grpc, args.requests), grpc(f"127.0.0.1:{gport}", args.requests)),
+            ("REST JSON", *rest([direct_rest, f"http://127.0.0.1:{port}"], args.requests)),
+            ("gRPC", *grpc([direct_grpc, f"127.0.0.1:{gport}"], args.requests)),
         ]
     print(
         f"{'':10} {'direct p50':>11} {'ingress p50':>12} {'added':>7} {'direct p99':>11} {'ingress p99':>12}"
