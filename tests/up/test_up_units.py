@@ -305,3 +305,18 @@ def test_analysis_promotes_holds_and_rolls_back():
     assert errors.action == ROLLBACK and "error rate 8.00%" in errors.reasons[0]
     slow = decide(_w(100, 0, 5, 40), _w(300, 0, 5, 10), limits)
     assert slow.action == ROLLBACK and "p99 40.0 ms vs 10.0 ms" in slow.reasons[0]
+
+
+def test_tag_routing_by_host_needs_the_kserve_annotation(tmp_path):
+    from kbundle.local.runtime import RuntimeOptions
+    from kbundle.local.service import LocalService
+
+    service = LocalService(tmp_path / "x.yaml", RuntimeOptions(tmp_path, tmp_path, StorageMap(())))
+    doc = _doc()
+    service.spec = parse_inference_service(doc)
+    assert service.tag_from_host("latest-digits.ml.example.com") is None  # not enabled
+    doc["metadata"]["annotations"] = {"serving.kserve.io/enable-tag-routing": "true"}
+    service.spec = parse_inference_service(doc)
+    assert service.tag_from_host("latest-digits.ml.example.com") == "latest"
+    assert service.tag_from_host("prev-digits.ml.example.com:8080") == "prev"
+    assert service.tag_from_host("digits.ml.example.com") is None
