@@ -65,13 +65,31 @@ def test_idle_revision_scales_to_zero_then_a_request_cold_starts_it(up):
 
 def test_a_crashed_component_is_reported_and_restarted(up):
     rows, _ = digits_rows(1)
-    revision_of(*infer_json(up, rows, model="digits-model"))  # make sure it is up
-    pid = _pids(up)[0]
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: _revision(up)["components"][0]["restarts"] == 1, 30, "crash noticed", up)
-    assert _revision(up)["components"][0]["last_exit"] == -signal.SIGKILL
-    headers, body = infer_json(up, rows, model="digits-model")  # back after the back-off
-    assert revision_of(headers, body) == REVISION
+    # Keep the revision busy so the 2 s scale-down cannot stop it around the kill.
+    stop = threading.Event()
+
+    def keep_busy() -> None:
+        while not stop.is_set():
+            try:
+                infer_json(up, rows, model="digits-model", timeout=60)
+            except Exception:
+                pass  # requests during the crash may wait or fail; asserted below, not here
+            time.sleep(0.2)
+
+    pinger = threading.Thread(target=keep_busy)
+    pinger.start()
+    try:
+        wait_for(lambda: _revision(up)["state"] == "ready", 60, "ready", up)
+        pid = _pids(up)[0]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: _revision(up)["components"][0]["restarts"] == 1, 30, "crash noticed", up)
+        assert _revision(up)["components"][0]["last_exit"] == -signal.SIGKILL
+        headers, body = infer_json(up, rows, model="digits-model")  # back after the back-off
+        assert revision_of(headers, body) == REVISION
+        assert _pids(up) and _pids(up)[0] != pid
+    finally:
+        stop.set()
+        pinger.join(60)
     assert "exited with code -9; restarting" in up.log()
 
 
