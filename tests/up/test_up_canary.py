@@ -103,6 +103,9 @@ def test_canary_30_percent_sends_about_30_percent_to_latest(up):
     counts = _revisions_answering(up, REQUESTS)
     assert set(counts) == {"digits-00001", "digits-00002"}
     mean, sd = REQUESTS * CANARY / 100, math.sqrt(REQUESTS * 0.3 * 0.7)
+    print(
+        f"30% canary: {counts['digits-00002']}/{REQUESTS} from the latest (expected {mean:.0f} +- {4 * sd:.0f})"
+    )
     assert abs(counts["digits-00002"] - mean) <= 4 * sd, counts  # binomial, 4 sigma
     status = up.status()
     assert status["latest"] == "digits-00002" and status["latest_rolled_out"] == "digits-00001"
