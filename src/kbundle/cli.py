@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "kbundle.commands.export",
         "export a torch model to model.onnx / model.pt2, checked",
     ),
+    "up": ("kbundle.commands.up", "run an InferenceService file locally, no cluster"),
+    "status": ("kbundle.commands.status", "revisions, traffic and latency of a running kbundle up"),
 }
 
 

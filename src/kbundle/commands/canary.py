@@ -67,9 +67,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "rollback", help="the candidate gets 0%% (previous version takes all traffic)"
         )
     )
+    from kbundle.commands import canary_analyze
+
+    canary_analyze.add_arguments(
+        sub.add_parser(
+            "analyze", help="promote / hold / roll back, from a running `kbundle up` canary's figures"
+        )
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "analyze":
+        from kbundle.commands import canary_analyze
+
+        return canary_analyze.run(args)
     try:
         from kbundle.manifests import canary
         from kbundle.manifests.atomic import atomic_write_text

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from kbundle.predictors.__main__ import main as predictor_main
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -19,4 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: kserve takes seconds to import, and `kbundle --help`/other commands build this parser.
+    from kbundle.predictors.__main__ import main as predictor_main
+
     return predictor_main(["--model_dir", args.model_dir, *args.rest])

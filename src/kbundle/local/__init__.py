@@ -1,0 +1,1 @@
+"""`kbundle up`: an InferenceService file run locally (revisions, canary, scale to zero), no cluster."""
