@@ -7,6 +7,7 @@ Exit 0 only when every DEST_DIR holds its complete, verified model. On failure t
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import signal
 import sys
 from pathlib import Path
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # kserve-storage downloads S3 objects in a multiprocessing.Pool. Forking a process that
+    # already runs threads (progress reporter, boto3) can deadlock the child on a lock held at fork
+    # time (seen here: a test hung in futex_wait), so workers start from a clean interpreter.
+    multiprocessing.set_start_method("spawn", force=True)
     try:
         pairs = parse_pairs(sys.argv[1:] if argv is None else argv)
         settings = StorageSettings.from_env()
