@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The main job, in its own environment: build the sample models, then serve one with the predictor.
+# The main job, in its own environment: run the sample InferenceService locally (no cluster).
+# `kbundle up` builds the sample models when needed, fetches them with our storage-init, starts the
+# predictor and the transformer as KServe would, and serves V2 REST on :8080 and gRPC on :8081.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
 cd "$ROOT"
-kbundle samples build
-exec kbundle serve "$(python -c 'from kbundle.samples import default_models_dir; print(default_models_dir())')/digits/v1" \
-  --model_name digits --http_port "${HTTP_PORT:-8080}" --grpc_port "${GRPC_PORT:-8081}"
+exec kbundle up "${1:-inferenceservices/digits.yaml}" --port "${HTTP_PORT:-8080}" --grpc-port "${GRPC_PORT:-8081}"

@@ -71,6 +71,9 @@ class Hop(ABC):
 
     def __init__(self, config: HopConfig):
         self.config = config
+        # The predictor's V2 model_version, as its latest answer said (one predictor per hop, so
+        # it changes only when the predictor behind this transformer is replaced).
+        self.model_version = ""
 
     @abstractmethod
     async def infer(

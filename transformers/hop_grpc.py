@@ -95,6 +95,7 @@ class GrpcHop(Hop):
             )
         except aio.AioRpcError as exc:
             raise self._error(exc) from None
+        self.model_version = response.model_version
         return checked_decode(self.config.where, lambda: _grpc_outputs(self.config.where, response))
 
     def _error(self, exc: aio.AioRpcError) -> KbundleError:

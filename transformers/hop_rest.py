@@ -112,10 +112,13 @@ class RestHop(Hop):
             ) from None
         if answer.status >= 400:
             raise self._error(answer)
-        return checked_decode(
+        outputs = checked_decode(
             self.config.where,
             lambda: decode_binary_response(self.config.where, answer.body, answer.header_length),
         )
+        json_length = int(answer.header_length) if answer.header_length else len(answer.body)
+        self.model_version = orjson.loads(answer.body[:json_length]).get("model_version", "")
+        return outputs
 
     def _error(self, answer: _Answer) -> KbundleError:
         text = answer.body.decode("utf-8", "replace")

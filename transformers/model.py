@@ -84,7 +84,9 @@ class TransformerModel(Model):
         sent = await self.preprocess(request)
         outputs = await self.predict(sent, request.headers, request_id=request.id)
         result = await self.postprocess(outputs, sent)
-        return ArrayResponse(outputs={name: result[name] for name in wanted})
+        return ArrayResponse(
+            outputs={name: result[name] for name in wanted}, model_version=self.hop.model_version
+        )
 
     async def preprocess(
         self, payload: ArrayRequest, headers: Mapping[str, str] | None = None

@@ -76,6 +76,8 @@ def test_heldout_pngs_via_tritonclient_grpc(transformer, heldout):
         assert np.all(np.diff(scores, axis=1) <= 0), "top-k scores come best first"
         predicted += [t.decode() for t in top[:, 0]]
         passed_label += result.as_numpy("label").tolist()
+        # The predictor's version comes through the hop (kbundle.yaml: model_version: digits-v1).
+        assert result.get_response().model_version == "digits-v1"
     assert _accuracy(predicted, labels) >= MIN_ACCURACY
     # Top-1 of the post-processing agrees with the model's own label output.
     assert predicted == [str(v) for v in passed_label]
