@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from kbundle.predictors import model_config
 from kbundle.predictors.predictor import EnginePredictor
 from kserve import model_server
 
@@ -59,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    KbundleModelServer(args).start([predictor])
+    KbundleModelServer(
+        args, rest_hooks=[model_config.rest_hook], grpc_hooks=[model_config.grpc_hook]
+    ).start([predictor])
     return 0
 
 

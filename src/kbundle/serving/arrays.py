@@ -52,3 +52,15 @@ class ArrayModel(Protocol):
     def signature(self) -> Signature | None: ...
 
     async def infer_arrays(self, request: ArrayRequest) -> ArrayResponse: ...
+
+
+_ARRAY_MODELS: dict[int, tuple[object, bool]] = {}
+
+
+def is_array_model(model: object) -> bool:
+    """isinstance(model, ArrayModel), decided once per model object: a runtime Protocol check
+    probes every member (properties included) and would otherwise run on every request."""
+    cached = _ARRAY_MODELS.get(id(model))
+    if cached is None or cached[0] is not model:
+        cached = _ARRAY_MODELS[id(model)] = (model, isinstance(model, ArrayModel))
+    return cached[1]
