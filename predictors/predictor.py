@@ -65,10 +65,12 @@ class EnginePredictor(Model):
                 BatchMetrics(self.name),
             )
         logger.info(
-            "model '%s': dynamic batching %s", self.name,
+            "model '%s': dynamic batching %s",
+            self.name,
             f"on (max_batch_size {self.settings.max_batch_size}, max_batch_delay_ms "
             f"{self.settings.max_batch_delay_ms}, instances {self.settings.instances})"
-            if self.batcher else "off",
+            if self.batcher
+            else "off",
         )
 
     def _warm_up(self) -> None:
@@ -114,7 +116,8 @@ class EnginePredictor(Model):
             # The batcher turns engine faults into per-request EngineErrors itself.
             outputs = await self.batcher.infer(request.inputs, names)
             return ArrayResponse(
-                outputs=dict(zip(names, outputs, strict=True)), model_version=self.settings.model_version
+                outputs=dict(zip(names, outputs, strict=True)),
+                model_version=self.settings.model_version,
             )
         try:
             outputs = await self.runner.run(request.inputs, names)
