@@ -75,24 +75,28 @@ class OnnxModel(Model):
 
 def add_config_shim(model: OnnxModel) -> None:
     from google.protobuf import json_format
+
+    # tritonclient.grpc cannot be imported beside kserve (duplicate protobuf symbols).
+    from kbundle.predictors.triton_pb import model_config_pb2, rpc_messages
     from kserve.model_server import app
-    from tritonclient.grpc import model_config_pb2, service_pb2
+
+    request_type, response_type = rpc_messages()
 
     @app.get("/v2/models/{model_name}/config")
     async def config(model_name: str) -> dict:
         return model.triton_config()
 
     def rpc(request, context):
-        message = json_format.ParseDict(model.triton_config(), model_config_pb2.ModelConfig())
-        return service_pb2.ModelConfigResponse(config=message)
+        message = json_format.ParseDict(model.triton_config(), model_config_pb2().ModelConfig())
+        return response_type(config=message)
 
     handler = grpc.method_handlers_generic_handler(
         "inference.GRPCInferenceService",
         {
             "ModelConfig": grpc.unary_unary_rpc_method_handler(
                 rpc,
-                request_deserializer=service_pb2.ModelConfigRequest.FromString,
-                response_serializer=service_pb2.ModelConfigResponse.SerializeToString,
+                request_deserializer=request_type.FromString,
+                response_serializer=response_type.SerializeToString,
             )
         },
     )

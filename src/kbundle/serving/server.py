@@ -118,9 +118,12 @@ class KbundleModelServer(ModelServer):
             timeout_keep_alive=self.timeout_keep_alive,
         )
         rest.rest_hooks = self._rest_hooks
-        # uvicorn's per-request access log line is a measured hot-path cost; opt back in with
-        # kserve's --access_log_format (asgi-logger middleware).
-        rest.config.access_log = False
+        # uvicorn's per-request access log line is a measured hot-path cost (it decides per
+        # connection from `hasHandlers()`); opt back in with kserve's --access_log_format.
+        if not self.access_log_format:
+            access = logging.getLogger("uvicorn.access")
+            access.handlers = []
+            access.propagate = False
         self._rest_server = rest
         self.servers.append(rest.start())
         if self.enable_grpc:

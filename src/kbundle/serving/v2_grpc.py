@@ -16,7 +16,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.servicer import InferenceServicer
 
 from kbundle.errors import InvalidRequest, ModelNotFoundError, ModelUnavailable
-from kbundle.serving.arrays import ArrayRequest, ArrayResponse, is_array_model
+from kbundle.serving.arrays import ArrayRequest, ArrayResponse, is_array_model, new_request_id
 from kbundle.serving.metrics import count_error, count_request
 from kbundle.serving.status_map import classify
 from kbundle.specs import v2_datatype
@@ -84,9 +84,7 @@ def decode_request(
 
 
 def _new_id() -> str:
-    import uuid
-
-    return str(uuid.uuid4())
+    return new_request_id()
 
 
 def _decode_tensor(
