@@ -68,6 +68,7 @@ def machine() -> dict[str, str]:
     info = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
     info = {k.strip(): v.strip() for k, v in info.items()}
     return {
+        "loadavg": open("/proc/loadavg").read().split()[:3],
         "cpu": info.get("Model name", platform.processor()),
         "cpus": info.get("CPU(s)", str(os.cpu_count())),
         "hypervisor": info.get("Hypervisor vendor", "none"),
@@ -172,50 +173,35 @@ def batch_stats(http: int, model: str) -> tuple[float, float]:
     return found["sum"], found["count"]
 
 
-def perf_analyzer(args, model: str, port: int, protocol: str, concurrency: int, shape: str) -> dict:
+def perf_analyzer(
+    args, model: str, port: int, protocol: str, concurrency: int, shape: str
+) -> dict | None:
+    """One perf_analyzer measurement; None when it found no stable window twice (noisy host)."""
     out = Path(args.work) / "pa.csv"
-    out.unlink(missing_ok=True)
     cmd = [
-        "taskset",
-        "-c",
-        args.client_cpu,
-        args.perf_analyzer,
-        "-m",
-        model,
-        "-u",
-        f"127.0.0.1:{port}",
-        "-i",
-        protocol,
-        "-b",
-        "1",
-        "--concurrency-range",
-        str(concurrency),
-        "--shape",
-        shape,
-        "-p",
-        str(args.window_ms),
-        "--max-trials",
-        "3",
-        "-s",
-        "1000",
-        "--percentile",
-        "99",
-        "-f",
-        str(out),
-    ]
+        "taskset", "-c", args.client_cpu, args.perf_analyzer, "-m", model,
+        "-u", f"127.0.0.1:{port}", "-i", protocol, "-b", "1",
+        "--concurrency-range", str(concurrency), "--shape", shape,
+        "-p", str(args.window_ms), "--max-trials", "4", "-s", "1000", "-f", str(out),
+    ]  # fmt: skip
     if protocol == "http":
         cmd += ["--input-tensor-format", "binary", "--output-tensor-format", "binary"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if result.returncode != 0 or not out.exists():
-        raise RuntimeError(
-            f"perf_analyzer failed ({result.returncode}): {result.stdout[-1500:]}{result.stderr[-1500:]}"
-        )
-    row = next(csv.DictReader(io.StringIO(out.read_text())))
-    return {
-        "throughput": float(row["Inferences/Second"]),
-        "p50_us": float(row["p50 latency"]),
-        "p99_us": float(row["p99 latency"]),
-    }
+    for _attempt in range(2):
+        out.unlink(missing_ok=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if result.returncode == 0 and out.exists():
+            row = next(csv.DictReader(io.StringIO(out.read_text())))
+            return {
+                "throughput": float(row["Inferences/Second"]),
+                "p50_us": float(row["p50 latency"]),
+                "p99_us": float(row["p99 latency"]),
+            }
+        if "stable" not in result.stdout:
+            raise RuntimeError(
+                f"perf_analyzer failed ({result.returncode}): {result.stdout[-1500:]}{result.stderr[-1500:]}"
+            )
+    print(f"  no stable measurement: {protocol} c={concurrency} (run skipped)", flush=True)
+    return None
 
 
 def model_shape(port: int, model: str, width: int) -> str:
@@ -239,6 +225,8 @@ def run_server_cells(args, server: str, model: str, model_dir: Path, cells: list
                     before = batch_stats(http, model)
                     result = perf_analyzer(args, model, port, protocol, concurrency, shape)
                     after = batch_stats(http, model)
+                    if result is None:
+                        continue
                     cell.throughput.append(result["throughput"])
                     cell.p50_us.append(result["p50_us"])
                     cell.p99_us.append(result["p99_us"])
@@ -252,6 +240,91 @@ def run_server_cells(args, server: str, model: str, model_dir: Path, cells: list
                     flush=True,
                 )
                 cells.append(cell)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# -- where the time goes: py-spy on the kbundle server under load ---------------------------
+def summarize_profile(raw_path: Path, top: int = 25) -> str:
+    """Own-time and cumulative-time tables from a py-spy raw (collapsed) profile."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in raw_path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + n
+    lines = [f"{samples} samples", "", "own time (where the CPU is):"]
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * n / max(samples, 1):5.1f}%  {frame[:140]}")
+    lines += ["", "cumulative time:"]
+    for frame, n in sorted(total.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * n / max(samples, 1):5.1f}%  {frame[:140]}")
+    return "\n".join(lines) + "\n"
+
+
+def profile_server(args, model: str, model_dir: Path) -> None:
+    """py-spy the kbundle server (batching on) at concurrency 32 on each protocol."""
+    py_spy = shutil.which("py-spy") or str(Path(args.perf_analyzer).parent / "py-spy")
+    if not Path(py_spy).exists():
+        print("py-spy not found: no profile", flush=True)
+        return
+    http, grpc = free_port(), free_port()
+    log = open(Path(args.work) / f"profile-{model}.log", "wb")
+    cmd = [
+        "taskset",
+        "-c",
+        args.server_cpu,
+        *server_command("kbundle", model, model_dir, http, grpc),
+    ]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(f"http://127.0.0.1:{http}/v2/models/{model}/ready", proc)
+        shape = model_shape(http, model, bench_models.INPUT_WIDTH[model])
+        for protocol in args.protocols:
+            port = http if protocol == "http" else grpc
+            pa_args = argparse.Namespace(**{**vars(args), "window_ms": 2500})
+            raw = Path(args.work) / f"profile-{model}-{protocol}.txt"
+            spy = subprocess.Popen(
+                [
+                    py_spy,
+                    "record",
+                    "-p",
+                    str(proc.pid),
+                    "-d",
+                    "5",
+                    "-r",
+                    "250",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(raw),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            result = perf_analyzer(pa_args, model, port, protocol, 32, shape)
+            spy.wait(timeout=60)
+            if raw.exists() and result is not None:
+                header = (
+                    f"# py-spy, kbundle server (batching on), {model} over {protocol}, "
+                    f"perf_analyzer concurrency 32: {result['throughput']:.0f} infer/s\n"
+                )
+                out = Path(args.out) / f"profile_{model}_{protocol}.txt"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(header + summarize_profile(raw))
+                print(f"profile written: {out}", flush=True)
     finally:
         proc.terminate()
         try:
@@ -321,7 +394,9 @@ def write_results(
         "# kbundle benchmark results",
         "",
         f"Machine: {info['cpu']}, {info['cpus']} vCPUs ({info['hypervisor']} guest), kernel {info['kernel']}, "
-        f"Python {info['python']}. CPU steal during the run: {steal_pct:.1f}% of all CPU time. "
+        f"Python {info['python']}. CPU steal during the run: {steal_pct:.1f}% of all CPU time; load average "
+        f"at the end {' / '.join(info['loadavg'])} (1/5/15 min) on {info['cpus']} CPUs: other jobs shared both "
+        "cores, so the pinned server did not have its core to itself. "
         f"Server pinned to CPU {args.server_cpu}, perf_analyzer to CPU {args.client_cpu}; ONNX Runtime "
         f"with 1 intra-op thread everywhere. Run took {elapsed / 60:.1f} min; "
         f"each cell repeated {args.repeats}× (perf_analyzer -p {args.window_ms}, batch-1 requests, binary "
@@ -414,10 +489,16 @@ def main() -> int:
     parser.add_argument("--perf-analyzer", default=shutil.which("perf_analyzer") or "perf_analyzer")
     parser.add_argument("--work", default=str(HERE / ".work"))
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
+    parser.add_argument("--profile-only", action="store_true", help="only the py-spy profiles")
     args = parser.parse_args()
     Path(args.work).mkdir(parents=True, exist_ok=True)
     started, steal_before = time.monotonic(), cpu_times()
     dirs = bench_models.build_all(HERE / ".models")
+    if args.profile_only:
+        for model in args.models:
+            profile_server(args, model, dirs[model])
+        return 0
     raw = {}
     for model in args.models:
         raw[model] = raw_limit(
@@ -432,6 +513,9 @@ def main() -> int:
     for model in args.models:
         for server in args.servers:
             run_server_cells(args, server, model, dirs[model], cells)
+    if not args.no_profile:
+        for model in args.models:
+            profile_server(args, model, dirs[model])
     steal_after = cpu_times()
     total = sum(steal_after.values()) - sum(steal_before.values())
     steal = 100.0 * (steal_after["steal"] - steal_before["steal"]) / max(total, 1)

@@ -6,9 +6,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH_VENV="${BENCH_VENV:-$ROOT/.bench-venv}"
 bash "$ROOT/scripts/env.sh"
-if [ ! -x "$BENCH_VENV/bin/perf_analyzer" ] || ! "$BENCH_VENV/bin/python" -c "import matplotlib, onnx" 2>/dev/null; then
+if [ ! -x "$BENCH_VENV/bin/perf_analyzer" ] || [ ! -x "$BENCH_VENV/bin/py-spy" ] || ! "$BENCH_VENV/bin/python" -c "import matplotlib, onnx" 2>/dev/null; then
   python3 -m venv "$BENCH_VENV"
-  "$BENCH_VENV/bin/pip" install -q "tritonclient[all]==2.51.0" nvidia-cuda-runtime-cu12 matplotlib onnx numpy
+  "$BENCH_VENV/bin/pip" install -q "tritonclient[all]==2.51.0" nvidia-cuda-runtime-cu12 matplotlib onnx numpy py-spy
 fi
 if ! ldconfig -p | grep -q libb64.so.0d; then
   echo "perf_analyzer needs libb64: apt-get install -y libb64-0d" >&2

@@ -25,6 +25,11 @@ from kserve.utils.utils import generate_uuid
 ORT_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64"}
 
 
+def _metadata(arg) -> dict:
+    shape = [d if isinstance(d, int) else -1 for d in arg.shape]
+    return {"name": arg.name, "datatype": ORT_TYPES[arg.type][5:], "shape": shape}
+
+
 class OnnxModel(Model):
     def __init__(self, name: str, model_path: str, threads: int):
         super().__init__(name)
@@ -58,6 +63,13 @@ class OnnxModel(Model):
             requested_outputs=payload.request_outputs or None,
         )
 
+    # -- metadata (kserve's documented hooks; perf_analyzer reads them) -----------------------
+    def get_input_types(self) -> list[dict]:
+        return [_metadata(a) for a in self.session.get_inputs()]
+
+    def get_output_types(self) -> list[dict]:
+        return [_metadata(a) for a in self.session.get_outputs()]
+
     # -- shim: Triton model config, for perf_analyzer only ---------------------------------------
     def triton_config(self) -> dict:
         def tensor(arg) -> dict:
@@ -86,7 +98,7 @@ def add_config_shim(model: OnnxModel) -> None:
     async def config(model_name: str) -> dict:
         return model.triton_config()
 
-    def rpc(request, context):
+    async def rpc(request, context):
         message = json_format.ParseDict(model.triton_config(), model_config_pb2().ModelConfig())
         return response_type(config=message)
 
