@@ -19,7 +19,7 @@ from kbundle.errors import InvalidRequest, KbundleError, ModelNotFoundError, Mod
 from kbundle.serving import v2_rest
 from kbundle.serving.arrays import is_array_model
 from kbundle.serving.kserve_bridge import infer_via_dataplane
-from kbundle.serving.metrics import count_error, count_request
+from kbundle.serving.metrics import UNKNOWN_MODEL, count_error, count_request
 from kbundle.serving.status_map import classify
 
 logger = logging.getLogger("kbundle.rest")
@@ -55,17 +55,20 @@ class InferFastPath:
         name = infer_model_name(scope["path"])
         if name is None:
             return await self.app(scope, receive, send)
-        count_request(name, "rest")
+        model = self.dataplane.model_registry.get_model(name)
+        # Unknown names share one label: a client must not be able to grow the label set.
+        label = name if model is not None else UNKNOWN_MODEL
+        count_request(label, "rest")
         try:
             body = await _read_body(receive)
-            content, headers = await self._infer(name, scope, body)
+            content, headers = await self._infer(name, model, scope, body)
             status = 200
         except Exception as exc:
             status_code, _, message = classify(exc)
             status = int(status_code)
             if status >= 500 and not isinstance(exc, KbundleError):
                 logger.error("internal error on %s", scope["path"], exc_info=exc)
-            count_error(name, "rest", status)
+            count_error(label, "rest", status)
             content = orjson.dumps({"error": message})
             headers = {"content-type": "application/json"}
         raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
@@ -73,8 +76,9 @@ class InferFastPath:
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": content})
 
-    async def _infer(self, name: str, scope: Scope, body: bytes) -> tuple[bytes, dict[str, str]]:
-        model = self.dataplane.model_registry.get_model(name)
+    async def _infer(
+        self, name: str, model: Any, scope: Scope, body: bytes
+    ) -> tuple[bytes, dict[str, str]]:
         if model is None:
             raise ModelNotFoundError(f"model '{name}' is not served here")
         if not model.ready:

@@ -13,6 +13,8 @@ ERRORS = Counter(
     "kbundle_request_errors", "V2 inference requests that failed.", ["model", "protocol", "code"]
 )
 
+UNKNOWN_MODEL = "_unknown"  # the label for requests naming a model that is not served
+
 _requests: dict[tuple[str, str], object] = {}
 
 
