@@ -181,3 +181,33 @@ def test_batching_off_when_max_batch_size_is_zero(tmp_path):
         check_rows(inputs, [response.outputs[name] for name in OUTPUTS])
     finally:
         model.stop()
+
+
+def test_with_a_peer_instance_busy_the_batch_waits_for_the_delay_to_fill(tmp_path):
+    """instances=2, one busy: a free instance waits (up to max_batch_delay) for more rows."""
+    model_dir = build_batching_model(tmp_path / "m")
+    settings = ModelSettings(max_batch_size=8, max_batch_delay_ms=300.0, instances=2)
+    model = EnginePredictor("two-instances", model_dir, settings)
+    assert model.load(), model.load_error
+    recorder = Recorder(model.name)
+    batcher = DynamicBatcher(model.runner, model.name, 8, 300.0, recorder)
+    requests = [request_arrays(tag, 1, 3) for tag in range(3)]
+
+    async def scenario():
+        gate = threading.Event()
+        model.runner.submit(gate.wait, 10)
+        batcher._idle -= 1  # one of the two instances is running a batch
+        first = asyncio.ensure_future(batcher.infer(requests[0], OUTPUTS))
+        await asyncio.sleep(0.02)  # the free instance holds the first request...
+        rest = [asyncio.ensure_future(batcher.infer(r, OUTPUTS)) for r in requests[1:]]
+        results = await asyncio.gather(first, *rest)  # ...and takes the later ones along
+        gate.set()
+        return results
+
+    try:
+        results = asyncio.run(scenario())
+        for inputs, outputs in zip(requests, results, strict=True):
+            check_rows(inputs, outputs)
+        assert recorder.sizes == [3]
+    finally:
+        model.stop()

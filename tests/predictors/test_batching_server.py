@@ -241,3 +241,19 @@ def test_unknown_model_config_is_404(server):
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(f"http://{server.http_url}/v2/models/nope/config", timeout=10)
     assert info.value.code == 404
+
+
+def test_unknown_model_infer_is_404_and_shares_one_metrics_label(server):
+    before = metric(server, "kbundle_requests_total", model="_unknown", protocol="rest")
+    for name in ("nope-1", "nope-2"):
+        request = urllib.request.Request(
+            f"http://{server.http_url}/v2/models/{name}/infer",
+            data=b'{"inputs": []}',
+            method="POST",
+        )
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=10)
+        assert info.value.code == 404
+        assert json.loads(info.value.read()) == {"error": f"model '{name}' is not served here"}
+    assert metric(server, "kbundle_requests_total", model="_unknown", protocol="rest") == before + 2
+    assert metric(server, "kbundle_requests_total", model="nope-1", protocol="rest") == 0
