@@ -6,7 +6,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from kbundle.predictors.batcher import DynamicBatcher
 from kbundle.predictors.engine import Engine, load_engine, warmup_inputs
+from kbundle.predictors.metrics import BatchMetrics
 from kbundle.predictors.runner import EngineRunner
 from kserve import Model
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
@@ -29,6 +31,7 @@ class EnginePredictor(Model):
         self.settings = settings
         self.engine: Engine | None = None  # type: ignore[assignment]
         self.runner: EngineRunner | None = None
+        self.batcher: DynamicBatcher | None = None
         self.load_error: str | None = None
         self._validator: SignatureValidator | None = None
 
@@ -53,6 +56,22 @@ class EnginePredictor(Model):
         self.engine = engine
         self.runner = EngineRunner(engine, self.settings.instances)
         self._validator = SignatureValidator(self.name, engine.signature)
+        if self.settings.max_batch_size > 0 and engine.signature.batchable:
+            self.batcher = DynamicBatcher(
+                self.runner,
+                self.name,
+                self.settings.max_batch_size,
+                self.settings.max_batch_delay_ms,
+                BatchMetrics(self.name),
+            )
+        logger.info(
+            "model '%s': dynamic batching %s",
+            self.name,
+            f"on (max_batch_size {self.settings.max_batch_size}, max_batch_delay_ms "
+            f"{self.settings.max_batch_delay_ms}, instances {self.settings.instances})"
+            if self.batcher
+            else "off",
+        )
 
     def _warm_up(self) -> None:
         inputs = warmup_inputs(self.signature, ranges=self.engine.shape_ranges)
@@ -91,8 +110,15 @@ class EnginePredictor(Model):
 
     # -- inference ---------------------------------------------------------------------------
     async def infer_arrays(self, request: ArrayRequest) -> ArrayResponse:
-        names = request.requested_outputs or list(self.signature.output_names)
+        names = request.requested_outputs or self.signature.output_names
         self.engine.check_shapes(self.name, request.inputs)  # per request, before any batching
+        if self.batcher is not None:
+            # The batcher turns engine faults into per-request EngineErrors itself.
+            outputs = await self.batcher.infer(request.inputs, names)
+            return ArrayResponse(
+                outputs=dict(zip(names, outputs, strict=True)),
+                model_version=self.settings.model_version,
+            )
         try:
             outputs = await self.runner.run(request.inputs, names)
         except KbundleError:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 from kbundle.predictors.engine import Engine
+
+T = TypeVar("T")
 
 
 class EngineRunner:
@@ -23,6 +26,10 @@ class EngineRunner:
     ) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.engine.run, inputs, output_names)
+
+    def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        """Run `fn(*args)` on an instance thread (the batcher's whole batch job)."""
+        return self._pool.submit(fn, *args)
 
     def run_sync(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]

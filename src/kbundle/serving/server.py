@@ -18,6 +18,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
 
+from kbundle.serving.asgi_infer import InferFastPath
 from kbundle.serving.rest_routes import register_error_handlers, register_infer_routes
 from kbundle.serving.v2_grpc import ArrayServicer, StatusInterceptor
 
@@ -39,6 +40,14 @@ class KbundleRESTServer(RESTServer):
         register_infer_routes(app, self.dataplane)
         super().create_application()
         register_error_handlers(app)
+        # Added last, so outermost: V2 infer never pays FastAPI routing or middleware.
+        app.add_middleware(InferFastPath, dataplane=self.dataplane)
+
+    def _add_middlewares(self, app) -> None:
+        """kserve's, minus TimingMiddleware: it logs a line per request (measured hot-path cost)
+        and duplicates what /metrics already records. `--access_log_format` still works."""
+        if self.access_log_format:
+            super()._add_middlewares(app)
 
 
 class KbundleGRPCServer(GRPCServer):
@@ -109,6 +118,12 @@ class KbundleModelServer(ModelServer):
             timeout_keep_alive=self.timeout_keep_alive,
         )
         rest.rest_hooks = self._rest_hooks
+        # uvicorn's per-request access log line is a measured hot-path cost (it decides per
+        # connection from `hasHandlers()`); opt back in with kserve's --access_log_format.
+        if not self.access_log_format:
+            access = logging.getLogger("uvicorn.access")
+            access.handlers = []
+            access.propagate = False
         self._rest_server = rest
         self.servers.append(rest.start())
         if self.enable_grpc:

@@ -16,7 +16,8 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.servicer import InferenceServicer
 
 from kbundle.errors import InvalidRequest, ModelNotFoundError, ModelUnavailable
-from kbundle.serving.arrays import ArrayModel, ArrayRequest, ArrayResponse
+from kbundle.serving.arrays import ArrayRequest, ArrayResponse, is_array_model, new_request_id
+from kbundle.serving.metrics import count_error, count_request
 from kbundle.serving.status_map import classify
 from kbundle.specs import v2_datatype
 from kbundle.tensors import array_from_list, array_from_raw, check_datatype, raw_from_array
@@ -83,9 +84,7 @@ def decode_request(
 
 
 def _new_id() -> str:
-    import uuid
-
-    return str(uuid.uuid4())
+    return new_request_id()
 
 
 def _decode_tensor(
@@ -135,16 +134,21 @@ class ArrayServicer(InferenceServicer):
         self, request: pb.ModelInferRequest, context: grpc.ServicerContext
     ) -> pb.ModelInferResponse:
         model = self._data_plane.model_registry.get_model(request.model_name)
-        if not isinstance(model, ArrayModel):
+        if not is_array_model(model):
             if model is None:
                 raise ModelNotFoundError(f"model '{request.model_name}' is not served here")
             return await super().ModelInfer(request, context)
-        if not model.ready:
-            raise ModelUnavailable(f"model '{request.model_name}' is not ready")
-        headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-        array_request = decode_request(request, model.validator, headers)
-        array_response = await model.infer_arrays(array_request)
-        return encode_response(model.name, array_request, array_response)
+        count_request(model.name, "grpc")
+        try:
+            if not model.ready:
+                raise ModelUnavailable(f"model '{request.model_name}' is not ready")
+            headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+            array_request = decode_request(request, model.validator, headers)
+            array_response = await model.infer_arrays(array_request)
+            return encode_response(model.name, array_request, array_response)
+        except Exception as exc:
+            count_error(model.name, "grpc", classify(exc)[1].name)
+            raise
 
 
 class StatusInterceptor(AsyncExceptionToStatusInterceptor):

@@ -7,14 +7,13 @@ fields (Triton's perf_analyzer cannot parse `"parameters": null`).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 
 import numpy as np
 import orjson
 
 from kbundle.errors import InvalidRequest
-from kbundle.serving.arrays import ArrayRequest, ArrayResponse
+from kbundle.serving.arrays import ArrayRequest, ArrayResponse, new_request_id
 from kbundle.specs import v2_datatype
 from kbundle.tensors import (
     array_from_list,
@@ -95,7 +94,7 @@ def decode_request(
 
 def _request_id(value: object) -> str:
     if value is None or value == "":
-        return str(uuid.uuid4())
+        return new_request_id()
     if not isinstance(value, str):
         raise InvalidRequest(f"request field 'id' must be a string, got {type(value).__name__}")
     return value

@@ -1,0 +1,232 @@
+"""Dynamic batcher: queues requests, runs them as one engine call, hands each its own rows.
+
+Policy (decided once per request, no polling thread):
+- A request joins the queue and, if an engine instance is idle, a dispatch is scheduled for the
+  end of the current event-loop tick, so everything that arrived in the same tick shares it.
+- An idle instance takes the oldest request and every queued request with the same batch key
+  (same input names, dtypes, non-batch dims and requested outputs) that still fits in
+  `max_batch_size` rows. A request larger than `max_batch_size` runs alone.
+- It dispatches at once when the batch is full or when no batch is in flight anywhere (the engine
+  would otherwise sit idle: a lone request never pays the delay). When peer instances are busy it
+  waits until the oldest request has waited `max_batch_delay_ms`, so the batch can fill.
+- While every instance is busy, requests queue up; that queue is what the next batch is cut from.
+
+Concatenation, the engine call and the split run on the engine's worker thread; the event loop
+only appends to a deque and resolves futures, one `call_soon_threadsafe` per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from kbundle.predictors.metrics import BatchMetrics
+from kbundle.predictors.runner import EngineRunner
+
+from kbundle.errors import EngineError, KbundleError
+
+logger = logging.getLogger("kbundle.batcher")
+
+BatchKey = tuple
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    key: BatchKey
+    inputs: dict[str, np.ndarray]
+    output_names: tuple[str, ...]
+    rows: int
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def batch_key(inputs: dict[str, np.ndarray], output_names: Sequence[str]) -> BatchKey:
+    """Requests may share a batch only when everything but the leading dim matches."""
+    return (
+        tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(inputs.items())),
+        tuple(output_names),
+    )
+
+
+class DynamicBatcher:
+    """Batches `infer` calls for one engine; one batch in flight per engine instance."""
+
+    def __init__(
+        self,
+        runner: EngineRunner,
+        model_name: str,
+        max_batch_size: int,
+        max_batch_delay_ms: float,
+        metrics: BatchMetrics | None = None,
+    ):
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1 for a batcher")
+        self.runner = runner
+        self.model_name = model_name
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_batch_delay_ms / 1000.0
+        self.metrics = metrics
+        self._queue: deque[_Pending] = deque()
+        self._idle = runner.instances
+        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self.runner.instances - self._idle
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray], output_names: Sequence[str]
+    ) -> list[np.ndarray]:
+        """This request's outputs, in `output_names` order, exactly its own rows."""
+        loop = self._loop = asyncio.get_running_loop()
+        rows = next(iter(inputs.values())).shape[0] if inputs else 0
+        names = tuple(output_names)
+        item = _Pending(batch_key(inputs, names), inputs, names, rows, loop.create_future())
+        self._queue.append(item)
+        if self._idle and not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._dispatch)
+        # A cancelled await (client gone) cancels the future: it is skipped when queued and its
+        # rows are dropped when already in flight; the batch itself is unaffected.
+        return await item.future
+
+    # -- dispatching (event-loop thread) -------------------------------------------------------
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._idle and self._queue:
+            while self._queue and self._queue[0].future.done():
+                self._queue.popleft()  # cancelled while queued
+            if not self._queue:
+                return
+            batch, rows = self._take()
+            if rows < self.max_batch_size and self.in_flight:
+                wait = self.max_delay - (time.perf_counter() - batch[0].enqueued)
+                if wait > 0:
+                    self._queue.extendleft(reversed(batch))
+                    self._timer = self._loop.call_later(wait, self._dispatch)
+                    return
+            self._start(batch, rows)
+
+    def _take(self) -> tuple[list[_Pending], int]:
+        """Pop the oldest request and the queued ones that may join it (FIFO within a key)."""
+        head = self._queue.popleft()
+        batch, rows = [head], head.rows
+        if rows >= self.max_batch_size or not self._queue:
+            return batch, rows
+        keep: deque[_Pending] = deque()
+        while self._queue:
+            item = self._queue.popleft()
+            if item.future.done():
+                continue
+            if item.key == head.key and rows + item.rows <= self.max_batch_size:
+                batch.append(item)
+                rows += item.rows
+                if rows == self.max_batch_size:
+                    break
+            else:
+                keep.append(item)
+        keep.extend(self._queue)
+        self._queue = keep
+        return batch, rows
+
+    def _start(self, batch: list[_Pending], rows: int) -> None:
+        self._idle -= 1
+        started = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.observe_queue([started - item.enqueued for item in batch])
+        loop = self._loop
+        done = self._completer(batch)
+        future = self.runner.submit(self._run_batch, batch, rows)
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(done, f))
+
+    def _completer(self, batch: list[_Pending]) -> Callable:
+        def done(future) -> None:
+            self._idle += 1
+            try:
+                results = future.result()
+            except BaseException as exc:  # the worker never raises; belt and braces
+                results = [exc] * len(batch)
+            for item, result in zip(batch, results, strict=True):
+                if item.future.done():
+                    continue  # cancelled while in flight: its rows are simply dropped
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+            if self._queue and not self._scheduled:
+                self._dispatch()
+
+        return done
+
+    # -- the batch itself (engine worker thread) ----------------------------------------------
+    def _run_batch(self, batch: list[_Pending], rows: int) -> list:
+        started = time.perf_counter()
+        try:
+            results = self._run_rows(batch, rows)
+        except Exception as exc:
+            results = self._run_alone(batch, exc)
+        if self.metrics is not None:
+            self.metrics.observe_batch(rows, time.perf_counter() - started)
+        return results
+
+    def _run_alone(self, batch: list[_Pending], exc: Exception) -> list:
+        """One bad request must not fail its neighbours: rerun each alone, so only the
+        request(s) the engine really rejects get the error."""
+        if len(batch) == 1:
+            return [self._engine_error(exc)]
+        logger.warning(
+            "model '%s': batch of %d requests failed (%s); retrying each alone",
+            self.model_name,
+            len(batch),
+            exc,
+        )
+        results: list = []
+        for item in batch:
+            try:
+                results.append(self._run_rows([item], item.rows)[0])
+            except Exception as single:
+                results.append(self._engine_error(single))
+        return results
+
+    def _run_rows(self, batch: list[_Pending], rows: int) -> list[list[np.ndarray]]:
+        names = batch[0].output_names
+        if len(batch) == 1:
+            return [self.runner.engine.run(batch[0].inputs, names)]
+        inputs = {
+            name: np.concatenate([item.inputs[name] for item in batch]) for name in batch[0].inputs
+        }
+        outputs = self.runner.engine.run(inputs, names)
+        for name, out in zip(names, outputs, strict=True):
+            if out.ndim == 0 or out.shape[0] != rows:
+                raise EngineError(
+                    f"model '{self.model_name}': output '{name}' has shape {list(out.shape)}, "
+                    f"which does not split into the batch's {rows} rows"
+                )
+        results, start = [], 0
+        for item in batch:
+            end = start + item.rows
+            results.append([out[start:end] for out in outputs])
+            start = end
+        return results
+
+    def _engine_error(self, exc: Exception) -> KbundleError:
+        if isinstance(exc, KbundleError):
+            return exc
+        logger.error("model '%s' engine failure: %s", self.model_name, exc)
+        error = EngineError(f"model '{self.model_name}': engine failed: {exc}")
+        error.__cause__ = exc
+        return error
