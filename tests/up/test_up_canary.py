@@ -142,7 +142,9 @@ def test_status_and_canary_analyze_report_both_revisions(up):
     # on a shared 2-core machine is noise (the latency rules are unit-tested in test_up_units).
     lenient = ["--max-p99-ratio", "1000", "--max-p50-ratio", "1000"]
     out = subprocess.run(
-        kbundle_cmd("canary", "analyze", *state, "--window", "120", "--min-requests", "50", *lenient),
+        kbundle_cmd(
+            "canary", "analyze", *state, "--window", "120", "--min-requests", "50", *lenient
+        ),
         capture_output=True,
         text=True,
         timeout=60,

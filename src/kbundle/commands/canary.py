@@ -71,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     canary_analyze.add_arguments(
         sub.add_parser(
-            "analyze", help="promote / hold / roll back, from a running `kbundle up` canary's figures"
+            "analyze",
+            help="promote / hold / roll back, from a running `kbundle up` canary's figures",
         )
     )
 
