@@ -48,7 +48,7 @@ def model_config(model: EnginePredictor) -> dict:
     """
     signature = model.signature
     batched = model.batcher is not None
-    platform, backend = PLATFORMS.get(model.engine.kind, ("", model.engine.kind))
+    platform, backend = PLATFORMS.get(model.loaded_engine.kind, ("", model.loaded_engine.kind))
     config: dict = {"name": model.name, "platform": platform, "backend": backend}
     config["max_batch_size"] = model.settings.max_batch_size if batched else 0
     config["input"] = [_tensor(s, batched) for s in signature.inputs]
@@ -58,7 +58,7 @@ def model_config(model: EnginePredictor) -> dict:
             "max_queue_delay_microseconds": int(model.settings.max_batch_delay_ms * 1000),
             "preferred_batch_size": [model.settings.max_batch_size],
         }
-    kind = "KIND_GPU" if model.engine.device.startswith("cuda") else "KIND_CPU"
+    kind = "KIND_GPU" if model.loaded_engine.device.startswith("cuda") else "KIND_CPU"
     config["instance_group"] = [{"count": model.settings.instances, "kind": kind}]
     return config
 
@@ -67,7 +67,7 @@ def model_metadata(model: EnginePredictor) -> dict:
     meta: dict = {"name": model.name}
     if model.settings.model_version:
         meta["versions"] = [model.settings.model_version]
-    meta["platform"] = PLATFORMS.get(model.engine.kind, ("", ""))[0]
+    meta["platform"] = PLATFORMS.get(model.loaded_engine.kind, ("", ""))[0]
     meta["inputs"] = model.get_input_types()
     meta["outputs"] = model.get_output_types()
     return meta

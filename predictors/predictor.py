@@ -29,7 +29,8 @@ class EnginePredictor(Model):
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.settings = settings
-        self.engine: Engine | None = None  # type: ignore[assignment]
+        # Not `self.engine`: kserve.Model uses that name as a flag (truthy -> start_engine()).
+        self.loaded_engine: Engine | None = None
         self.runner: EngineRunner | None = None
         self.batcher: DynamicBatcher | None = None
         self.load_error: str | None = None
@@ -53,7 +54,7 @@ class EnginePredictor(Model):
         return True
 
     def _attach(self, engine: Engine) -> None:
-        self.engine = engine
+        self.loaded_engine = engine
         self.runner = EngineRunner(engine, self.settings.instances)
         self._validator = SignatureValidator(self.name, engine.signature)
         if self.settings.max_batch_size > 0 and engine.signature.batchable:
@@ -74,7 +75,7 @@ class EnginePredictor(Model):
         )
 
     def _warm_up(self) -> None:
-        inputs = warmup_inputs(self.signature, ranges=self.engine.shape_ranges)
+        inputs = warmup_inputs(self.signature, ranges=self.loaded_engine.shape_ranges)
         names = self.signature.output_names
         try:
             outputs = self.runner.run_sync(inputs, names)
@@ -94,9 +95,9 @@ class EnginePredictor(Model):
     # -- what the routes read ----------------------------------------------------------------
     @property
     def signature(self) -> Signature:
-        if self.engine is None:
+        if self.loaded_engine is None:
             raise EngineError(f"model '{self.name}' has no engine loaded")
-        return self.engine.signature
+        return self.loaded_engine.signature
 
     @property
     def validator(self) -> SignatureValidator | None:
@@ -111,7 +112,7 @@ class EnginePredictor(Model):
     # -- inference ---------------------------------------------------------------------------
     async def infer_arrays(self, request: ArrayRequest) -> ArrayResponse:
         names = request.requested_outputs or self.signature.output_names
-        self.engine.check_shapes(self.name, request.inputs)  # per request, before any batching
+        self.loaded_engine.check_shapes(self.name, request.inputs)  # per request, before any batching
         if self.batcher is not None:
             # The batcher turns engine faults into per-request EngineErrors itself.
             outputs = await self.batcher.infer(request.inputs, names)

@@ -31,6 +31,19 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through the staging cleanup
 
 
+def _peak_memory() -> str:
+    """This program's peak resident memory (VmHWM: counted from exec, unlike ru_maxrss, which
+    also holds whatever the parent process had resident when it forked us)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return f"{int(line.split()[1]) / 1024:.0f} MiB"
+    except OSError:
+        pass
+    return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
@@ -71,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             exc,
         )
         return 1
-    log.info("storage-init done: %d model(s) ready", len(pairs))
+    log.info("storage-init done: %d model(s) ready; peak memory %s", len(pairs), _peak_memory())
     return 0
 
 

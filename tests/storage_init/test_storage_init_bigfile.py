@@ -1,6 +1,9 @@
-"""A 300 MiB file fetched with flat memory: the child's own peak RSS, measured with wait4()."""
+"""A 300 MiB file fetched with flat memory: the initializer's own peak RSS (VmHWM, which it logs;
+wait4's ru_maxrss would also count the pytest parent's pages resident at fork time)."""
 
 from __future__ import annotations
+
+import re
 
 from storage_sandbox import Sandbox
 from storage_servers import big_sha256
@@ -19,15 +22,17 @@ def test_large_file_is_streamed_with_flat_memory(sandbox: Sandbox, http_server, 
     result = sandbox.run(
         f"{http_server.url}/big/{BIG}/model.bin#sha256={big_sha256(BIG)}",
         str(sandbox.dest),
-        env={"KBUNDLE_STORAGE_PROGRESS_INTERVAL_S": "0.5"},
+        env={"KBUNDLE_STORAGE_PROGRESS_INTERVAL_S": "0.02"},
     )
     assert result.rc == 0, result.log
     assert (sandbox.dest / "model.bin").stat().st_size == BIG
-    print(
-        f"peak RSS: {baseline.max_rss_mib:.0f} MiB for 4 MiB, {result.max_rss_mib:.0f} MiB for 300 MiB"
-    )
-    assert result.max_rss_mib - baseline.max_rss_mib < 32, (
-        baseline.max_rss_mib,
-        result.max_rss_mib,
-    )
+    small_peak, big_peak = peak_mib(baseline.log), peak_mib(result.log)
+    print(f"peak RSS: {small_peak} MiB for 4 MiB, {big_peak} MiB for 300 MiB")
+    assert big_peak - small_peak < 32, (small_peak, big_peak)
     assert "ETA" in result.log and "MiB/s" in result.log  # periodic progress lines (not a TTY)
+
+
+def peak_mib(log: str) -> int:
+    found = re.search(r"peak memory (\d+) MiB", log)
+    assert found, f"no peak memory line in:\n{log}"
+    return int(found.group(1))
