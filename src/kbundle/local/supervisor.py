@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -24,12 +25,14 @@ BACKOFF_FIRST_S, BACKOFF_MAX_S, BACKOFF_RESET_S = 1.0, 30.0, 60.0
 READY_PERIOD_S = 10.0  # once ready, probe like a kubelet (exit is seen at once anyway)
 
 
-def _die_with_parent() -> None:
-    """In the child (Linux): SIGTERM when `kbundle up` dies, even by SIGKILL, so no orphan keeps a port."""
-    with contextlib.suppress(Exception):
-        import ctypes
+def _die_with_parent(argv: list[str]) -> list[str]:
+    """The child gets SIGTERM when `kbundle up` dies, even by SIGKILL, so no orphan keeps a port.
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    util-linux's `setpriv --pdeathsig` sets it and execs the command. Not a preexec_fn: Python code
+    between fork and exec runs grpc's at-fork hooks, and with the ingress's gRPC threads busy the
+    child segfaulted before exec (seen in a fresh-clone test run)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", *argv] if setpriv else list(argv)
 
 
 class ComponentProcess:
@@ -163,12 +166,11 @@ class ComponentProcess:
     async def _run_once(self) -> int:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = await asyncio.create_subprocess_exec(
-            *self.argv,
+            *_die_with_parent(self.argv),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
             start_new_session=True,  # Ctrl-C reaches kbundle up only: it drains first, then stops us
-            preexec_fn=_die_with_parent,
         )
         logger.info("%s started (pid %s)", self.label, self.proc.pid)
         pump = asyncio.create_task(self._pump(self.proc))
