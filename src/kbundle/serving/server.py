@@ -68,6 +68,7 @@ class KbundleGRPCServer(GRPCServer):
     grpc_hooks: Sequence[GrpcHook] = ()
 
     async def start(self, max_workers: int) -> None:
+        self._stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
         bridge = LoopBridge(loop)
         servicer = ArrayServicer(self._data_plane, self._model_repository_extension)
@@ -93,7 +94,6 @@ class KbundleGRPCServer(GRPCServer):
         for hook in self.grpc_hooks:
             self._server.add_generic_rpc_handlers(bridge_generic(hook(self), bridge))
         self._server.add_insecure_port(f"[::]:{self._port}")
-        self._stopped = asyncio.Event()
         self._server.start()
         logger.info("gRPC V2 on port %s (%d threads)", self._port, threads)
         await self._stopped.wait()
