@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +129,34 @@ class EnginePredictor(Model):
             raise
         except Exception as exc:
             # Validated input that the engine still rejects: the engine's message, as a 500.
+            logger.exception("model '%s' engine failure", self.name)
+            raise EngineError(f"model '{self.name}': engine failed: {exc}") from exc
+        return ArrayResponse(
+            outputs=dict(zip(names, outputs, strict=True)),
+            model_version=self.settings.model_version,
+        )
+
+    def infer_arrays_blocking(
+        self,
+        request: ArrayRequest,
+        loop: asyncio.AbstractEventLoop,
+        on_done: Callable[[Callable[[], object]], object],
+    ) -> ArrayResponse:
+        """`infer_arrays` for a transport thread (the gRPC server's): blocks that thread, not the
+        loop, and skips a coroutine and task per request. `on_done(cancel)` registers the
+        cancel to run when the caller goes away (grpc's `context.add_callback`)."""
+        names = request.requested_outputs or self.signature.output_names
+        self.engine.check_shapes(self.name, request.inputs)
+        if self.batcher is not None:
+            future = self.batcher.submit(loop, request.inputs, names)
+        else:
+            future = self.runner.submit(self.engine.run, request.inputs, names)
+        on_done(future.cancel)
+        try:
+            outputs = future.result()
+        except (KbundleError, concurrent.futures.CancelledError):
+            raise
+        except Exception as exc:
             logger.exception("model '%s' engine failure", self.name)
             raise EngineError(f"model '{self.name}': engine failed: {exc}") from exc
         return ArrayResponse(

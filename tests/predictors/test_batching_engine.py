@@ -211,3 +211,51 @@ def test_with_a_peer_instance_busy_the_batch_waits_for_the_delay_to_fill(tmp_pat
         assert recorder.sizes == [3]
     finally:
         model.stop()
+
+
+async def run_held_threads(batcher: DynamicBatcher, requests: list[dict], cancel: int) -> list:
+    """As run_held, but each request comes from its own thread through `submit` (the gRPC
+    server's entry), and request `cancel` is cancelled from its thread while queued."""
+    loop = asyncio.get_running_loop()
+    gate = threading.Event()
+    blocker = batcher.runner.submit(gate.wait, 10)
+    batcher._idle -= 1
+
+    def release_instance() -> None:
+        batcher._idle += 1
+        batcher._dispatch()
+
+    blocker.add_done_callback(lambda _: loop.call_soon_threadsafe(release_instance))
+    waiters = [None] * len(requests)
+
+    def one(index: int) -> object:
+        waiters[index] = batcher.submit(loop, requests[index], OUTPUTS)
+        return waiters[index]
+
+    submitted = await asyncio.gather(*(asyncio.to_thread(one, i) for i in range(len(requests))))
+    for _ in range(100):  # the drain runs on this loop: let it take the inbox
+        if batcher.queued == len(requests):
+            break
+        await asyncio.sleep(0.01)
+    assert batcher.queued == len(requests)
+    assert submitted[cancel].cancel()
+
+    def wait(waiter) -> object:
+        try:
+            return waiter.result()
+        except BaseException as exc:  # the cancelled one
+            return exc
+
+    gate.set()
+    return await asyncio.gather(*(asyncio.to_thread(wait, w) for w in submitted))
+
+
+def test_submit_from_threads_batches_and_skips_a_cancelled_request(predictor):
+    batcher, recorder = fresh_batcher(predictor)
+    sizes = [1, 2, 1, 3, 1]
+    requests = [request_arrays(tag, rows, 3) for tag, rows in enumerate(sizes)]
+    results = asyncio.run(run_held_threads(batcher, requests, cancel=1))
+    assert type(results[1]).__name__ == "CancelledError"
+    for tag in (0, 2, 3, 4):
+        check_rows(requests[tag], results[tag])
+    assert recorder.sizes == [sum(sizes) - sizes[1]]  # one batch, without the cancelled rows

@@ -8,21 +8,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Sequence
 from concurrent import futures
 
 import grpc
-from grpc import aio
 from kserve import Model, ModelServer
-from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
 
 from kbundle.serving.asgi_infer import InferFastPath
+from kbundle.serving.grpc_sync import SERVICE, LoopBridge, bridge_generic, v2_handlers
 from kbundle.serving.rest_routes import register_error_handlers, register_infer_routes
-from kbundle.serving.v2_grpc import ArrayServicer, StatusInterceptor
+from kbundle.serving.v2_grpc import ArrayServicer
 
 logger = logging.getLogger("kbundle.server")
+
+# gRPC handler threads: each in-flight ModelInfer holds one while its batch runs, so they cap
+# the formed batch (the MLP's engine limit is flat from batch 8 up). 16 measured at least as
+# fast as 32 and 64 on one core (tiny and MLP, concurrency 32); kserve's --max_threads or
+# KBUNDLE_GRPC_THREADS raise it.
+GRPC_THREADS_ENV = "KBUNDLE_GRPC_THREADS"
+DEFAULT_GRPC_THREADS = 16
+
+
+def grpc_threads() -> int:
+    return int(os.environ.get(GRPC_THREADS_ENV, DEFAULT_GRPC_THREADS))
+
 
 # Extra routes/handlers a component adds (e.g. the model-configuration extension).
 RestHook = Callable[["KbundleRESTServer"], None]
@@ -51,15 +63,21 @@ class KbundleRESTServer(RESTServer):
 
 
 class KbundleGRPCServer(GRPCServer):
+    """kserve's V2 gRPC service on grpcio's sync server (kbundle.serving.grpc_sync says why)."""
+
     grpc_hooks: Sequence[GrpcHook] = ()
 
     async def start(self, max_workers: int) -> None:
+        self._stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        bridge = LoopBridge(loop)
         servicer = ArrayServicer(self._data_plane, self._model_repository_extension)
-        self._server = aio.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers),
-            # No kserve LoggingInterceptor: its INFO line per call cost ~0.45 ms CPU per request
-            # on every server (bench/results/transformer_hop.md); errors are still logged.
-            interceptors=(StatusInterceptor(),),
+        threads = max(max_workers, grpc_threads())
+        # No interceptors: errors are mapped inside each handler (grpc_sync.abort_mapped), and
+        # kserve's LoggingInterceptor logs a line per call (~0.45 ms CPU per request,
+        # bench/results/transformer_hop.md); errors are still logged.
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
             options=[
                 ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
                 (
@@ -68,13 +86,27 @@ class KbundleGRPCServer(GRPCServer):
                 ),
             ],
         )
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+        handlers = v2_handlers(servicer, bridge)
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, handlers),)
+        )
+        self._server.add_registered_method_handlers(SERVICE, handlers)
         for hook in self.grpc_hooks:
-            self._server.add_generic_rpc_handlers(tuple(hook(self)))
+            self._server.add_generic_rpc_handlers(bridge_generic(hook(self), bridge))
         self._server.add_insecure_port(f"[::]:{self._port}")
-        logger.info("gRPC V2 on port %s", self._port)
-        await self._server.start()
-        await self._server.wait_for_termination()
+        self._server.start()
+        logger.info("gRPC V2 on port %s (%d threads)", self._port, threads)
+        await self._stopped.wait()
+
+    async def stop(self, sig: int | None = None) -> None:
+        if self._server is None:
+            return
+        logger.info("Waiting for gRPC server shutdown")
+        done = self._server.stop(grace=self._grace_period)
+        # Handlers still in flight need this loop to finish: wait off the loop.
+        await asyncio.get_running_loop().run_in_executor(None, done.wait)
+        self._stopped.set()
+        logger.info("gRPC server shutdown complete")
 
 
 class KbundleModelServer(ModelServer):

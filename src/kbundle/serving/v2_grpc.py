@@ -152,7 +152,8 @@ class ArrayServicer(InferenceServicer):
 
 
 class StatusInterceptor(AsyncExceptionToStatusInterceptor):
-    """Maps every exception through the shared table (kbundle.serving.status_map)."""
+    """Maps every exception through the shared table (kbundle.serving.status_map), for grpc.aio
+    servers. KbundleGRPCServer (sync server) maps inside its handlers (grpc_sync.abort_mapped)."""
 
     async def handle_exception(
         self, ex: Exception, request_or_iterator: Any, context: Any, method_name: str

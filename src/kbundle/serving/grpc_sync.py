@@ -1,0 +1,162 @@
+"""V2 gRPC on grpcio's thread-pool (sync) server, with the async handlers bridged to the loop.
+
+Why not grpc.aio: on one core grpcio's asyncio server tops out near 3,200 trivial unary RPCs/s
+(an echo handler, no model) and serves ModelInfer one RPC at a time into the event loop, so the
+batcher never sees a batch; the sync server reaches ~5,000-6,500 on the same core, and its
+handler threads hand requests to the batcher concurrently (docs/benchmarks.md, "gRPC").
+
+ModelInfer for ArrayModels decodes and encodes on the gRPC thread and only the model call runs
+on the event loop. kserve's other RPCs (and component hooks such as ModelConfig) are its async
+methods, run on the loop unchanged. Every error goes through the one table in status_map.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, NoReturn
+
+import grpc
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+
+from kbundle.errors import ModelNotFoundError, ModelUnavailable
+from kbundle.serving.arrays import is_array_model
+from kbundle.serving.metrics import count_error, count_request
+from kbundle.serving.status_map import classify
+from kbundle.serving.v2_grpc import ArrayServicer, decode_request, encode_response
+
+logger = logging.getLogger("kbundle.grpc")
+
+SERVICE = "inference.GRPCInferenceService"
+
+
+def abort_mapped(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoReturn:
+    """End the RPC with the code and client-safe message of the shared exception table."""
+    _, code, message = classify(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        logger.error("internal error in %s", method, exc_info=exc)
+    context.abort(code, message)
+    raise AssertionError("context.abort returned")  # grpc always raises; keeps typing honest
+
+
+class LoopBridge:
+    """Runs coroutines on the server's event loop from gRPC threads and waits for them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+
+    def run(self, coro: Coroutine[Any, Any, Any], context: grpc.ServicerContext) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        # Client gone (cancel, deadline): cancel the task, so a queued request is skipped by
+        # the batcher; after a normal finish cancel() on the done future does nothing.
+        context.add_callback(future.cancel)
+        return future.result()
+
+    def unary(self, behavior: Callable, method: str) -> Callable:
+        """A sync unary-unary behavior for an async one, errors mapped."""
+
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return self.run(behavior(request, context), context)
+            except Exception as exc:
+                error = exc
+            abort_mapped(context, error, method)
+
+        return call
+
+    def handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if handler.unary_unary is not None and inspect.iscoroutinefunction(handler.unary_unary):
+            return handler._replace(unary_unary=self.unary(handler.unary_unary, method))
+        if any(
+            inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+            for fn in (handler.unary_stream, handler.stream_unary, handler.stream_stream)
+            if fn is not None
+        ):
+            raise TypeError(f"{method}: only unary-unary async handlers can be served")
+        return handler
+
+
+class _BridgedGeneric(grpc.GenericRpcHandler):
+    """A component's generic handler (async behaviors) served by the sync server."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, bridge: LoopBridge):
+        self._inner = inner
+        self._bridge = bridge
+        self._cache: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails):
+        method = handler_call_details.method
+        if method not in self._cache:
+            found = self._inner.service(handler_call_details)
+            self._cache[method] = None if found is None else self._bridge.handler(found, method)
+        return self._cache[method]
+
+
+class _HandlerCapture:
+    """Stands in for a server to collect the handlers kserve's generated code registers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers.update(handlers)
+
+
+def model_infer_behavior(servicer: ArrayServicer, bridge: LoopBridge) -> Callable:
+    """ModelInfer: codec on the gRPC thread, only `infer_arrays` on the loop."""
+    registry = servicer._data_plane.model_registry
+    fallback = bridge.unary(servicer.ModelInfer, "ModelInfer")
+
+    def model_infer(request: pb.ModelInferRequest, context: grpc.ServicerContext):
+        model = registry.get_model(request.model_name)
+        if not is_array_model(model):
+            if model is None:
+                abort_mapped(
+                    context,
+                    ModelNotFoundError(f"model '{request.model_name}' is not served here"),
+                    "ModelInfer",
+                )
+            return fallback(request, context)  # a plain kserve.Model: kserve's path
+        count_request(model.name, "grpc")
+        try:
+            if not model.ready:
+                raise ModelUnavailable(f"model '{request.model_name}' is not ready")
+            headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+            array_request = decode_request(request, model.validator, headers)
+            blocking = getattr(model, "infer_arrays_blocking", None)
+            if blocking is not None:  # the predictor: straight to its batcher, no coroutine
+                array_response = blocking(array_request, bridge.loop, context.add_callback)
+            else:
+                array_response = bridge.run(model.infer_arrays(array_request), context)
+            return encode_response(model.name, array_request, array_response)
+        except Exception as exc:
+            error = exc
+        count_error(model.name, "grpc", classify(error)[1].name)
+        abort_mapped(context, error, "ModelInfer")
+
+    return model_infer
+
+
+def v2_handlers(servicer: ArrayServicer, bridge: LoopBridge) -> dict[str, grpc.RpcMethodHandler]:
+    """kserve's GRPCInferenceService handlers, bridged, with our ModelInfer."""
+    capture = _HandlerCapture()
+    grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
+    handlers = {name: bridge.handler(h, name) for name, h in capture.handlers.items()}
+    handlers["ModelInfer"] = capture.handlers["ModelInfer"]._replace(
+        unary_unary=model_infer_behavior(servicer, bridge)
+    )
+    return handlers
+
+
+def bridge_generic(
+    handlers: Sequence[grpc.GenericRpcHandler], bridge: LoopBridge
+) -> tuple[grpc.GenericRpcHandler, ...]:
+    return tuple(_BridgedGeneric(h, bridge) for h in handlers)
