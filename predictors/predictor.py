@@ -115,7 +115,9 @@ class EnginePredictor(Model):
     # -- inference ---------------------------------------------------------------------------
     async def infer_arrays(self, request: ArrayRequest) -> ArrayResponse:
         names = request.requested_outputs or self.signature.output_names
-        self.loaded_engine.check_shapes(self.name, request.inputs)  # per request, before any batching
+        self.loaded_engine.check_shapes(
+            self.name, request.inputs
+        )  # per request, before any batching
         if self.batcher is not None:
             # The batcher turns engine faults into per-request EngineErrors itself.
             outputs = await self.batcher.infer(request.inputs, names)
