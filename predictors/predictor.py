@@ -148,11 +148,11 @@ class EnginePredictor(Model):
         loop, and skips a coroutine and task per request. `on_done(cancel)` registers the
         cancel to run when the caller goes away (grpc's `context.add_callback`)."""
         names = request.requested_outputs or self.signature.output_names
-        self.engine.check_shapes(self.name, request.inputs)
+        self.loaded_engine.check_shapes(self.name, request.inputs)
         if self.batcher is not None:
             future = self.batcher.submit(loop, request.inputs, names)
         else:
-            future = self.runner.submit(self.engine.run, request.inputs, names)
+            future = self.runner.submit(self.loaded_engine.run, request.inputs, names)
         on_done(future.cancel)
         try:
             outputs = future.result()

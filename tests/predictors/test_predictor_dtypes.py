@@ -59,7 +59,8 @@ def server(tmp_path_factory):
     build_identity_model(model_dir / "model.onnx")
     proc = start_module(
         "kbundle.predictors",
-        ["--model_name", MODEL, "--model_dir", str(model_dir)],
+        # Unbatched (max_batch_size 0): the direct engine path, where the digits tests cover the batcher.
+        ["--model_name", MODEL, "--model_dir", str(model_dir), "--max_batch_size", "0"],
         model_dir / "predictor.log",
         ready_path=f"/v2/models/{MODEL}/ready",
     )
