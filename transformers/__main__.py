@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    KbundleModelServer(args).start([model])
+    # grpc.aio: the transformer's work (hop included) is all async, so no thread bridge per call.
+    KbundleModelServer(args, grpc_server="aio").start([model])
     return 0
 
 
