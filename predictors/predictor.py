@@ -115,28 +115,17 @@ class EnginePredictor(Model):
     # -- inference ---------------------------------------------------------------------------
     async def infer_arrays(self, request: ArrayRequest) -> ArrayResponse:
         names = request.requested_outputs or self.signature.output_names
-        self.loaded_engine.check_shapes(
-            self.name, request.inputs
-        )  # per request, before any batching
+        self.loaded_engine.check_shapes(self.name, request.inputs)  # per request, before batching
         if self.batcher is not None:
             # The batcher turns engine faults into per-request EngineErrors itself.
-            outputs = await self.batcher.infer(request.inputs, names)
-            return ArrayResponse(
-                outputs=dict(zip(names, outputs, strict=True)),
-                model_version=self.settings.model_version,
-            )
+            return self._response(names, await self.batcher.infer(request.inputs, names))
         try:
             outputs = await self.runner.run(request.inputs, names)
         except KbundleError:
             raise
         except Exception as exc:
-            # Validated input that the engine still rejects: the engine's message, as a 500.
-            logger.exception("model '%s' engine failure", self.name)
-            raise EngineError(f"model '{self.name}': engine failed: {exc}") from exc
-        return ArrayResponse(
-            outputs=dict(zip(names, outputs, strict=True)),
-            model_version=self.settings.model_version,
-        )
+            raise self._engine_failure(exc) from exc
+        return self._response(names, outputs)
 
     def infer_arrays_blocking(
         self,
@@ -159,12 +148,19 @@ class EnginePredictor(Model):
         except (KbundleError, concurrent.futures.CancelledError):
             raise
         except Exception as exc:
-            logger.exception("model '%s' engine failure", self.name)
-            raise EngineError(f"model '{self.name}': engine failed: {exc}") from exc
+            raise self._engine_failure(exc) from exc
+        return self._response(names, outputs)
+
+    def _response(self, names, outputs) -> ArrayResponse:
         return ArrayResponse(
             outputs=dict(zip(names, outputs, strict=True)),
             model_version=self.settings.model_version,
         )
+
+    def _engine_failure(self, exc: Exception) -> EngineError:
+        """Validated input that the engine still rejects: the engine's message, as a 500."""
+        logger.exception("model '%s' engine failure", self.name)
+        return EngineError(f"model '{self.name}': engine failed: {exc}")
 
     async def predict(
         self,
