@@ -112,12 +112,10 @@ class RestHop(Hop):
             ) from None
         if answer.status >= 400:
             raise self._error(answer)
-        outputs = checked_decode(
+        outputs, self.model_version = checked_decode(
             self.config.where,
             lambda: decode_binary_response(self.config.where, answer.body, answer.header_length),
         )
-        json_length = int(answer.header_length) if answer.header_length else len(answer.body)
-        self.model_version = orjson.loads(answer.body[:json_length]).get("model_version", "")
         return outputs
 
     def _error(self, answer: _Answer) -> KbundleError:
@@ -173,8 +171,9 @@ def encode_binary_request(
 
 def decode_binary_response(
     where: str, body: bytes, header_length: str | None
-) -> dict[str, np.ndarray]:
-    """Outputs of a V2 REST response, JSON or binary-extension (as any V2 server may answer)."""
+) -> tuple[dict[str, np.ndarray], str]:
+    """Outputs and model_version of a V2 REST response, JSON or binary-extension (as any V2
+    server may answer)."""
     view = memoryview(body)
     json_length = int(header_length) if header_length else len(body)
     header = orjson.loads(view[:json_length])
@@ -188,4 +187,4 @@ def decode_binary_response(
             offset += size
         else:
             out[name] = array_from_list(label, datatype, shape, tensor["data"])
-    return out
+    return out, header.get("model_version", "")
