@@ -11,9 +11,9 @@ def samples(http_url: str, name: str) -> list[tuple[dict[str, str], float]]:
     text = urllib.request.urlopen(f"http://{http_url}/metrics", timeout=10).read().decode()
     out = []
     for line in text.splitlines():
-        m = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
+        m = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
         if m:
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
             out.append((labels, float(m.group(2))))
     return out
 
