@@ -83,10 +83,11 @@ class KbundleRESTServer(RESTServer):
         self._server.capture_signals = no_signal_capture
         await self._server.serve(sockets=[self.sock])
 
-    def stop_accepting(self) -> None:
-        """Close the listener and finish (uvicorn waits for open requests, bounded by the
-        grace period)."""
+    def stop_accepting(self, force: bool = False) -> None:
+        """Close the listener and finish: uvicorn waits for open requests (bounded by the grace
+        period), or, with `force` (the drain timed out already), closes them at once."""
         self._server.should_exit = True
+        self._server.force_exit = force
 
     def _add_middlewares(self, app) -> None:
         """kserve's, minus TimingMiddleware: it logs a line per request (measured hot-path cost)
@@ -310,7 +311,7 @@ class KbundleModelServer(ModelServer):
         logger.info(
             "drain %s; %d calls left", "complete" if idle else "timed out", self.core.inflight
         )
-        self._rest_server.stop_accepting()
+        self._rest_server.stop_accepting(force=not idle)
 
     def _unload(self) -> None:
         """After both servers stopped: nothing can reach the engines any more."""
