@@ -57,7 +57,9 @@ def test_sigterm_with_32_grpc_calls_in_flight_answers_all_and_exits_0(tmp_path):
     for tag, rows in enumerate(results):
         np.testing.assert_array_equal(rows, expected_rows(tag))
     assert code == 0 and elapsed < DRAIN_S, (code, elapsed, server.log()[-3000:])
+    assert "Traceback" not in server.log()
     assert "cannot schedule new futures" not in server.log()
+    assert "Traceback" not in server.log()
 
 
 def test_sigterm_with_32_rest_calls_in_flight_answers_all_and_refuses_new_ones(tmp_path):
@@ -87,6 +89,7 @@ def test_sigterm_with_32_rest_calls_in_flight_answers_all_and_refuses_new_ones(t
         assert status == 200, rows
         np.testing.assert_array_equal(rows, expected_rows(tag))
     assert code == 0 and elapsed < DRAIN_S, (code, elapsed, server.log()[-3000:])
+    assert "Traceback" not in server.log()
 
 
 def test_drain_is_bounded_by_its_timeout(tmp_path):

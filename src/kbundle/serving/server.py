@@ -83,11 +83,11 @@ class KbundleRESTServer(RESTServer):
         self._server.capture_signals = no_signal_capture
         await self._server.serve(sockets=[self.sock])
 
-    def stop_accepting(self, force: bool = False) -> None:
-        """Close the listener and finish: uvicorn waits for open requests (bounded by the grace
-        period), or, with `force` (the drain timed out already), closes them at once."""
+    def stop_accepting(self, timeout_s: float) -> None:
+        """Close the listener and finish: uvicorn waits up to `timeout_s` for open requests
+        (what is left of the drain), then cancels them and runs the app's shutdown."""
+        self._server.config.timeout_graceful_shutdown = max(0.1, timeout_s)
         self._server.should_exit = True
-        self._server.force_exit = force
 
     def _add_middlewares(self, app) -> None:
         """kserve's, minus TimingMiddleware: it logs a line per request (measured hot-path cost)
@@ -311,7 +311,7 @@ class KbundleModelServer(ModelServer):
         logger.info(
             "drain %s; %d calls left", "complete" if idle else "timed out", self.core.inflight
         )
-        self._rest_server.stop_accepting(force=not idle)
+        self._rest_server.stop_accepting(deadline - time.monotonic())
 
     def _unload(self) -> None:
         """After both servers stopped: nothing can reach the engines any more."""
