@@ -63,6 +63,7 @@ class RequestCore:
         self.draining = False
         self._inflight = 0
         self._lock = threading.Lock()
+        self._cancels: set[Callable[[], object]] = set()
 
     @property
     def inflight(self) -> int:
@@ -123,11 +124,29 @@ class RequestCore:
         return result
 
     def _run_blocking(self, model: Any, request: ArrayRequest, call: CallContext) -> ArrayResponse:
-        on_cancel = call.on_cancel or (lambda cancel: None)
-        blocking = getattr(model, "infer_arrays_blocking", None)
-        if blocking is not None:  # the predictor: straight to its batcher, no coroutine
-            return blocking(request, self.loop, on_cancel)
-        return self.run_on_loop(model.infer_arrays(request), on_cancel)
+        cancels: list[Callable[[], object]] = []
+
+        def on_cancel(cancel: Callable[[], object]) -> None:
+            cancels.append(cancel)
+            self._cancels.add(cancel)
+            if call.on_cancel is not None:
+                call.on_cancel(cancel)
+
+        try:
+            blocking = getattr(model, "infer_arrays_blocking", None)
+            if blocking is not None:  # the predictor: straight to its batcher, no coroutine
+                return blocking(request, self.loop, on_cancel)
+            return self.run_on_loop(model.infer_arrays(request), on_cancel)
+        finally:
+            self._cancels.difference_update(cancels)
+
+    def cancel_inflight(self) -> int:
+        """Cancel the blocking calls still waiting (a drain that ran out of time), so their
+        transport threads return at once instead of waiting on a loop that is going away."""
+        pending = list(self._cancels)
+        for cancel in pending:
+            cancel()
+        return len(pending)
 
     def run_on_loop(self, coro: Coroutine[Any, Any, T], on_cancel: OnCancel) -> T:
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)

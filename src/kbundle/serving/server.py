@@ -306,6 +306,8 @@ class KbundleModelServer(ModelServer):
         if self._grpc_server is not None:
             grpc_drain = asyncio.ensure_future(self._grpc_server.drain(self.drain_timeout_s))
         idle = await wait_idle(lambda: self.core.inflight, deadline)
+        if not idle:
+            self.core.cancel_inflight()
         if grpc_drain is not None:
             await grpc_drain
         logger.info(
