@@ -13,7 +13,7 @@ from kbundle.storage_init.errors import IntegrityError, UsageError
 @pytest.mark.parametrize(
     ("uri", "kind"),
     [
-        ("s3://b/m", "delegated"),
+        ("s3://b/m", "s3"),
         ("gs://b/m", "delegated"),
         ("hf://org/model", "delegated"),
         ("https://acct.blob.core.windows.net/c/m", "delegated"),
