@@ -151,3 +151,8 @@ def tree(path: Path) -> dict[str, str]:
             else:
                 out[rel] = hashlib.sha256(full.read_bytes()).hexdigest()
     return out
+
+
+def model_tree(dest: Path) -> dict[str, str]:
+    """`tree(dest)` without storage-init's source record: what the model server gets."""
+    return {k: v for k, v in tree(dest).items() if k != ".kbundle-source.json"}
