@@ -54,7 +54,9 @@ def test_archive_model_is_unpacked_and_verified(
 ) -> None:
     result = sandbox.run(f"{http_server.url}/files/{name}", str(sandbox.dest))
     assert result.rc == 0, result.log
-    assert model_tree(sandbox.dest) == tree(published["v1"])  # exactly the model: no archive, no staging
+    assert model_tree(sandbox.dest) == tree(
+        published["v1"]
+    )  # exactly the model: no archive, no staging
     assert "SHA256SUMS: 3 files verified" in result.log or "files verified" in result.log
     assert sandbox.outside_dest() == {}
 
@@ -224,5 +226,7 @@ def test_several_pairs_in_one_call(sandbox: Sandbox, http_server, published) -> 
         f"{http_server.url}/files/v2.tgz", str(other),
     )  # fmt: skip
     assert result.rc == 0, result.log
-    assert model_tree(sandbox.dest) == tree(published["v1"]) and model_tree(other) == tree(published["v2"])
+    assert model_tree(sandbox.dest) == tree(published["v1"]) and model_tree(other) == tree(
+        published["v2"]
+    )
     assert "2 model(s) ready" in result.last_line

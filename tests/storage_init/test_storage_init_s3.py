@@ -130,6 +130,8 @@ def test_s3_unreachable_endpoint_is_retried_then_clear(sandbox: Sandbox) -> None
     result = sandbox.run("s3://models/digits/v1", str(sandbox.dest), env=env)
     assert result.rc == 20, result.log
     assert "attempt 1 failed" in result.log
-    assert "Could not connect" in result.last_line and "gave up after 2 attempts" in result.last_line
+    assert (
+        "Could not connect" in result.last_line and "gave up after 2 attempts" in result.last_line
+    )
     assert S3_ENV["AWS_SECRET_ACCESS_KEY"] not in result.log
     assert not sandbox.dest.exists() and sandbox.outside_dest() == {}
