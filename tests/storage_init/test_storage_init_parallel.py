@@ -1,0 +1,85 @@
+"""Multi-file S3 sources: bounded parallel transfers, one total progress line, flat memory, and
+no transfer at all when the listing (keys, sizes, ETags) is unchanged (moto's S3 server)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import boto3
+import pytest
+from storage_sandbox import S3_ENV, Sandbox, install_model
+from storage_servers import big_block, model_tree, tree
+from test_storage_init_bigfile import peak_mib
+
+FILES, SIZE = 20, 5 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def shards(s3_endpoint: str) -> dict[str, bytes]:
+    """`models/shards/`: 20 weight shards of 5 MiB; `models/one/`: a single small file."""
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    s3.create_bucket(Bucket="shards")
+    blobs = {}
+    for i in range(FILES):
+        data = b"".join(big_block(i * 10 + j) for j in range(SIZE // len(big_block(0))))
+        blobs[f"model-{i:05d}-of-{FILES:05d}.bin"] = data
+        s3.put_object(Bucket="shards", Key=f"llm/{list(blobs)[-1]}", Body=data)
+    s3.put_object(Bucket="shards", Key="one/config.json", Body=b"{}")
+    s3.put_object(Bucket="shards", Key="evil/model.onnx", Body=b"x")
+    s3.put_object(Bucket="shards", Key="evil/.kbundle-previous/model.onnx", Body=b"x")
+    return blobs
+
+
+def gets(log_path: Path, prefix: str) -> int:
+    """Object GETs moto served under `prefix` (its access log has one line per request)."""
+    return len(re.findall(rf'"GET /shards/{re.escape(prefix)}[^?" ]+ HTTP', log_path.read_text()))
+
+
+def test_twenty_files_in_parallel_with_flat_memory(
+    sandbox: Sandbox, s3_server, shards: dict[str, bytes], tmp_path: Path
+) -> None:
+    url, log_path = s3_server
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": url, "KBUNDLE_STORAGE_PROGRESS_INTERVAL_S": "0.05"}
+    small = Sandbox(tmp_path / "small")
+    (small.root / "dest").mkdir(parents=True)
+    baseline = small.run("s3://shards/one", str(small.dest), env=env)
+    assert baseline.rc == 0, baseline.log
+
+    result = sandbox.run(
+        "s3://shards/llm", str(sandbox.dest), env={**env, "KBUNDLE_STORAGE_PARALLEL": "8"}
+    )
+    assert result.rc == 0, result.log
+    assert set(model_tree(sandbox.dest)) == set(shards)
+    for name, data in shards.items():
+        assert (sandbox.dest / name).read_bytes() == data
+    assert gets(log_path, "llm/") == FILES
+    # One progress line for the whole source, with the total of all 20 files.
+    assert re.search(rf"s3://shards/llm \({FILES} files\): [\d.]+ MiB of 100.0 MiB", result.log)
+    base, peak = peak_mib(baseline.log), peak_mib(result.log)
+    print(f"\npeak memory: {base} MiB for 1 small file, {peak} MiB for {FILES} x 5 MiB, 8 at once")
+    assert peak - base < 48, (base, peak)  # ~ parallel x chunk, not the 100 MiB of the model
+
+    again = sandbox.run("s3://shards/llm", str(sandbox.dest), env=env)
+    assert again.rc == 0 and "nothing transferred" in again.log, again.log
+    assert gets(log_path, "llm/") == FILES  # the second run listed, and fetched no object
+
+
+def test_reserved_key_under_the_prefix_is_refused_before_any_transfer(
+    sandbox: Sandbox, s3_server, shards: dict[str, bytes], digits_v1: Path
+) -> None:
+    url, log_path = s3_server
+    install_model(digits_v1, sandbox.dest)
+    before = tree(sandbox.dest)
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": url}
+    result = sandbox.run("s3://shards/evil", str(sandbox.dest), env=env)
+    assert result.rc == 13, result.log
+    assert "'.kbundle-previous'" in result.last_line and "reserved" in result.last_line
+    assert gets(log_path, "evil/") == 0  # refused from the listing, before any object GET
+    assert tree(sandbox.dest) == before
