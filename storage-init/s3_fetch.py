@@ -5,11 +5,13 @@ and its own retries; here one boto3 client (thread-safe, configured by kserve-st
 `_get_s3_client_kwargs`, so AWS_ENDPOINT_URL, S3_VERIFY_SSL, AWS_CA_BUNDLE and anonymous access
 work as in KServe) serves `parallel` threads. Each object streams in `chunk_bytes` pieces, so peak
 memory is about parallel x chunk whatever the model size; a retry resumes with a Range request
-pinned to the listed ETag. The listing (keys, sizes, ETags) is the version the skip rule compares.
+pinned to the listed ETag. The listing (keys, sizes, ETags) is the version the skip rule compares;
+a re-upload with new ETags but the same SHA256SUMS (covering every object) counts as unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -19,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kbundle.storage_init import s3_errors
+from kbundle.storage_init.checksums import SUMS_FILE, parse_sums
 from kbundle.storage_init.config import StorageSettings
 from kbundle.storage_init.errors import NotFoundError, TransientError
 from kbundle.storage_init.extract_guard import check_name
@@ -28,6 +31,7 @@ from kbundle.storage_init.progress import Progress
 from kbundle.retry import Deadline, RetryExhausted, retry_call
 
 log = logging.getLogger("kbundle.storage_init")
+MAX_SUMS_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,9 @@ def download(
     s3 = client(settings, deadline)
     objects = _retrying(lambda: list_objects(s3, uri), uri, settings, deadline)
     validator = {"objects": {o.rel: [o.size, o.etag] for o in objects}}
-    if known and known.get("objects") == validator["objects"]:
+    if known and (
+        known.get("objects") == validator["objects"] or _same_sums(s3, uri, objects, known)
+    ):
         return None
     total = sum(o.size for o in objects)
     progress = SharedProgress(f"{uri} ({len(objects)} files)", total, settings.progress_interval_s)
@@ -140,6 +146,20 @@ def download(
             future.result()  # the first failure, classified
     progress.finish()
     return validator
+
+
+def _same_sums(s3: Any, uri: str, objects: list[S3Object], known: dict) -> bool:
+    """Re-uploaded but identical (new ETags, e.g. multipart): the same keys and sizes, and a
+    SHA256SUMS byte-identical to the verified one in DEST that lists every other object."""
+    old = {rel: entry[0] for rel, entry in (known.get("objects") or {}).items()}
+    sums = next((o for o in objects if o.rel == SUMS_FILE), None)
+    if not known.get("sums") or sums is None or old != {o.rel: o.size for o in objects}:
+        return False
+    body = s3.get_object(Bucket=urlsplit(uri).netloc, Key=sums.key)["Body"].read(MAX_SUMS_BYTES)
+    if hashlib.sha256(body).hexdigest() != known["sums"]:
+        return False
+    listed = {rel for _, rel in parse_sums(body.decode("utf-8", errors="replace"))}
+    return listed == {o.rel for o in objects} - {SUMS_FILE}
 
 
 def _get(

@@ -3,6 +3,7 @@ no transfer at all when the listing (keys, sizes, ETags) is unchanged (moto's S3
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -15,16 +16,21 @@ from test_storage_init_bigfile import peak_mib
 FILES, SIZE = 20, 5 * 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def shards(s3_endpoint: str) -> dict[str, bytes]:
-    """`models/shards/`: 20 weight shards of 5 MiB; `models/one/`: a single small file."""
-    s3 = boto3.client(
+def client(endpoint: str):
+    return boto3.client(
         "s3",
-        endpoint_url=s3_endpoint,
+        endpoint_url=endpoint,
         aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
         region_name="us-east-1",
     )
+
+
+@pytest.fixture(scope="module")
+def shards(s3_endpoint: str) -> dict[str, bytes]:
+    """Bucket `shards`: `llm/` 20 weight shards of 5 MiB, `one/` a single small file, `evil/` a
+    key with a reserved name."""
+    s3 = client(s3_endpoint)
     s3.create_bucket(Bucket="shards")
     blobs = {}
     for i in range(FILES):
@@ -83,3 +89,43 @@ def test_reserved_key_under_the_prefix_is_refused_before_any_transfer(
     assert "'.kbundle-previous'" in result.last_line and "reserved" in result.last_line
     assert gets(log_path, "evil/") == 0  # refused from the listing, before any object GET
     assert tree(sandbox.dest) == before
+
+
+def test_reupload_with_new_etags_but_same_sha256sums_is_not_fetched(
+    sandbox: Sandbox, s3_server, shards: dict[str, bytes]
+) -> None:
+    """A multipart re-upload changes every ETag, not the content: the model's SHA256SUMS (one
+    small GET), listing every other object, says so. A real change is fetched."""
+    url, log_path = s3_server
+    s3 = client(url)
+    files = {"model.onnx": b"weights", "model-info.json": b"{}"}
+    sums = "".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n" for n, d in files.items())
+    files["SHA256SUMS"] = sums.encode()
+    for name, data in files.items():
+        s3.put_object(Bucket="shards", Key=f"resums/{name}", Body=data)
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": url}
+    assert sandbox.run("s3://shards/resums", str(sandbox.dest), env=env).rc == 0
+    fetched = gets(log_path, "resums/")
+    for name, data in files.items():  # same bytes, multipart: ETag "<md5 of md5s>-1"
+        upload = s3.create_multipart_upload(Bucket="shards", Key=f"resums/{name}")
+        part = s3.upload_part(
+            Bucket="shards", Key=f"resums/{name}", UploadId=upload["UploadId"],
+            PartNumber=1, Body=data,
+        )  # fmt: skip
+        s3.complete_multipart_upload(
+            Bucket="shards", Key=f"resums/{name}", UploadId=upload["UploadId"],
+            MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]},
+        )  # fmt: skip
+    result = sandbox.run("s3://shards/resums", str(sandbox.dest), env=env)
+    assert result.rc == 0 and "nothing transferred" in result.log, result.log
+    assert gets(log_path, "resums/") == fetched + 1  # SHA256SUMS only
+
+    files["model-info.json"] = b"[]"  # same size, new content, and its new line in SHA256SUMS
+    sums = "".join(
+        f"{hashlib.sha256(files[n]).hexdigest()}  {n}\n" for n in ("model.onnx", "model-info.json")
+    )
+    s3.put_object(Bucket="shards", Key="resums/model-info.json", Body=files["model-info.json"])
+    s3.put_object(Bucket="shards", Key="resums/SHA256SUMS", Body=sums.encode())
+    result = sandbox.run("s3://shards/resums", str(sandbox.dest), env=env)
+    assert result.rc == 0 and "nothing transferred" not in result.log, result.log
+    assert (sandbox.dest / "model-info.json").read_bytes() == b"[]"
