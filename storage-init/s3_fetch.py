@@ -138,10 +138,12 @@ def download(
 
     with ThreadPoolExecutor(min(settings.parallel, len(objects)), "s3") as pool:
         futures = [pool.submit(one, obj) for obj in objects]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        stop.set()  # a failure stops the other transfers at their next chunk
-        for future in pending:
-            future.cancel()
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        finally:  # a failure (or SIGTERM) stops the other transfers at their next chunk
+            stop.set()
+            for future in futures:
+                future.cancel()
         for future in done:
             future.result()  # the first failure, classified
     progress.finish()
