@@ -125,6 +125,7 @@ class FakeEngine:
         )
         self.fail_context_after: int | None = None  # create_execution_context returns None after n
         self.refused_addresses: set[str] = set()  # set_tensor_address returns False for these
+        self.max_accepted = max_batch  # set_input_shape refuses batches above this
 
     def get_tensor_name(self, i):
         return list(self.io)[i]
@@ -162,7 +163,7 @@ class FakeContext:
         self.engine.live_contexts -= 1
 
     def set_input_shape(self, name, shape):
-        if not 1 <= shape[0] <= self.engine.profile[2][0]:
+        if not 1 <= shape[0] <= min(self.engine.profile[2][0], self.engine.max_accepted):
             return False
         self.batch = shape[0]
         return True
