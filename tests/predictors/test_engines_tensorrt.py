@@ -114,16 +114,25 @@ def _gpu_with_tensorrt() -> str | None:
 
 
 @pytest.mark.gpu
-def test_build_and_serve_tensorrt_plan_on_gpu(tmp_path: Path, digits_v1: Path) -> None:
+def test_build_and_serve_tensorrt_plan_on_gpu(tmp_path: Path) -> None:
+    """The Torch-exported digits ONNX (Div, Gemm, Relu, Softmax, ArgMax: ops TensorRT's parser
+    takes; the scikit-learn sample's ai.onnx.ml ops it does not), built fp16, served with two
+    contexts, checked against ONNX Runtime CPU on the same file."""
     reason = _gpu_with_tensorrt()
     if reason:
         pytest.skip(reason)
+    pytest.importorskip("torch", reason="the Torch-exported sample needs torch to export it")
+    from concurrent.futures import ThreadPoolExecutor
+
+    import onnxruntime as ort
     import tritonclient.http as httpclient
     from procs import start_module
 
+    from kbundle.samples_torch import build_torch_digits
+
     model_dir = tmp_path / "digits"
     model_dir.mkdir()
-    shutil.copy(digits_v1 / "model.onnx", model_dir / "model.onnx")
+    shutil.copy(build_torch_digits() / "model.onnx", model_dir / "model.onnx")
     build = subprocess.run(
         [sys.executable, "-m", "kbundle.cli", "build", str(model_dir), "--fp16", "true"],
         capture_output=True,
@@ -138,33 +147,43 @@ def test_build_and_serve_tensorrt_plan_on_gpu(tmp_path: Path, digits_v1: Path) -
         timeout=600,
     )
     assert "reusing cached TensorRT engine" in rebuilt.stderr
+    (model_dir / "model.onnx").unlink()  # serve the plan, nothing to fall back to
     server = start_module(
         "kbundle.predictors",
-        [
-            "--model_name",
-            "digits",
-            "--model_dir",
-            str(model_dir),
-            "--device",
-            "cuda",
-            "--instances",
-            "2",
-        ],
+        ["--model_name", "digits", "--model_dir", str(model_dir), "--device", "cuda"]
+        + ["--instances", "2", "--max_batch_size", "64"],
         tmp_path / "server.log",
         "/v2/models/digits/ready",
         timeout=300,
     )
-    try:
+    reference = ort.InferenceSession(
+        str(build_torch_digits() / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    rng = np.random.default_rng(0)
+
+    def infer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         client = httpclient.InferenceServerClient(server.http_url)
-        x = np.random.default_rng(0).uniform(0, 16, (8, 64)).astype(np.float32)
         inp = httpclient.InferInput("input", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
+        inp.set_data_from_numpy(x, binary_data=True)
         result = client.infer("digits", [inp])
-        probs = result.as_numpy("probabilities")
-        assert probs.shape == (8, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-2)
-        assert "tensorrt engine" in server.log() and "cuda:0" in server.log()
+        return result.as_numpy("label"), result.as_numpy("probabilities")
+
+    try:
+        batches = [rng.uniform(0, 16, (int(n), 64)).astype(np.float32) for n in (1, 8, 13, 32)] * 8
+        with ThreadPoolExecutor(8) as pool:  # both contexts busy, through the batcher
+            results = list(pool.map(infer, batches))
+        for x, (label, probs) in zip(batches, results, strict=True):
+            want_label, want_probs = reference.run(["label", "probabilities"], {"input": x})
+            assert label.dtype == np.int64 and probs.shape == (len(x), 10)
+            np.testing.assert_allclose(probs, want_probs, atol=2e-2)  # fp16 plan vs fp32 CPU
+            assert (label == want_label).mean() >= 0.95
+        log = server.log()
+        assert "tensorrt engine" in log and "cuda:0" in log
+        assert "max_batch_size 64 capped to 32" in log  # the profile max from profile_batch
+        assert "retrying each alone" not in log and "engine failure" not in log
         big = httpclient.InferInput("input", [33, 64], "FP32")
         big.set_data_from_numpy(np.zeros((33, 64), np.float32))
+        client = httpclient.InferenceServerClient(server.http_url)
         with pytest.raises(Exception, match="outside the tensorrt engine's range 1..32"):
             client.infer("digits", [big])
     finally:
@@ -349,3 +368,17 @@ def test_predictor_caps_the_batcher_at_the_plan_profile_max(
     assert predictor.batcher.max_batch_size == 32
     assert "max_batch_size 64 capped to 32, the tensorrt engine's largest batch" in caplog.text
     predictor.stop()
+
+
+def test_the_gpu_test_model_has_only_ops_tensorrt_parses(digits_v1: Path) -> None:
+    """The plan in the gpu test is built from the Torch-exported sample: default-domain ONNX ops
+    only. The scikit-learn sample carries ai.onnx.ml ops, which TensorRT's ONNX parser lacks."""
+    pytest.importorskip("torch", reason="the Torch-exported sample needs torch")
+    onnx = pytest.importorskip("onnx")
+    from kbundle.samples_torch import build_torch_digits
+
+    def domains(path: Path) -> set[str]:
+        return {node.domain or "ai.onnx" for node in onnx.load(str(path)).graph.node}
+
+    assert domains(build_torch_digits() / "model.onnx") == {"ai.onnx"}
+    assert "ai.onnx.ml" in domains(digits_v1 / "model.onnx")  # why the sklearn sample is not used
