@@ -135,3 +135,10 @@ def test_s3_unreachable_endpoint_is_retried_then_clear(sandbox: Sandbox) -> None
     )
     assert S3_ENV["AWS_SECRET_ACCESS_KEY"] not in result.log
     assert not sandbox.dest.exists() and sandbox.outside_dest() == {}
+
+
+def test_s3_missing_bucket_fails_fast_with_not_found(sandbox: Sandbox, s3_endpoint) -> None:
+    result = sandbox.run("s3://no-such-bucket/m", str(sandbox.dest), env=s3_env(s3_endpoint))
+    assert result.rc == 10, result.log
+    assert "NoSuchBucket" in result.last_line and "(exit 10, not-found)" in result.last_line
+    assert "retrying" not in result.log and not sandbox.dest.exists()
