@@ -14,7 +14,7 @@ from kbundle.predictors.metrics import BatchMetrics
 from kbundle.predictors.runner import EngineRunner
 from kserve import Model
 
-from kbundle.errors import EngineError, EngineLoadError, InvalidRequest, KbundleError
+from kbundle.errors import EngineError, EngineLoadError, InvalidRequest, KBundleError
 from kbundle.serving.arrays import ArrayRequest, ArrayResponse
 from kbundle.settings import ModelSettings
 from kbundle.specs import Signature
@@ -46,7 +46,7 @@ class EnginePredictor(Model):
             self._attach(engine)
             if self.settings.warmup:
                 self._warm_up()
-        except (EngineLoadError, KbundleError) as exc:
+        except (EngineLoadError, KBundleError) as exc:
             self.load_error = str(exc)
             logger.error("model '%s' not ready: %s", self.name, exc)
             self.ready = False
@@ -129,7 +129,7 @@ class EnginePredictor(Model):
             return self._response(names, await self.batcher.infer(request.inputs, names))
         try:
             outputs = await self.runner.run(request.inputs, names)
-        except KbundleError:
+        except KBundleError:
             raise
         except Exception as exc:
             raise self._engine_failure(exc) from exc
@@ -153,7 +153,7 @@ class EnginePredictor(Model):
         on_done(future.cancel)
         try:
             outputs = future.result()
-        except (KbundleError, concurrent.futures.CancelledError):
+        except (KBundleError, concurrent.futures.CancelledError):
             raise
         except Exception as exc:
             raise self._engine_failure(exc) from exc
