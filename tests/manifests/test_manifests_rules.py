@@ -352,7 +352,7 @@ CASES = [
         "lint/kbundle-settings",
         "warning",
         "spec.predictor.containers[0].env[1].name",
-        "KBUNDLE_MAX_BATCH is not a kbundle predictor setting",
+        "'KBUNDLE_MAX_BATCH' (did you mean 'KBUNDLE_MAX_BATCH_SIZE'?) is not a kbundle setting",
     ),
     (
         "gpu-requests-limits",
