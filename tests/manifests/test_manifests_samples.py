@@ -149,3 +149,18 @@ def test_unreachable_cluster_falls_back_to_the_packaged_crds(tmp_path):
     skipped = run_cli("validate", "--no-cluster", str(SAMPLES / "digits.yaml"), env_extra=env)
     assert skipped.returncode == 0
     assert (tmp_path / "kubectl.log").read_text().count("get crd") == 1  # --no-cluster never asked
+
+
+@pytest.mark.parametrize("extra", [[], ["--no-lint"]], ids=["lint", "no-lint"])
+def test_gpu_request_without_limit_is_an_error_exit_1(tmp_path, extra):
+    """The API server rejects such a pod, so validate fails even with --no-lint."""
+    gpu = json.loads(json.dumps(BASE_ISVC))
+    gpu["spec"]["predictor"]["containers"][0]["resources"] = {"requests": {"nvidia.com/gpu": "1"}}
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump(gpu, sort_keys=False))
+    result = run_cli("validate", "--no-cluster", *extra, str(path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "error [InferenceService/digits] spec.predictor.containers[0].resources.limits" in (
+        result.stdout
+    )
+    assert "without a limit" in result.stdout and "(pod/gpu-limits)" in result.stdout
