@@ -269,12 +269,15 @@ def test_storage_map_longest_prefix_and_local_copy(tmp_path):
     assert cached_fetch(str(tmp_path / "b" / "digits" / "v1"), tmp_path / "cache") == fetched
 
 
-def test_unmapped_bucket_without_storage_init_says_how_to_map_it(tmp_path, monkeypatch):
+def test_a_failed_fetch_names_the_uri_and_storage_inits_reason(tmp_path):
+    """Models are fetched by the real storage initializer (a subprocess, as in the pod)."""
     from kbundle.local import storage
 
-    monkeypatch.setattr(storage, "storage_init_available", lambda: False)
-    with pytest.raises(ConfigError, match="--storage-map"):
-        storage.fetch_model("s3://nowhere/m", tmp_path / "m")
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ConfigError) as err:
+        storage.fetch_model(str(missing), tmp_path / "m")
+    assert f"storage-init failed for {missing} (exit 1)" in str(err.value)
+    assert "does not exist" in str(err.value) and not (tmp_path / "m").exists()
 
 
 def test_request_stats_window_and_percentiles():
