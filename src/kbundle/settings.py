@@ -199,9 +199,15 @@ def read_model_config(model_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(model_dir) / MODEL_CONFIG_FILE
     if not path.is_file():
         return {}
+    from kbundle.manifests.yamlguard import YamlLimitError, check_text
+
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        text = path.read_text(encoding="utf-8")
+        check_text(text)  # a model from a bucket is input too: bounded, one line when hostile
+        data = yaml.safe_load(text) or {}
+    except YamlLimitError as exc:
+        raise ConfigError(f"{path}:{exc.line}: {exc.message}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")

@@ -103,3 +103,14 @@ def test_predictor_refuses_to_start_on_a_typo_with_one_line(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "'max_batch_sise' (did you mean 'max_batch_size'?)" in errors[0]
+
+
+def test_hostile_model_config_is_one_config_error(tmp_path):
+    bomb = 'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n'
+    bomb += "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n"
+        for p, c in zip("abcdefg", "bcdefgh", strict=True)
+    )
+    (tmp_path / "kbundle.yaml").write_text(bomb)
+    with pytest.raises(ConfigError, match="kbundle.yaml:.*alias bomb"):
+        read_model_config(tmp_path)

@@ -323,3 +323,32 @@ def test_tag_routing_by_host_needs_the_kserve_annotation(tmp_path):
     assert service.tag_from_host("latest-digits.ml.example.com") == "latest"
     assert service.tag_from_host("prev-digits.ml.example.com:8080") == "prev"
     assert service.tag_from_host("digits.ml.example.com") is None
+
+
+@pytest.mark.parametrize(
+    "raw, mode",
+    [
+        ("Serverless", "Knative"),
+        ("Knative", "Knative"),
+        ("RawDeployment", "Standard"),
+        ("Standard", "Standard"),
+        ("serverless", None),
+        ("ModelMesh", None),
+        ("Raw", None),
+    ],
+)
+def test_up_and_validate_read_the_deployment_mode_alike(raw, mode):
+    """One InferenceService model: `up` runs what `validate` accepts, as the same mode."""
+    from kbundle.manifests import isvc, webhook_rules
+
+    doc = _doc()
+    doc["metadata"]["annotations"] = {isvc.MODE_ANNOTATION: raw}
+    flagged = any(
+        i.rule == "webhook/deployment-mode" for i in webhook_rules.check(doc, [], "Knative")
+    )
+    assert flagged == (raw not in isvc.MODES)
+    if mode is None:
+        with pytest.raises(ConfigError, match="cannot run locally"):
+            parse_inference_service(doc)
+    else:
+        assert parse_inference_service(doc).mode == mode == isvc.deployment_mode(doc)
