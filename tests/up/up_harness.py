@@ -61,6 +61,12 @@ def kbundle_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "kbundle.cli", *args]
 
 
+def up_cmd(manifest: Path, state: Path, port: int, grpc_port: int, *extra: str) -> list[str]:
+    """`kbundle up MANIFEST` on the given ports and state folder, component output to log files."""
+    ports = ["--port", str(port), "--grpc-port", str(grpc_port)]
+    return kbundle_cmd("up", str(manifest), *ports, "--state-dir", str(state), "--quiet", *extra)
+
+
 def start_up(manifest_src: Path, tmp: Path, *extra: str, timeout: float = 120) -> UpProcess:
     """Copy `manifest_src` into `tmp`, run `kbundle up` on it, wait until it serves."""
     manifest = tmp / manifest_src.name
@@ -68,20 +74,7 @@ def start_up(manifest_src: Path, tmp: Path, *extra: str, timeout: float = 120) -
     port, grpc_port = free_port(), free_port()
     state_root = tmp / "state"
     log_path = tmp / "up.log"
-    cmd = kbundle_cmd(
-        "up",
-        str(manifest),
-        "--port",
-        str(port),
-        "--grpc-port",
-        str(grpc_port),
-        "--state-dir",
-        str(state_root),
-        "--quiet",
-        "--watch-interval",
-        "0.2",
-        *extra,
-    )
+    cmd = up_cmd(manifest, state_root, port, grpc_port, "--watch-interval", "0.2", *extra)
     proc = procs.launch(cmd, log_path)
     up = UpProcess(proc, log_path, port, grpc_port, manifest=manifest, state_root=state_root)
     try:
