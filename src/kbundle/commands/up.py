@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     manifest = Path(args.file)
     try:  # first, before the servers' imports: a bad or hostile file is one line in well under 2 s
-        load_inference_service(manifest)
+        spec = load_inference_service(manifest)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -88,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        spec = load_inference_service(manifest)
         storage_map = StorageMap.parse(
             args.storage_map, default_storage_map(samples.default_models_dir())
         )
