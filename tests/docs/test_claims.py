@@ -93,3 +93,16 @@ def test_readme_and_gpu_doc_say_the_gpu_paths_have_not_run_on_a_gpu():
         pytest.skip("a GPU run is committed: the docs may now say which paths ran")
     assert "have not run on a GPU" in (ROOT / "README.md").read_text()
     assert "has run on a GPU yet" in (ROOT / "docs" / "gpu-engines.md").read_text()
+
+
+def test_every_setting_the_readme_lists_exists():
+    """A documented setting nothing reads (as `labels` was) fails here."""
+    from kbundle.settings import ModelSettings
+
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("| setting | default | meaning |") :].split("\n\n", 1)[0]
+    listed = re.findall(r"^\| `(\w+)` \|", table, re.M)
+    assert len(listed) > 5
+    assert set(listed) <= set(ModelSettings.field_names()), set(listed) - set(
+        ModelSettings.field_names()
+    )
