@@ -111,3 +111,14 @@ def test_limits_are_exact(text, message):
     with pytest.raises(yamlguard.YamlLimitError, match=message):
         yamlguard.check_text(text)
     yamlguard.check_text('a: "9223372036854775808"\nb: -9223372036854775808\n')
+
+
+@pytest.mark.parametrize("command", ["validate", "up"])
+def test_an_endless_file_is_read_only_up_to_the_limit(tmp_path, command):
+    argv = [*COMMANDS[command], "/dev/zero"]
+    if command == "up":
+        argv += ["--state-dir", str(tmp_path / "state")]
+    code, out, wall, cpu, rss = _run(argv, tmp_path)
+    assert "/dev/zero:1:" in out, out
+    assert code == 1 and "limited to" in out and "Traceback" not in out, out
+    assert cpu < 2.0 and rss < 200 * 2**20, (cpu, rss)

@@ -86,10 +86,16 @@ def load_inference_service(path: str | Path) -> InferenceServiceSpec:
     """Parse the first InferenceService in a (multi-document) YAML file; ConfigError on any misfit."""
     path = Path(path)
     try:
-        text = path.read_bytes()
+        from kbundle.manifests.documents import YamlLoadError, read_bounded
+
+        raw = read_bounded(path)
+    except ImportError as exc:  # ruamel.yaml comes with the manifests extra
+        raise ConfigError(f"{exc}; install with: pip install 'kbundle[manifests]'") from None
+    except YamlLoadError as exc:
+        raise ConfigError(str(exc)) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
-    return parse_inference_service(first_inference_service(text, path), source=str(path))
+    return parse_inference_service(first_inference_service(raw, path), source=str(path))
 
 
 def first_inference_service(raw: bytes, path: Path) -> dict[str, Any]:

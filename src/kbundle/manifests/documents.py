@@ -91,15 +91,30 @@ def load_text(file: Path, text: str) -> list[Document]:
     return docs
 
 
+def read_bounded(file: Path) -> bytes:
+    """A file's bytes, never more than MAX_BYTES read even from a pipe or a device; YamlLoadError
+    past it (OSError when it cannot be read)."""
+    with open(file, "rb") as stream:
+        raw = stream.read(MAX_BYTES + 1)
+    if len(raw) > MAX_BYTES:
+        raise YamlLoadError(
+            file, 1, f"file is over {MAX_BYTES} bytes; manifests are limited to that"
+        )
+    return raw
+
+
 def load_file(file: Path) -> list[Document]:
     """The documents of one file; YamlLoadError for an oversized, non-UTF-8 or bad YAML file
     (OSError when it cannot be read). The size is checked before the file is read."""
     file = Path(file)
-    size = file.stat().st_size
-    if size > MAX_BYTES:
-        raise YamlLoadError(file, 1, f"file is {size} bytes; manifests are limited to {MAX_BYTES}")
+    with open(file, "rb") as stream:  # never more than the limit, even from a pipe or a device
+        raw = stream.read(MAX_BYTES + 1)
+    if len(raw) > MAX_BYTES:
+        raise YamlLoadError(
+            file, 1, f"file is over {MAX_BYTES} bytes; manifests are limited to that"
+        )
     try:
-        text = file.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise YamlLoadError(file, 1, f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     return load_text(file, text)
