@@ -11,7 +11,7 @@ import pytest
 from archive_makers import tar_of_dir
 from kbundle.storage_init import engine_step
 from storage_sandbox import Sandbox
-from storage_servers import tree
+from storage_servers import model_tree, tree
 
 
 def _with_engine_request(src: Path, out: Path) -> Path:
@@ -43,7 +43,7 @@ def test_engine_step_is_skipped_with_one_line_without_gpu(
     except ImportError:
         expected = "no engine builder in this image"
     assert expected and expected in skipped[0], skipped[0]
-    assert tree(sandbox.dest) == tree(model)
+    assert model_tree(sandbox.dest) == tree(model)
 
 
 def test_no_engine_step_without_the_config_key(tmp_path: Path, digits_v1: Path) -> None:
