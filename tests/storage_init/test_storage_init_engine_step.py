@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 from archive_makers import tar_of_dir
-from kbundle.storage_init import engine_step
 from storage_sandbox import Sandbox
 from storage_servers import model_tree, tree
+
+from kbundle.storage_init import engine_step
 
 
 def _with_engine_request(src: Path, out: Path) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+
 from kbundle.manifests import crds
 from kbundle.storage_init import uris
 
