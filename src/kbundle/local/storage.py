@@ -68,7 +68,6 @@ def _run_storage_init(uri: str, dest: Path) -> None:
         raise ConfigError(f"storage-init failed for {uri} (exit {proc.returncode}): {tail[0]}")
 
 
-
 def source_fingerprint(uri: str) -> str:
     """Cheap change detector for a local source (names, sizes, mtimes); the URI itself for remote ones."""
     digest = hashlib.sha256(uri.encode())
