@@ -65,10 +65,7 @@ def budget_settings(settings: ModelSettings, args: argparse.Namespace) -> ModelS
 
 
 def settings_for(args: argparse.Namespace) -> ModelSettings:
-    config = read_model_config(args.model_dir)
-    unknown = sorted(set(config) - set(ModelSettings.field_names()))
-    if unknown:
-        logger.warning("kbundle.yaml: ignoring unknown keys %s", unknown)
+    config = read_model_config(args.model_dir)  # an unknown key is an error (resolve_settings)
     flags = {name: getattr(args, name, None) for name in ModelSettings.field_names()}
     return resolve_settings(config, flags)
 
