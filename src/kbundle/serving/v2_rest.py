@@ -23,7 +23,7 @@ from kbundle.tensors import (
     list_from_array,
     raw_from_array,
 )
-from kbundle.validation import SignatureValidator
+from kbundle.validation import SignatureValidator, duplicate_name
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -66,6 +66,8 @@ def decode_request(
     offset = 0
     for index, tensor in enumerate(inputs_json):
         name, array, used = _decode_input(index, tensor, tail, offset, validator)
+        if name in arrays:  # found as it arrives: one pass, before decoding any more
+            raise duplicate_name(validator.model_name if validator else "", "input", name)
         arrays[name] = array
         offset += used
     if offset != len(tail):
