@@ -228,14 +228,15 @@ class TensorRTEngine(Engine):
         for spec in self.signature.inputs:
             array = np.ascontiguousarray(inputs[spec.name], dtype=spec.dtype)
             if not context.set_input_shape(spec.name, array.shape):
-                raise EngineError(
+                # The request's shapes, not the server: predictors/faults.py answers it with a 400.
+                raise ValueError(
                     f"TensorRT refused shape {list(array.shape)} for input '{spec.name}'"
                 )
             slot.buffers[spec.name].upload(array, stream)
             staged.append(array)
         unresolved = context.infer_shapes()
         if unresolved:
-            raise EngineError(f"TensorRT could not infer the shapes of {list(unresolved)}")
+            raise ValueError(f"TensorRT could not infer the shapes of {list(unresolved)}")
         if not context.execute_async_v3(int(stream)):
             raise EngineError("TensorRT execute_async_v3 failed (see the server log)")
         outputs = []
