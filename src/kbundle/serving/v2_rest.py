@@ -7,6 +7,7 @@ fields (Triton's perf_analyzer cannot parse `"parameters": null`).
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping
 
 import numpy as np
@@ -43,13 +44,25 @@ def parse_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview
             raise InvalidRequest(
                 f"{HEADER_LENGTH} is {json_len} but the body has only {len(body)} bytes"
             )
-    try:
-        header = orjson.loads(view[:json_len])
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    header = _loads(view[:json_len])
     if not isinstance(header, dict):
         raise InvalidRequest("request body must be a JSON object with an 'inputs' list")
     return header, view[json_len:]
+
+
+def _loads(data: memoryview) -> object:
+    """orjson.loads with the cyclic GC paused: a JSON header holds no cycles, and a body of
+    60,000 small tensors otherwise triggers collections whose cost grows with the heap
+    (measured 0.3 s instead of 0.06 s for 3.8 MB), so parsing stays linear in the body."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def decode_request(
