@@ -8,6 +8,7 @@ fields (Triton's perf_analyzer cannot parse `"parameters": null`).
 from __future__ import annotations
 
 import gc
+import json
 from collections.abc import Mapping
 
 import numpy as np
@@ -22,6 +23,7 @@ from kbundle.tensors import (
     check_datatype,
     check_shape,
     list_from_array,
+    param_bool,
     raw_from_array,
 )
 from kbundle.validation import SignatureValidator, duplicate_name
@@ -59,10 +61,20 @@ def _loads(data: memoryview) -> object:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        raw = bytes(data)
+        if b"NaN" in raw or b"Infinity" in raw:  # Triton reads these tokens; orjson does not
+            return _loads_non_finite(raw, exc)
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _loads_non_finite(data: bytes, first: Exception) -> object:
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise InvalidRequest(f"request body is not valid JSON: {first}") from None
 
 
 def decode_request(
@@ -96,7 +108,9 @@ def decode_request(
         raise InvalidRequest("request field 'parameters' must be an object")
     if validator is not None and requested is not None:
         validator.check_outputs(requested)
-    binary_by_name["*"] = bool(parameters.get("binary_data_output", False))
+    binary_by_name["*"] = param_bool(
+        "request", "binary_data_output", parameters.get("binary_data_output", False)
+    )
     return ArrayRequest(
         id=_request_id(header.get("id")),
         inputs=arrays,
@@ -158,7 +172,9 @@ def _requested_outputs(header: dict) -> tuple[list[str] | None, dict[str, bool]]
         names.append(item["name"])
         params = item.get("parameters") or {}
         if isinstance(params, dict) and "binary_data" in params:
-            binary[item["name"]] = bool(params["binary_data"])
+            binary[item["name"]] = param_bool(
+                f"outputs[{index}]", "binary_data", params["binary_data"]
+            )
     return names, binary
 
 
