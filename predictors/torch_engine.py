@@ -78,8 +78,7 @@ def program_signature(
                 bounds = program.range_constraints.get(dim.node.expr)
                 shape.append(DYNAMIC)
                 low.append(int(bounds.lower) if bounds is not None else 0)
-                upper = bounds.upper if bounds is not None else None
-                high.append(int(upper) if upper is not None and upper.is_finite else MAX_DIM)
+                high.append(_upper_bound(bounds.upper if bounds is not None else None))
                 dims.append(str(dim.node.expr) if dim.node.expr.is_Symbol else None)
         inputs.append(TensorSpec(name, torch_to_v2(value.dtype), tuple(shape)).named(dims))
         if DYNAMIC in shape:
@@ -89,6 +88,15 @@ def program_signature(
         inputs = _exported_names(inputs, names["inputs"])
         ranges = {names["inputs"][user_inputs.index(k)]["name"]: v for k, v in ranges.items()}
     return Signature.of(inputs, outputs), ranges
+
+
+def _upper_bound(upper: Any) -> int:
+    """A Dim's max as an int; MAX_DIM for no bound (sympy oo, or torch's int_oo from Dim.AUTO,
+    which claims to be finite and then fails int())."""
+    try:
+        return int(upper) if upper is not None and upper.is_finite else MAX_DIM
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return MAX_DIM
 
 
 def _exported_names(inputs: list[TensorSpec], stored: list[dict]) -> list[TensorSpec]:
