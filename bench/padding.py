@@ -1,6 +1,6 @@
 """Padding-aware batching vs none, same run: a text encoder, lengths uniform in 8..128.
 
-    .venv/bin/python bench/padding.py [--seconds 30] [--concurrency 32] [--write bench/results/padding.md]
+    .venv/bin/python bench/padding.py [--seconds 10] [--rounds 3] [--concurrency 32] [--write bench/results/padding.md]
 
 The encoder is kbundle.samples_text (4 layers, hidden 256, exported to ONNX by torch, dim_params
 `b` and `s`), served by the real predictor (`max_batch_size: 32`), without padding, with buckets
@@ -113,41 +113,54 @@ def drive(grpc_url: str, seconds: float, concurrency: int, seed: int) -> tuple[l
     return latencies, errors[0]
 
 
-def run_mode(name: str, config: str, onnx: Path, tmp: Path, args) -> dict:
+def start(name: str, config: str, onnx: Path, tmp: Path):
     model_dir = tmp / name.replace(" ", "-").replace("/", "-")
     model_dir.mkdir()
     shutil.copy(onnx, model_dir / "model.onnx")
     (model_dir / "kbundle.yaml").write_text(config)
-    server = start_module(
+    return start_module(
         "kbundle.predictors",
         ["--model_name", MODEL, "--model_dir", str(model_dir)],
         tmp / f"{model_dir.name}.log",
         f"/v2/models/{MODEL}/ready",
         timeout=180,
     )
-    try:
+
+
+def measure(servers: dict, args) -> list[dict]:
+    """Rounds of `--seconds` per mode, the modes taking turns, so a change in the machine's
+    load falls on all of them alike; totals over the rounds."""
+    totals = {name: {"latencies": [], "errors": 0, "elapsed": 0.0} for name in servers}
+    deltas = {name: dict.fromkeys(SERIES, 0.0) for name in servers}
+    for name, server in servers.items():
         drive(server.grpc_url, 3, args.concurrency, seed=99)  # warm-up
-        before = {s: metric(server.http_url, s) for s in SERIES}
-        started = time.perf_counter()
-        latencies, errors = drive(server.grpc_url, args.seconds, args.concurrency, seed=1)
-        elapsed = time.perf_counter() - started
-        after = {s: metric(server.http_url, s) for s in SERIES}
-    finally:
-        server.stop()
-    delta = {s: after[s] - before[s] for s in SERIES}
+    for round_index in range(args.rounds):
+        for name, server in servers.items():
+            before = {s: metric(server.http_url, s) for s in SERIES}
+            started = time.perf_counter()
+            latencies, errors = drive(server.grpc_url, args.seconds, args.concurrency, round_index)
+            totals[name]["elapsed"] += time.perf_counter() - started
+            totals[name]["latencies"] += latencies
+            totals[name]["errors"] += errors
+            for s in SERIES:
+                deltas[name][s] += metric(server.http_url, s) - before[s]
+    return [row(name, totals[name], deltas[name]) for name in servers]
+
+
+def row(name: str, total: dict, delta: dict) -> dict:
+    latencies = total["latencies"]
     real = delta['kbundle_padding_positions_total{kind="real"']
+    padding = delta['kbundle_padding_positions_total{kind="padding"']
     return {
         "mode": name,
         "requests": len(latencies),
-        "errors": errors,
-        "throughput": len(latencies) / elapsed,
+        "errors": total["errors"],
+        "throughput": len(latencies) / total["elapsed"],
         "p50_ms": float(np.percentile(latencies, 50) * 1000),
         "p99_ms": float(np.percentile(latencies, 99) * 1000),
         "rows_per_call": delta["kbundle_batch_size_sum"]
         / max(delta["kbundle_batch_size_count"], 1),
-        "padding_overhead": delta['kbundle_padding_positions_total{kind="padding"'] / real
-        if real
-        else 0.0,
+        "padding_overhead": padding / real if real else 0.0,
     }
 
 
@@ -167,8 +180,9 @@ def report(rows: list[dict], loads: list[str], args) -> str:
     lines = [
         "# Padding-aware batching: text encoder, lengths uniform 8..128 (bench/padding.py)",
         "",
-        f"Command: `.venv/bin/python bench/padding.py --seconds {args.seconds} "
-        f"--concurrency {args.concurrency}`. Encoder: 4 layers, hidden 256, ONNX Runtime CPU, "
+        f"Command: `.venv/bin/python bench/padding.py --seconds {args.seconds} --rounds "
+        f"{args.rounds} --concurrency {args.concurrency}`: the modes take turns, {args.seconds:g} s "
+        f"each, {args.rounds} rounds, totals over the rounds. Encoder: 4 layers, hidden 256, ONNX Runtime CPU, "
         f"`max_batch_size: 32`, `max_batch_delay_ms: 2`; batch-1 gRPC requests, "
         f"{args.concurrency} in flight. Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         "shared with other jobs while this ran (8 agents on 2 cores): compare the two rows of "
@@ -193,14 +207,20 @@ def report(rows: list[dict], loads: list[str], args) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--seconds", type=float, default=10, help="per mode and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
     onnx = build_model(Path.home() / ".cache" / "kbundle" / "bench-text-encoder-4x256")
     loads = [uptime()]
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run_mode(n, c, onnx, Path(tmp), args) for n, c in MODES.items()]
+        servers = {n: start(n, c, onnx, Path(tmp)) for n, c in MODES.items()}
+        try:
+            rows = measure(servers, args)
+        finally:
+            for server in servers.values():
+                server.stop()
     loads.append(uptime())
     text = report(rows, loads, args)
     print(text)

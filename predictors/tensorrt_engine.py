@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from kbundle.predictors import cuda_device
+from kbundle.predictors.dim_names import onnx_dim_names, with_dim_names
 from kbundle.predictors.engine import Engine, ShapeRange
 
 from kbundle.errors import EngineError, EngineLoadError
@@ -205,6 +206,9 @@ class TensorRTEngine(Engine):
         except cuda_device.CudaError as exc:
             raise EngineLoadError(f"CUDA setup for {path} failed: {exc}") from exc
         instance._runtime = runtime  # the runtime must outlive the engine it made
+        # Dim names (shared dims, padding) from the ONNX the plan was built from, if beside it.
+        names = onnx_dim_names(path.with_name("model.onnx"))
+        instance.signature = with_dim_names(instance.signature, names)
         return instance
 
     def run(

@@ -109,3 +109,22 @@ def test_padding_without_the_batcher_is_refused(tmp_path: Path) -> None:
     directory = model_dir(tmp_path / "enc")
     predictor = EnginePredictor("enc", directory, ModelSettings(max_batch_size=0, padding=GOOD))
     assert not predictor.load() and "padding needs the batcher" in predictor.load_error
+
+
+def test_a_tensorrt_signature_takes_dim_names_from_the_onnx_beside_the_plan() -> None:
+    # What read_io_tensors reports for a plan built from the encoder (TensorRT cannot run here).
+    from kbundle.predictors.dim_names import onnx_dim_names, with_dim_names
+    from kbundle.predictors.tensorrt_engine import IoTensor, signature_of
+
+    profile = (((1, 1), (8, 64), (32, 128)),)
+    tensors = [
+        IoTensor("input_ids", True, "INT64", (-1, -1), profile),
+        IoTensor("attention_mask", True, "INT64", (-1, -1), profile),
+        IoTensor("hidden", False, "FLOAT", (-1, -1, 64)),
+        IoTensor("sentence_vec", False, "FLOAT", (-1, 64)),
+        IoTensor("logits", False, "FLOAT", (-1, 3)),
+    ]
+    signature = with_dim_names(signature_of(tensors), onnx_dim_names(encoder_onnx()))
+    assert set(signature.shared_dims()) == {"b", "s"}
+    assert signature.output("hidden").dim_names == ("b", "s", None)
+    assert with_dim_names(signature_of(tensors), {}).shared_dims() == {}
