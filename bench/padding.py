@@ -132,7 +132,7 @@ def measure(servers: dict, args) -> list[dict]:
     load falls on all of them alike; totals over the rounds."""
     totals = {name: {"latencies": [], "errors": 0, "elapsed": 0.0} for name in servers}
     deltas = {name: dict.fromkeys(SERIES, 0.0) for name in servers}
-    for name, server in servers.items():
+    for server in servers.values():
         drive(server.grpc_url, 3, args.concurrency, seed=99)  # warm-up
     for round_index in range(args.rounds):
         for name, server in servers.items():
