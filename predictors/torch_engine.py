@@ -79,13 +79,13 @@ def program_signature(
                 shape.append(DYNAMIC)
                 low.append(int(bounds.lower) if bounds is not None else 0)
                 high.append(_upper_bound(bounds.upper if bounds is not None else None))
-                dims.append(str(dim.node.expr) if dim.node.expr.is_Symbol else None)
+                dims.append(_symbol(dim))
         inputs.append(TensorSpec(name, torch_to_v2(value.dtype), tuple(shape)).named(dims))
         if DYNAMIC in shape:
             ranges[name] = (tuple(low), tuple(high))
     outputs = _output_specs(program, names)
     if names:  # exported names win (the graph's placeholder names can be mangled)
-        inputs = _exported_names(inputs, names["inputs"])
+        inputs, outputs = _exported_names(inputs, outputs, names["inputs"])
         ranges = {names["inputs"][user_inputs.index(k)]["name"]: v for k, v in ranges.items()}
     return Signature.of(inputs, outputs), ranges
 
@@ -99,19 +99,28 @@ def _upper_bound(upper: Any) -> int:
         return MAX_DIM
 
 
-def _exported_names(inputs: list[TensorSpec], stored: list[dict]) -> list[TensorSpec]:
-    """Tensor names from `kbundle export`, and its dim names in place of the symbols they label."""
+def _symbol(dim: Any) -> str | None:
+    """A symbolic dim's name (inputs and outputs sharing it must agree); None for expressions."""
+    return None if isinstance(dim, int) or not dim.node.expr.is_Symbol else str(dim.node.expr)
+
+
+def _exported_names(
+    inputs: list[TensorSpec], outputs: list[TensorSpec], stored: list[dict]
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Tensor names from `kbundle export`, and its dim names in place of the symbols they label
+    (on the outputs too, so padding knows which outputs carry the padded dim)."""
     rename: dict[str, str] = {}
     for spec, item in zip(inputs, stored, strict=True):
         for symbol, given in zip(spec.dim_names, item.get("dims") or (), strict=False):
             if symbol and given:
                 rename[symbol] = given
-    return [
-        TensorSpec(item["name"], spec.datatype, spec.shape).named(
-            [rename.get(d, d) if d else None for d in spec.dim_names]
-        )
-        for spec, item in zip(inputs, stored, strict=True)
-    ]
+
+    def renamed(spec: TensorSpec, name: str) -> TensorSpec:
+        dims = [rename.get(d, d) if d else None for d in spec.dim_names]
+        return TensorSpec(name, spec.datatype, spec.shape).named(dims)
+
+    named_inputs = [renamed(s, item["name"]) for s, item in zip(inputs, stored, strict=True)]
+    return named_inputs, [renamed(s, s.name) for s in outputs]
 
 
 def _output_specs(program: torch.export.ExportedProgram, names: dict | None) -> list[TensorSpec]:
@@ -123,7 +132,8 @@ def _output_specs(program: torch.export.ExportedProgram, names: dict | None) -> 
     for i, value in enumerate(values):
         shape = tuple(d if isinstance(d, int) else DYNAMIC for d in value.shape)
         name = names["outputs"][i]["name"] if names else f"output_{i}"
-        specs.append(TensorSpec(name, torch_to_v2(value.dtype), shape))
+        spec = TensorSpec(name, torch_to_v2(value.dtype), shape)
+        specs.append(spec.named([_symbol(d) for d in value.shape]))
     return specs
 
 

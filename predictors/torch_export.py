@@ -151,10 +151,11 @@ def signature_json(
     program: torch.export.ExportedProgram | None = None,
 ) -> str:
     outputs = [{"name": n} for n in output_names]
-    if program is not None:  # output dtypes/shapes from the program, for AOTI packages
-        from kbundle.predictors.torch_engine import _output_specs
+    if program is not None:  # output dtypes, shapes and dim names from the program, for AOTI
+        from kbundle.predictors.torch_engine import program_signature
 
-        outputs = [s.to_metadata() for s in _output_specs(program, {"outputs": outputs})]
+        named = {"inputs": [_with_dims(s) for s in specs], "outputs": outputs}
+        outputs = [_with_dims(s) for s in program_signature(program, named)[0].outputs]
     data = {"inputs": [_with_dims(s) for s in specs], "outputs": outputs}
     if ranges:
         data["ranges"] = {k: [list(v[0]), list(v[1])] for k, v in ranges.items()}
