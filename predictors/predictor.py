@@ -10,7 +10,9 @@ from pathlib import Path
 
 from kbundle.predictors.batcher import DynamicBatcher
 from kbundle.predictors.engine import Engine, load_engine, warmup_inputs
+from kbundle.predictors.faults import engine_fault
 from kbundle.predictors.metrics import BatchMetrics
+from kbundle.predictors.padding import Padding
 from kbundle.predictors.runner import EngineRunner
 from kserve import Model
 
@@ -66,6 +68,12 @@ class EnginePredictor(Model):
                 max_batch,
                 self.settings.max_batch_delay_ms,
                 BatchMetrics(self.name),
+                Padding.build(self.name, self.settings.padding, engine),
+            )
+        elif self.settings.padding:
+            raise EngineLoadError(
+                f"model '{self.name}': padding needs the batcher (max_batch_size > 0 and a "
+                "dynamic batch dim on every input and output)"
             )
         logger.info(
             "model '%s': dynamic batching %s",
@@ -126,13 +134,14 @@ class EnginePredictor(Model):
         self.loaded_engine.check_shapes(self.name, request.inputs)  # per request, before batching
         if self.batcher is not None:
             # The batcher turns engine faults into per-request EngineErrors itself.
-            return self._response(names, await self.batcher.infer(request.inputs, names))
+            outputs = await self.batcher.infer(request.inputs, names, request.id)
+            return self._response(names, outputs)
         try:
             outputs = await self.runner.run(request.inputs, names)
         except KBundleError:
             raise
         except Exception as exc:
-            raise self._engine_failure(exc) from exc
+            raise engine_fault(self.name, exc, request.inputs, request.id) from exc
         return self._response(names, outputs)
 
     def infer_arrays_blocking(
@@ -147,7 +156,7 @@ class EnginePredictor(Model):
         names = request.requested_outputs or self.signature.output_names
         self.loaded_engine.check_shapes(self.name, request.inputs)
         if self.batcher is not None:
-            future = self.batcher.submit(loop, request.inputs, names)
+            future = self.batcher.submit(loop, request.inputs, names, request.id)
         else:
             future = self.runner.submit(self.loaded_engine.run, request.inputs, names)
         on_done(future.cancel)
@@ -156,7 +165,7 @@ class EnginePredictor(Model):
         except (KBundleError, concurrent.futures.CancelledError):
             raise
         except Exception as exc:
-            raise self._engine_failure(exc) from exc
+            raise engine_fault(self.name, exc, request.inputs, request.id) from exc
         return self._response(names, outputs)
 
     def _response(self, names, outputs) -> ArrayResponse:
@@ -164,11 +173,6 @@ class EnginePredictor(Model):
             outputs=dict(zip(names, outputs, strict=True)),
             model_version=self.settings.model_version,
         )
-
-    def _engine_failure(self, exc: Exception) -> EngineError:
-        """Validated input that the engine still rejects: the engine's message, as a 500."""
-        logger.exception("model '%s' engine failure", self.name)
-        return EngineError(f"model '{self.name}': engine failed: {exc}")
 
     async def predict(
         self,

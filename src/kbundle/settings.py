@@ -141,6 +141,13 @@ class ModelSettings:
         default="",
         metadata=_doc("Version reported as V2 model_version (e.g. the revision serving it)."),
     )
+    padding: dict[str, Any] | None = field(
+        default=None,
+        metadata=_doc(
+            "Padding-aware batching (a mapping: dim, buckets, pad_values, mask; see "
+            "docs/batching.md). Env/flag take it as JSON."
+        ),
+    )
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -235,6 +242,11 @@ def _coerce(name: str, kind: Any, value: Any, source: str) -> Any:
         if kind in ("tuple[int, ...]",):
             parts = value.split(",") if isinstance(value, str) else value
             return tuple(int(part) for part in parts if str(part).strip())
+        if kind == "dict[str, Any] | None":
+            data = yaml.safe_load(value) if isinstance(value, str) else value
+            if not isinstance(data, dict):
+                raise ValueError(value)
+            return data
         if kind in ("tuple[str, ...]",):
             if isinstance(value, str):
                 return tuple(part.strip() for part in value.split(",") if part.strip())
