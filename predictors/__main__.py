@@ -7,12 +7,12 @@ import dataclasses
 import logging
 import sys
 
-from kbundle.predictors import model_config
-from kbundle.predictors.predictor import EnginePredictor
 from kserve import model_server
 
 from kbundle import cpu_budget
 from kbundle.errors import ConfigError
+from kbundle.predictors import model_config
+from kbundle.predictors.predictor import EnginePredictor
 from kbundle.serving.lifecycle import add_drain_flag
 from kbundle.serving.server import (
     KbundleModelServer,

@@ -27,12 +27,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from kbundle.errors import EngineError, KbundleError
 from kbundle.predictors.faults import engine_fault
 from kbundle.predictors.metrics import BatchMetrics
 from kbundle.predictors.padding import Padding
 from kbundle.predictors.runner import EngineRunner
-
-from kbundle.errors import EngineError, KbundleError
 
 logger = logging.getLogger("kbundle.batcher")
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from kbundle.predictors.engine import Engine, ShapeRange
 
 from kbundle.errors import EngineLoadError
+from kbundle.predictors.engine import Engine, ShapeRange
 from kbundle.settings import ModelSettings, effective_precision
 from kbundle.specs import DYNAMIC, Signature, TensorSpec
 

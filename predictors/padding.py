@@ -20,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from kbundle.predictors.engine import Engine
 from prometheus_client import Counter
 
 from kbundle.errors import EngineLoadError
+from kbundle.predictors.engine import Engine
 from kbundle.specs import DYNAMIC, Signature
 
 POSITIONS = Counter(

@@ -8,15 +8,15 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from kserve import Model
+
+from kbundle.errors import EngineError, EngineLoadError, InvalidRequest, KBundleError
 from kbundle.predictors.batcher import DynamicBatcher
 from kbundle.predictors.engine import Engine, load_engine, warmup_inputs
 from kbundle.predictors.faults import engine_fault
 from kbundle.predictors.metrics import BatchMetrics
 from kbundle.predictors.padding import Padding
 from kbundle.predictors.runner import EngineRunner
-from kserve import Model
-
-from kbundle.errors import EngineError, EngineLoadError, InvalidRequest, KBundleError
 from kbundle.serving.arrays import ArrayRequest, ArrayResponse
 from kbundle.settings import ModelSettings
 from kbundle.specs import Signature

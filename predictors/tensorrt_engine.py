@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from kbundle.errors import EngineError, EngineLoadError
 from kbundle.predictors import cuda_device
 from kbundle.predictors.dim_names import onnx_dim_names, with_dim_names
 from kbundle.predictors.engine import Engine, ShapeRange
-
-from kbundle.errors import EngineError, EngineLoadError
 from kbundle.settings import ModelSettings
 from kbundle.specs import DYNAMIC, Signature, TensorSpec
 

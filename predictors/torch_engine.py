@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from kbundle.predictors.engine import Engine, ShapeRange
 
 from kbundle.errors import EngineLoadError
+from kbundle.predictors.engine import Engine, ShapeRange
 from kbundle.settings import ModelSettings, effective_precision
 from kbundle.specs import DYNAMIC, Signature, TensorSpec, v2_datatype
 

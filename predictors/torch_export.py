@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from kbundle.predictors.torch_engine import AOTI_SIGNATURE_KEY, SIGNATURE_FILE, TorchEngine
 
+from kbundle.predictors.torch_engine import AOTI_SIGNATURE_KEY, SIGNATURE_FILE, TorchEngine
 from kbundle.settings import ModelSettings
 from kbundle.specs import DYNAMIC, TensorSpec
 

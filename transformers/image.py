@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from kbundle.transformers.features import bytes_column, required
-from kbundle.transformers.spec import Entry, read_labels
 from PIL import Image, UnidentifiedImageError
 
 from kbundle.errors import ConfigError, EngineError, InvalidRequest
 from kbundle.specs import DYNAMIC, TensorSpec, numpy_dtype
+from kbundle.transformers.features import bytes_column, required
+from kbundle.transformers.spec import Entry, read_labels
 
 SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 FORMATS = ("PNG", "JPEG")

@@ -112,8 +112,9 @@ def test_engine_faults_of_the_client_are_400_and_the_rest_500_without_engine_tex
 
 
 def test_image_errors_never_show_the_buffer_repr() -> None:
-    from kbundle.transformers.image import _reason
     from PIL import UnidentifiedImageError
+
+    from kbundle.transformers.image import _reason
 
     exc = UnidentifiedImageError("cannot identify image file <_io.BytesIO object at 0x7f00aa>")
     assert _reason(exc) == "the bytes are not a PNG or JPEG file"

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from batching_models import build_batching_model, expected, request_arrays
+
+from kbundle.errors import InvalidRequest
 from kbundle.predictors.batcher import DynamicBatcher
 from kbundle.predictors.metrics import BatchMetrics
 from kbundle.predictors.model_config import model_config
 from kbundle.predictors.predictor import EnginePredictor
-
-from kbundle.errors import InvalidRequest
 from kbundle.serving.arrays import ArrayRequest
 from kbundle.settings import ModelSettings
 

@@ -12,7 +12,6 @@ import pytest
 pytest.importorskip("torch", reason="the torch extra is not installed")
 
 from kbundle.predictors.torch_engine import TorchEngine  # noqa: E402
-
 from kbundle.settings import ModelSettings  # noqa: E402
 
 MODEL = "kbundle.samples_text:text_encoder"

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from kbundle.predictors.onnx_engine import OnnxEngine
-from kbundle.predictors.padding import Padding
 from text_models import encoder_onnx, model_dir
 
 from kbundle.errors import EngineLoadError
+from kbundle.predictors.onnx_engine import OnnxEngine
+from kbundle.predictors.padding import Padding
 from kbundle.settings import ModelSettings
 
 GOOD = {

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kbundle.predictors.batcher import DynamicBatcher
-from kbundle.predictors.predictor import EnginePredictor
 from test_batching_engine import Recorder, run_held
 from text_models import model_dir, tokens
 
+from kbundle.predictors.batcher import DynamicBatcher
+from kbundle.predictors.predictor import EnginePredictor
 from kbundle.samples_text import INPUTS, OUTPUTS, text_encoder
 from kbundle.settings import ModelSettings
 
