@@ -36,6 +36,7 @@ compile() {  # compile OUT [uv pip compile args...]
 echo "torch==2.13.0+cpu" > locks/.torch-cpu.txt
 compile dev.txt pyproject.toml --extra dev --extra torch --override locks/.torch-cpu.txt
 rm -f locks/.torch-cpu.txt
+compile build.txt locks/build.in
 compile predictor-cpu.txt pyproject.toml -c locks/dev.txt
 compile transformer.txt pyproject.toml --extra transformer -c locks/dev.txt
 compile storage-init.txt locks/storage-init.in -c locks/dev.txt
