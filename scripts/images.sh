@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the container images: `bash scripts/images.sh build [--offline-base] [NAME...]`.
-# NAME: predictor-cpu, transformer, storage-init, predictor-gpu (default: all). Tags are the ones the
+# NAME: predictor-cpu, transformer, storage-init, predictor-torch, predictor-gpu (default: all). Tags are the ones the
 # manifests use, ghcr.io/kbundle/NAME:VERSION (VERSION from pyproject.toml). Uses docker, podman or
 # buildah, whichever works here (KBUNDLE_BUILDER=... to choose), and prints each image's size.
 # The locked wheels are fetched on the host first (locks/NAME.txt into docker/wheelhouse: pip's own
@@ -14,7 +14,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 CACHE="${KBUNDLE_IMAGE_CACHE:-$HOME/.cache/kbundle/images}"
 BASE_TAG="localhost/kbundle/python-base:bookworm"
-ALL=(predictor-cpu transformer storage-init predictor-gpu)
+ALL=(predictor-cpu transformer storage-init predictor-torch predictor-gpu)
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
@@ -61,7 +61,7 @@ make_rootfs() {  # debootstrap a python base into $CACHE/python-base.tar (once)
 
 import_base() {  # $1 builder: the cached rootfs as image $BASE_TAG (when not already there)
   local tool="$1" ctr mnt
-  "$tool" image inspect "$BASE_TAG" >/dev/null 2>&1 && return 0
+  has_image "$tool" "$BASE_TAG" && return 0
   make_rootfs
   case "$tool" in
     docker | podman) "$tool" import --change 'CMD ["python3"]' "$CACHE/python-base.tar" "$BASE_TAG" >/dev/null ;;
@@ -90,10 +90,18 @@ fill_wheelhouse() {  # the locked wheels of image $1 (and the build lock), hash-
     --dest docker/wheelhouse -r "locks/$1.txt" -r locks/build.txt
 }
 
-image_size() {  # $1 builder, $2 tag -> size in MB
-  local bytes
-  bytes="$("$1" image inspect --format '{{.Size}}' "$2" 2>/dev/null || echo 0)"
-  echo "$((bytes / 1000000)) MB"
+has_image() {  # $1 builder, $2 tag
+  case "$1" in
+    buildah) buildah inspect --type image "$2" >/dev/null 2>&1 ;;
+    *) "$1" image inspect "$2" >/dev/null 2>&1 ;;
+  esac
+}
+
+image_size() {  # $1 builder, $2 tag -> size as the builder reports it
+  case "$1" in
+    buildah) buildah images --format '{{.Size}}' "$2" ;;
+    *) "$1" image ls --format '{{.Size}}' "$2" ;;
+  esac
 }
 
 build_one() {  # $1 builder, $2 name, $3.. extra build args

@@ -38,6 +38,7 @@ compile dev.txt pyproject.toml --extra dev --extra torch --override locks/.torch
 rm -f locks/.torch-cpu.txt
 compile build.txt locks/build.in
 compile predictor-cpu.txt pyproject.toml -c locks/dev.txt
+compile predictor-torch.txt pyproject.toml --extra torch -c locks/dev.txt
 compile transformer.txt pyproject.toml --extra transformer -c locks/dev.txt
 compile storage-init.txt locks/storage-init.in -c locks/dev.txt
 # GPU: onnxruntime-gpu replaces onnxruntime (same module); TensorRT / CUDA wheels for CUDA 12.

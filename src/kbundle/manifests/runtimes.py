@@ -14,9 +14,14 @@ the container. The controller's rules (pkg/apis/serving/v1beta1/predictor_model.
 
 from __future__ import annotations
 
+import copy
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from kbundle.manifests.findings import Issue, error, warning
 
@@ -217,3 +222,43 @@ def check(isvc: Any, runtimes: list[Runtime]) -> list[Issue]:
     except RuntimeResolutionError as exc:
         return [error(exc.path, exc.message, "runtime")]
     return []
+
+
+def load_runtimes(folder: str | Path) -> list[Runtime]:
+    """Every ServingRuntime/ClusterServingRuntime in the YAML files of a folder (or one file)."""
+    root = Path(folder)
+    files = sorted(root.glob("*.y*ml")) if root.is_dir() else [root]
+    found: list[Runtime] = []
+    for file in files:
+        try:
+            found += runtimes_in(yaml.safe_load_all(file.read_text()))
+        except (OSError, yaml.YAMLError) as exc:
+            raise RuntimeResolutionError((), f"{file}: cannot read: {exc}") from exc
+    if not found:
+        raise RuntimeResolutionError((), f"{folder}: no ServingRuntime or ClusterServingRuntime")
+    return found
+
+
+def _placeholders(value: str, name: str) -> str:
+    """KServe fills `{{.Name}}` in a runtime's args with the InferenceService's name."""
+    return re.sub(r"\{\{\s*\.Name\s*\}\}", name, value)
+
+
+def with_runtime(isvc: dict[str, Any], runtimes: list[Runtime]) -> dict[str, Any]:
+    """The InferenceService as the controller expands it: predictor.model gets the chosen runtime's
+    first container args (placeholders filled) before its own, and the runtime's env under its own
+    (same name: the model's wins). Unchanged when the predictor has no `model`."""
+    request = model_request(isvc)
+    if request is None or not runtimes:
+        return isvc
+    runtime = resolve(request, runtimes)
+    container = (runtime.spec.get("containers") or [{}])[0]
+    name = str((isvc.get("metadata") or {}).get("name", ""))
+    out = copy.deepcopy(isvc)
+    model = out["spec"]["predictor"]["model"]
+    args = [_placeholders(str(a), name) for a in container.get("args") or []]
+    model["args"] = args + list(model.get("args") or [])
+    own = {e.get("name") for e in model.get("env") or []}
+    inherited = [e for e in container.get("env") or [] if e.get("name") not in own]
+    model["env"] = inherited + list(model.get("env") or [])
+    return out
