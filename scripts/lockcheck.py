@@ -35,8 +35,12 @@ def read_lock(path: Path) -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    """name -> version of every distribution this interpreter can import."""
-    return {normalize(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    """name -> version of every distribution this interpreter imports (the first on sys.path wins,
+    as for imports: a system copy shadowed by a pip-installed one does not count)."""
+    found: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        found.setdefault(normalize(dist.metadata["Name"]), dist.version)
+    return found
 
 
 def differences(lock: dict[str, str], have: dict[str, str]) -> list[str]:
