@@ -135,11 +135,13 @@ build() {
   mkdir -p docker/wheelhouse
   for name in "${names[@]}"; do
     [ -f "docker/$name.Dockerfile" ] || { echo "images: no docker/$name.Dockerfile" >&2; return 2; }
+    fill_wheelhouse "$name"
+  done
+  for name in "${names[@]}"; do
     if [ "$name" = predictor-gpu ] && [ "$offline" = 1 ]; then
       echo "images: predictor-gpu skipped: every stage builds on NVIDIA's CUDA runtime image, which only a registry provides" >&2
       continue
     fi
-    fill_wheelhouse "$name"
     build_one "$tool" "$name" "${args[@]}"
   done
 }
