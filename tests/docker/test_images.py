@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 import lockcheck  # noqa: E402
 
-pytestmark = pytest.mark.container
+# The first test pays for the builds (minutes on a cold cache): a longer limit than the suite's 300 s.
+pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
 
 VERSION = "0.1.0"
 COMPONENTS = {
