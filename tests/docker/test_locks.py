@@ -19,7 +19,7 @@ import lockcheck  # noqa: E402
 IMAGE_LOCKS = ["predictor-cpu", "predictor-torch", "transformer", "storage-init", "build"]
 SOURCES = ["src", "predictors", "transformers", "storage-init"]
 # Modules of packages that only the GPU image installs (not importable here): module -> distribution.
-GPU_MODULES = {"tensorrt": "tensorrt", "cuda": "cuda-python"}
+GPU_MODULES = {"tensorrt": "tensorrt-cu12", "cuda": "cuda-python"}
 
 
 def _requirement_name(text: str) -> str:
@@ -73,8 +73,10 @@ def test_images_ship_the_versions_the_tests_ran_against(name):
 
 
 def test_every_direct_dependency_is_in_the_dev_lock():
+    """All but the GPU extra, which has its own lock (and TensorRT none: locks/README.md)."""
     dev = lockcheck.read_lock(LOCKS / "dev.txt")
-    missing = sorted(_declared() - set(dev) - {"onnxruntime-gpu", "tensorrt", "cuda-python"})
+    gpu = {_requirement_name(r) for r in _pyproject()["optional-dependencies"]["gpu"]}
+    missing = sorted(_declared() - set(dev) - gpu)
     assert missing == [], f"declared in pyproject but not locked: {missing} (bash scripts/lock.sh)"
 
 
@@ -99,3 +101,17 @@ def test_every_third_party_import_is_declared_in_pyproject():
         if not dists & declared:
             undeclared[module] = sorted(dists)
     assert undeclared == {}, f"imported but not declared (module: distributions): {undeclared}"
+
+
+def test_the_gpu_lock_pins_what_the_gpu_extra_allows():
+    from packaging.requirements import Requirement
+
+    pins = lockcheck.read_lock(LOCKS / "predictor-gpu.txt")
+    for text in _pyproject()["optional-dependencies"]["gpu"]:
+        req = Requirement(text)
+        name = lockcheck.normalize(req.name)
+        if name in pins:
+            assert req.specifier.contains(pins[name]), (
+                f"{name}=={pins[name]} outside {req.specifier}"
+            )
+    assert "onnxruntime-gpu" in pins and "onnxruntime" not in pins
