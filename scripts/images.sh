@@ -3,8 +3,8 @@
 # NAME: predictor-cpu, transformer, storage-init, predictor-torch, predictor-gpu (default: all). Tags are the ones the
 # manifests use, ghcr.io/kbundle/NAME:VERSION (VERSION from pyproject.toml). Uses docker, podman or
 # buildah, whichever works here (KBUNDLE_BUILDER=... to choose), and prints each image's size.
-# The locked wheels are fetched on the host first (locks/NAME.txt into docker/wheelhouse: pip's own
-# configuration, so a local mirror serves them) and the build installs only from there.
+# The locked wheels are fetched on the host first (pip's own configuration, so a local mirror serves
+# them; cached in $CACHE/wheels, linked into docker/wheelhouse) and the build installs from there.
 # --offline-base: no registry for the base either. A Debian bookworm root made with debootstrap
 # (python3, venv, pip, CA certificates) from the mirror apt already uses, imported as an image and
 # passed as PYTHON_IMAGE. Cached in ${KBUNDLE_IMAGE_CACHE:-~/.cache/kbundle/images}. The GPU image
@@ -84,10 +84,20 @@ quiet() {  # run a command; show its output only when it fails (and then fail)
   rm -f "$log"
 }
 
-fill_wheelhouse() {  # the locked wheels of image $1 (and the build lock), hash-checked, into docker/wheelhouse
-  [ "$1" = predictor-gpu ] && return 0  # TensorRT comes from NVIDIA's index: see locks/README.md
-  quiet "$PY" -m pip download -q --require-hashes --no-deps --only-binary=:all: \
-    --dest docker/wheelhouse -r "locks/$1.txt" -r locks/build.txt
+fill_wheelhouse() {  # $@: image names. Their locked wheels (and the build lock's), hash-checked, from
+  # the shared cache $CACHE/wheels into docker/wheelhouse; pip downloads only what the cache lacks.
+  local locks=(locks/build.txt) name
+  for name in "$@"; do
+    [ "$name" = predictor-gpu ] && continue  # Python 3.10 and TensorRT: built where PyPI is reachable
+    locks+=("locks/$name.txt")
+  done
+  if ! "$PY" scripts/wheelhouse.py "$CACHE/wheels" docker/wheelhouse "${locks[@]}" 2>/dev/null; then
+    local reqs=()
+    for lock in "${locks[@]}"; do reqs+=(-r "$lock"); done
+    quiet "$PY" -m pip download -q --require-hashes --no-deps --only-binary=:all: \
+      --dest "$CACHE/wheels" "${reqs[@]}"
+    "$PY" scripts/wheelhouse.py "$CACHE/wheels" docker/wheelhouse "${locks[@]}"
+  fi
 }
 
 has_image() {  # $1 builder, $2 tag
@@ -135,8 +145,8 @@ build() {
   mkdir -p docker/wheelhouse
   for name in "${names[@]}"; do
     [ -f "docker/$name.Dockerfile" ] || { echo "images: no docker/$name.Dockerfile" >&2; return 2; }
-    fill_wheelhouse "$name"
   done
+  fill_wheelhouse "${names[@]}"
   for name in "${names[@]}"; do
     if [ "$name" = predictor-gpu ] && [ "$offline" = 1 ]; then
       echo "images: predictor-gpu skipped: every stage builds on NVIDIA's CUDA runtime image, which only a registry provides" >&2
