@@ -276,15 +276,20 @@ def test_storage_init_predictor_and_transformer_serve_digits_as_in_a_pod(
     for path in tmp_dirs:
         path.chmod(0o1777)
     predictor_ctr = containers(images["predictor-cpu"])
-    ro = (f"{models}:/mnt/models:ro", f"{tmp_dirs[0]}:/tmp")
+    # As with readOnlyRootFilesystem: HOME (the image's only uid-1000 folder) read-only too.
+    home = volume(tmp_path, "home")
+    ro = (f"{models}:/mnt/models:ro", f"{tmp_dirs[0]}:/tmp", f"{home}:/home/kbundle:ro")
     writes = run(
         predictor_ctr,
-        ["sh", "-c", "touch /mnt/models/x; touch /usr/x; touch /home/x; touch /tmp/ok"],
+        [
+            "sh",
+            "-c",
+            "for p in /mnt/models /usr /home/kbundle /; do touch $p/x; done; touch /tmp/ok",
+        ],
         volumes=ro,
     )
-    assert writes.stderr.count("Permission denied") + writes.stderr.count("Read-only") >= 3, (
-        writes.stderr
-    )
+    refused = writes.stderr.count("Permission denied") + writes.stderr.count("Read-only")
+    assert refused == 4, writes.stderr
     assert (tmp_dirs[0] / "ok").exists() and not (models / "x").exists()
     predictor = serve(
         predictor_ctr,
@@ -300,7 +305,7 @@ def test_storage_init_predictor_and_transformer_serve_digits_as_in_a_pod(
         transformer = serve(
             containers(images["transformer"]),
             [*entry(images["transformer"]), *args],
-            (f"{spec}:/mnt/models:ro", f"{tmp_dirs[1]}:/tmp"),
+            (f"{spec}:/mnt/models:ro", f"{tmp_dirs[1]}:/tmp", f"{home}:/home/kbundle:ro"),
             tmp_path / "transformer.log",
             "/v2/models/digits/ready",
         )
