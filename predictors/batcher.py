@@ -10,6 +10,9 @@ Policy (decided once per request, no polling thread):
   would otherwise sit idle: a lone request never pays the delay). When peer instances are busy it
   waits until the oldest request has waited `max_batch_delay_ms`, so the batch can fill.
 - While every instance is busy, requests queue up; that queue is what the next batch is cut from.
+- Admission (kbundle.predictors.admission) bounds that queue: a request over `max_queue_size` or
+  `max_request_rows` is refused in `infer`/`submit`, and one whose deadline passed while queued is
+  failed with DeadlineExceeded when a dispatch reaches it, before the engine.
 
 Concatenation, the engine call and the split run on the engine's worker thread; the event loop
 only appends to a deque and resolves futures, one `call_soon_threadsafe` per batch.
@@ -27,10 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from kbundle.predictors.admission import Admission
 from kbundle.predictors.metrics import BatchMetrics
 from kbundle.predictors.runner import EngineRunner
 
-from kbundle.errors import EngineError, KbundleError
+from kbundle.errors import DeadlineExceeded, EngineError, KbundleError
 
 logger = logging.getLogger("kbundle.batcher")
 
@@ -84,6 +88,7 @@ class _Pending:
     rows: int
     future: asyncio.Future | Waiter
     enqueued: float = field(default_factory=time.perf_counter)
+    deadline: float | None = None  # time.monotonic() after which it is dropped unrun
 
 
 def batch_key(inputs: dict[str, np.ndarray], output_names: Sequence[str]) -> BatchKey:
@@ -104,6 +109,7 @@ class DynamicBatcher:
         max_batch_size: int,
         max_batch_delay_ms: float,
         metrics: BatchMetrics | None = None,
+        admission: Admission | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1 for a batcher")
@@ -112,6 +118,7 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_delay = max_batch_delay_ms / 1000.0
         self.metrics = metrics
+        self.admission = admission
         self._queue: deque[_Pending] = deque()
         self._idle = runner.instances
         self._scheduled = False
@@ -129,13 +136,20 @@ class DynamicBatcher:
         return len(self._queue)
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: dict[str, np.ndarray],
+        output_names: Sequence[str],
+        deadline: float | None = None,
     ) -> list[np.ndarray]:
-        """This request's outputs, in `output_names` order, exactly its own rows."""
+        """This request's outputs, in `output_names` order, exactly its own rows. QueueFull or
+        InvalidRequest (rows) at once when admission refuses it; DeadlineExceeded when
+        `deadline` (time.monotonic()) passes while it is queued."""
         loop = self._loop = asyncio.get_running_loop()
         rows = next(iter(inputs.values())).shape[0] if inputs else 0
+        deadline = self._admit(rows, deadline)
         names = tuple(output_names)
         item = _Pending(batch_key(inputs, names), inputs, names, rows, loop.create_future())
+        item.deadline = deadline
         self._enqueue(item)
         # A cancelled await (client gone) cancels the future: it is skipped when queued and its
         # rows are dropped when already in flight; the batch itself is unaffected.
@@ -146,14 +160,19 @@ class DynamicBatcher:
         loop: asyncio.AbstractEventLoop,
         inputs: dict[str, np.ndarray],
         output_names: Sequence[str],
+        deadline: float | None = None,
     ) -> Waiter:
         """Thread-safe `infer` for transports on their own threads (the gRPC server): a Waiter
         for this request's outputs. The queue stays on `loop`; cancelling the waiter (client
-        gone) drops the request like a cancelled `infer`."""
+        gone) drops the request like a cancelled `infer`. Refusals raise here, on the caller's
+        thread, without touching the loop."""
         rows = next(iter(inputs.values())).shape[0] if inputs else 0
+        deadline = self._admit(rows, deadline)
         names = tuple(output_names)
         waiter = Waiter()
-        self._inbox.append(_Pending(batch_key(inputs, names), inputs, names, rows, waiter))
+        item = _Pending(batch_key(inputs, names), inputs, names, rows, waiter)
+        item.deadline = deadline
+        self._inbox.append(item)
         # One loop wake-up per burst, not per request: the drain takes everything queued so far.
         # Safe without a lock: the flag is cleared before the drain reads the inbox, so an item
         # appended after the drain's read sees the flag down and schedules another drain.
@@ -161,6 +180,29 @@ class DynamicBatcher:
             self._drain_scheduled = True
             loop.call_soon_threadsafe(self._drain, loop)
         return waiter
+
+    def _admit(self, rows: int, deadline: float | None) -> float | None:
+        if self.admission is None:
+            return deadline
+        self.admission.admit(rows, len(self._queue) + len(self._inbox))
+        return self.admission.deadline(deadline)
+
+    def _gone(self, item: _Pending, now: float) -> bool:
+        """True for a queued request that must not run: its client left, or its deadline passed
+        (then it is failed here with DeadlineExceeded, before the engine)."""
+        if item.future.done():
+            if self.admission is not None:
+                self.admission.count_disconnected()
+            return True
+        if item.deadline is None or now < item.deadline:
+            return False
+        if self.admission is not None:
+            item.future.set_exception(self.admission.expired_error())
+        else:
+            item.future.set_exception(
+                DeadlineExceeded(f"model '{self.model_name}': deadline passed while queued")
+            )
+        return True
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         self._drain_scheduled = False
@@ -182,8 +224,9 @@ class DynamicBatcher:
             self._timer.cancel()
             self._timer = None
         while self._idle and self._queue:
-            while self._queue and self._queue[0].future.done():
-                self._queue.popleft()  # cancelled while queued
+            now = time.monotonic()
+            while self._queue and self._gone(self._queue[0], now):
+                self._queue.popleft()  # cancelled or expired while queued
             if not self._queue:
                 return
             batch, rows = self._take()
@@ -202,9 +245,10 @@ class DynamicBatcher:
         if rows >= self.max_batch_size or not self._queue:
             return batch, rows
         keep: deque[_Pending] = deque()
+        now = time.monotonic()
         while self._queue:
             item = self._queue.popleft()
-            if item.future.done():
+            if self._gone(item, now):
                 continue
             if item.key == head.key and rows + item.rows <= self.max_batch_size:
                 batch.append(item)

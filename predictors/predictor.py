@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from kbundle.predictors.admission import Admission, queue_policy
 from kbundle.predictors.batcher import DynamicBatcher
 from kbundle.predictors.engine import Engine, load_engine, warmup_inputs
 from kbundle.predictors.metrics import BatchMetrics
@@ -67,6 +68,7 @@ class EnginePredictor(Model):
                 self.settings.max_batch_size,
                 self.settings.max_batch_delay_ms,
                 BatchMetrics(self.name),
+                Admission(self.name, queue_policy(self.settings)),
             )
         logger.info(
             "model '%s': dynamic batching %s",
@@ -118,7 +120,9 @@ class EnginePredictor(Model):
         self.loaded_engine.check_shapes(self.name, request.inputs)  # per request, before batching
         if self.batcher is not None:
             # The batcher turns engine faults into per-request EngineErrors itself.
-            return self._response(names, await self.batcher.infer(request.inputs, names))
+            return self._response(
+                names, await self.batcher.infer(request.inputs, names, request.deadline)
+            )
         try:
             outputs = await self.runner.run(request.inputs, names)
         except KbundleError:
@@ -139,7 +143,7 @@ class EnginePredictor(Model):
         names = request.requested_outputs or self.signature.output_names
         self.loaded_engine.check_shapes(self.name, request.inputs)
         if self.batcher is not None:
-            future = self.batcher.submit(loop, request.inputs, names)
+            future = self.batcher.submit(loop, request.inputs, names, request.deadline)
         else:
             future = self.runner.submit(self.loaded_engine.run, request.inputs, names)
         on_done(future.cancel)

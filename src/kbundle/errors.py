@@ -73,3 +73,35 @@ class EngineLoadError(Exception):
 
 class ConfigError(ValueError):
     """A setting or model config value is invalid; raised at start-up, before serving."""
+
+
+class PayloadTooLarge(KbundleError):
+    """A request body or message over `max_request_bytes`: refused while reading, never buffered."""
+
+    http_status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class QueueFull(KbundleError):
+    """The model's queue holds `max_queue_size` requests: refused at once; retry after a while."""
+
+    http_status = HTTPStatus.TOO_MANY_REQUESTS
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(KbundleError):
+    """The request's deadline passed before the engine ran it: dropped, never computed."""
+
+    http_status = HTTPStatus.GATEWAY_TIMEOUT
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class RequestHeadersTooLarge(KbundleError):
+    """Request headers over the size or count limit."""
+
+    http_status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
