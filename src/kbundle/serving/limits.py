@@ -49,3 +49,22 @@ def max_request_bytes(configured: int | None = None) -> int:
     if limit:
         return min(limit // 4, MAX_DERIVED_REQUEST_BYTES)
     return DEFAULT_MAX_REQUEST_BYTES
+
+
+# -- bind address ------------------------------------------------------------------------------
+# kserve 0.21 hard-codes every interface (uvicorn host "0.0.0.0" in kserve/protocol/rest/server.py,
+# "[::]:port" for gRPC). Containers keep that (the pod network needs it); `kbundle up` sets
+# KBUNDLE_BIND_HOST=127.0.0.1 for its components so a laptop does not serve its LAN.
+BIND_HOST_ENV = "KBUNDLE_BIND_HOST"
+
+
+def bind_host() -> str | None:
+    """The interface to listen on, or None for kserve's default (all interfaces)."""
+    return os.environ.get(BIND_HOST_ENV) or None
+
+
+def grpc_address(port: int) -> str:
+    host = bind_host()
+    if host is None:
+        return f"[::]:{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

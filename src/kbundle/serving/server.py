@@ -19,6 +19,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
 
+from kbundle.serving import limits
 from kbundle.serving.asgi_infer import InferFastPath
 from kbundle.serving.grpc_sync import SERVICE, LoopBridge, bridge_generic, v2_handlers
 from kbundle.serving.rest_routes import register_error_handlers, register_infer_routes
@@ -95,7 +96,7 @@ class KbundleGRPCServer(GRPCServer):
         self._server.add_registered_method_handlers(SERVICE, handlers)
         for hook in self.grpc_hooks:
             self._server.add_generic_rpc_handlers(bridge_generic(hook(self), bridge))
-        self._server.add_insecure_port(f"[::]:{self._port}")
+        self._server.add_insecure_port(limits.grpc_address(self._port))
         self._server.start()
         logger.info("gRPC V2 on port %s (%d threads)", self._port, threads)
         await self._stopped.wait()
@@ -135,7 +136,7 @@ class KbundleAioGRPCServer(GRPCServer):
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
         for hook in self.grpc_hooks:
             self._server.add_generic_rpc_handlers(tuple(hook(self)))
-        self._server.add_insecure_port(f"[::]:{self._port}")
+        self._server.add_insecure_port(limits.grpc_address(self._port))
         logger.info("gRPC V2 on port %s (grpc.aio)", self._port)
         await self._server.start()
         await self._server.wait_for_termination()
@@ -187,6 +188,7 @@ class KbundleModelServer(ModelServer):
             timeout_keep_alive=self.timeout_keep_alive,
         )
         rest.rest_hooks = self._rest_hooks
+        rest.config.host = limits.bind_host() or rest.config.host
         # uvicorn's per-request access log line is a measured hot-path cost (it decides per
         # connection from `hasHandlers()`); opt back in with kserve's --access_log_format.
         if not self.access_log_format:
