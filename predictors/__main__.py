@@ -11,6 +11,7 @@ from kbundle.predictors.predictor import EnginePredictor
 from kserve import model_server
 
 from kbundle.errors import ConfigError
+from kbundle.serving.limits import HttpLimits
 from kbundle.serving.server import KbundleModelServer, check_workers
 from kbundle.settings import ModelSettings, add_setting_flags, read_model_config, resolve_settings
 
@@ -67,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     KbundleModelServer(
-        args, rest_hooks=[model_config.rest_hook], grpc_hooks=[model_config.grpc_hook]
+        args,
+        rest_hooks=[model_config.rest_hook],
+        grpc_hooks=[model_config.grpc_hook],
+        http_limits=HttpLimits.from_env(settings.max_request_bytes),
     ).start([predictor])
     return 0
 

@@ -105,3 +105,10 @@ class RequestHeadersTooLarge(KbundleError):
 
     http_status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class ClientDisconnected(KbundleError):
+    """The client went away before its answer (REST disconnect, gRPC cancel): nothing is sent."""
+
+    http_status = HTTPStatus.REQUEST_TIMEOUT
+    grpc_code = grpc.StatusCode.CANCELLED

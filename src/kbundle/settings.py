@@ -62,6 +62,13 @@ class ModelSettings:
         metadata=_doc("Longest the oldest queued request waits for a batch to fill (ms)."),
     )
     instances: int = field(default=1, metadata=_doc("Engine instances (one batch in flight each)."))
+    max_request_bytes: int = field(
+        default=0,
+        metadata=_doc(
+            "Largest REST body / gRPC message (413 / RESOURCE_EXHAUSTED above it, refused while "
+            "reading); 0 = a quarter of the cgroup memory limit (at most 1 GiB), else 64 MiB."
+        ),
+    )
     max_queue_size: int = field(
         default=256,
         metadata=_doc(
@@ -204,6 +211,8 @@ def _check(settings: ModelSettings) -> ModelSettings:
         raise ConfigError("max_batch_size must be >= 0")
     if settings.max_batch_delay_ms < 0:
         raise ConfigError("max_batch_delay_ms must be >= 0")
+    if settings.max_request_bytes < 0:
+        raise ConfigError("max_request_bytes must be >= 0 (0 = derived from the memory limit)")
     if settings.max_queue_size < 0 or settings.max_queue_delay_ms < 0:
         raise ConfigError("max_queue_size and max_queue_delay_ms must be >= 0")
     if settings.max_request_rows < -1:

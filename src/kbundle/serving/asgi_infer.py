@@ -16,7 +16,7 @@ import orjson
 from kserve.protocol.dataplane import DataPlane
 
 from kbundle.errors import InvalidRequest, KbundleError, ModelNotFoundError, ModelUnavailable
-from kbundle.serving import v2_rest
+from kbundle.serving import http_guard, limits, v2_rest
 from kbundle.serving.arrays import is_array_model
 from kbundle.serving.kserve_bridge import infer_via_dataplane
 from kbundle.serving.metrics import UNKNOWN_MODEL, count_error, count_request
@@ -61,7 +61,7 @@ class InferFastPath:
         count_request(label, "rest")
         try:
             body = await _read_body(receive)
-            content, headers = await self._infer(name, model, scope, body)
+            content, headers = await self._infer(name, model, scope, body, receive)
             status = 200
         except Exception as exc:
             status_code, _, message = classify(exc)
@@ -71,13 +71,14 @@ class InferFastPath:
             count_error(label, "rest", status)
             content = orjson.dumps({"error": message})
             headers = {"content-type": "application/json"}
+            headers.update(http_guard.error_headers(exc))
         raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         raw_headers.append((b"content-length", str(len(content)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": content})
 
     async def _infer(
-        self, name: str, model: Any, scope: Scope, body: bytes
+        self, name: str, model: Any, scope: Scope, body: bytes, receive: Callable
     ) -> tuple[bytes, dict[str, str]]:
         if model is None:
             raise ModelNotFoundError(f"model '{name}' is not served here")
@@ -92,7 +93,8 @@ class InferFastPath:
             headers,
         )
         if array_model:
-            response = await model.infer_arrays(request)
+            request.deadline = limits.request_deadline(request.parameters, headers)
+            response = await http_guard.until_disconnect(receive, model.infer_arrays(request))
         else:
             response = await infer_via_dataplane(self.dataplane, name, request)
         return v2_rest.encode_response(name, request, response)

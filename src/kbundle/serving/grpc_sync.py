@@ -23,6 +23,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 
 from kbundle.errors import ModelNotFoundError, ModelUnavailable
+from kbundle.serving import limits
 from kbundle.serving.arrays import is_array_model
 from kbundle.serving.metrics import count_error, count_request
 from kbundle.serving.status_map import classify
@@ -131,6 +132,9 @@ def model_infer_behavior(servicer: ArrayServicer, bridge: LoopBridge) -> Callabl
                 raise ModelUnavailable(f"model '{request.model_name}' is not ready")
             headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
             array_request = decode_request(request, model.validator, headers)
+            array_request.deadline = limits.request_deadline(
+                array_request.parameters, headers, context.time_remaining()
+            )
             blocking = getattr(model, "infer_arrays_blocking", None)
             if blocking is not None:  # the predictor: straight to its batcher, no coroutine
                 array_response = blocking(array_request, bridge.loop, context.add_callback)

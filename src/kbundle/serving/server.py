@@ -19,7 +19,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
 
-from kbundle.serving import limits
+from kbundle.serving import http_guard, limits
 from kbundle.serving.asgi_infer import InferFastPath
 from kbundle.serving.grpc_sync import SERVICE, LoopBridge, bridge_generic, v2_handlers
 from kbundle.serving.rest_routes import register_error_handlers, register_infer_routes
@@ -46,6 +46,7 @@ GrpcHook = Callable[["KbundleGRPCServer"], Sequence[grpc.GenericRpcHandler]]
 
 class KbundleRESTServer(RESTServer):
     rest_hooks: Sequence[RestHook] = ()
+    http_limits: limits.HttpLimits | None = None
 
     def create_application(self) -> None:
         from kserve.model_server import app
@@ -57,6 +58,8 @@ class KbundleRESTServer(RESTServer):
         register_error_handlers(app)
         # Added last, so outermost: V2 infer never pays FastAPI routing or middleware.
         app.add_middleware(InferFastPath, dataplane=self.dataplane)
+        if self.http_limits is not None:  # outermost: a body over the limit is never read
+            app.add_middleware(http_guard.BodyLimit, limit=self.http_limits.max_request_bytes)
 
     def _add_middlewares(self, app) -> None:
         """kserve's, minus TimingMiddleware: it logs a line per request (measured hot-path cost)
@@ -83,10 +86,7 @@ class KbundleGRPCServer(GRPCServer):
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
             options=[
                 ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
-                (
-                    "grpc.max_receive_message_length",
-                    self._kwargs.get("grpc_max_receive_message_length"),
-                ),
+                ("grpc.max_receive_message_length", self._kwargs["max_request_bytes"]),
             ],
         )
         handlers = v2_handlers(servicer, bridge)
@@ -127,10 +127,7 @@ class KbundleAioGRPCServer(GRPCServer):
             interceptors=(StatusInterceptor(),),
             options=[
                 ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
-                (
-                    "grpc.max_receive_message_length",
-                    self._kwargs.get("grpc_max_receive_message_length"),
-                ),
+                ("grpc.max_receive_message_length", self._kwargs["max_request_bytes"]),
             ],
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
@@ -155,6 +152,7 @@ class KbundleModelServer(ModelServer):
         rest_hooks: Sequence[RestHook] = (),
         grpc_hooks: Sequence[GrpcHook] = (),
         grpc_server: str = "sync",
+        http_limits: limits.HttpLimits | None = None,
     ):
         self._grpc_server_class = GRPC_SERVERS[grpc_server]
         super().__init__(
@@ -171,11 +169,13 @@ class KbundleModelServer(ModelServer):
             timeout_keep_alive=args.timeout_keep_alive,
         )
         self._args = args
+        self._limits = http_limits or limits.HttpLimits.from_env()
         self._rest_hooks = tuple(rest_hooks)
         self._grpc_hooks = tuple(grpc_hooks)
 
     def start(self, models: list[Model]) -> None:
         self._register_and_check_atleast_one_model_is_ready(models)
+        limits.tune_malloc()
         rest = KbundleRESTServer(
             "kserve.model_server:app",
             self.dataplane,
@@ -188,6 +188,8 @@ class KbundleModelServer(ModelServer):
             timeout_keep_alive=self.timeout_keep_alive,
         )
         rest.rest_hooks = self._rest_hooks
+        rest.http_limits = self._limits
+        http_guard.apply_to_uvicorn(rest.config, self._limits)
         rest.config.host = limits.bind_host() or rest.config.host
         # uvicorn's per-request access log line is a measured hot-path cost (it decides per
         # connection from `hasHandlers()`); opt back in with kserve's --access_log_format.
@@ -202,7 +204,7 @@ class KbundleModelServer(ModelServer):
                 self.grpc_port,
                 self.dataplane,
                 self.model_repository_extension,
-                kwargs=vars(self._args),
+                kwargs={**vars(self._args), "max_request_bytes": self._limits.max_request_bytes},
                 grace_period=self.grace_period,
             )
             grpc_server.grpc_hooks = self._grpc_hooks
