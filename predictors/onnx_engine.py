@@ -164,8 +164,9 @@ class OnnxEngine(Engine):
         providers = choose_providers(settings.execution_providers, available, settings.device)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if settings.intra_op_threads:
+        if settings.intra_op_threads:  # the predictor sets it from the CPU budget when unset
             options.intra_op_num_threads = settings.intra_op_threads
+            options.inter_op_num_threads = settings.intra_op_threads
         try:
             shapes = input_shapes_of(path) if "TensorrtExecutionProvider" in providers else None
             session = ort.InferenceSession(

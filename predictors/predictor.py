@@ -8,19 +8,17 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from kbundle.predictors.admission import Admission, queue_policy
 from kbundle.predictors.batcher import DynamicBatcher
 from kbundle.predictors.engine import Engine, load_engine, warmup_inputs
 from kbundle.predictors.metrics import BatchMetrics
 from kbundle.predictors.runner import EngineRunner
 from kserve import Model
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from kbundle.errors import EngineError, EngineLoadError, InvalidRequest, KbundleError
 from kbundle.serving.arrays import ArrayRequest, ArrayResponse
 from kbundle.settings import ModelSettings
-from kbundle.specs import Signature, v2_datatype
+from kbundle.specs import Signature
 from kbundle.validation import SignatureValidator
 
 logger = logging.getLogger("kbundle.predictor")
@@ -108,6 +106,15 @@ class EnginePredictor(Model):
     def validator(self) -> SignatureValidator | None:
         return self._validator
 
+    @property
+    def platform(self) -> str:
+        """Triton's platform name of the engine (V2 model metadata, both transports)."""
+        from kbundle.predictors.model_config import PLATFORMS
+
+        if self.loaded_engine is None:
+            return ""
+        return PLATFORMS.get(self.loaded_engine.kind, ("", ""))[0]
+
     def get_input_types(self) -> list[dict]:
         return [spec.to_metadata() for spec in self.signature.inputs]
 
@@ -168,34 +175,11 @@ class EnginePredictor(Model):
 
     async def predict(
         self,
-        payload: InferRequest,
+        payload: object,
         headers: dict | None = None,
         response_headers: dict | None = None,
-    ) -> InferResponse:
-        """kserve's own entry (V2 via DataPlane): same validation and engine path as our routes."""
-        if not isinstance(payload, InferRequest):
-            raise InvalidRequest(f"model '{self.name}' serves the V2 protocol only")
-        arrays = {}
-        for tensor in payload.inputs:
-            self.validator.check_input(tensor.name, tensor.datatype, tensor.shape)
-            arrays[tensor.name] = np.asarray(tensor.as_numpy())
-        self.validator.check_complete(arrays)
-        self.validator.check_batch(arrays)
-        requested = [o.name for o in payload.request_outputs] if payload.request_outputs else None
-        if requested:
-            self.validator.check_outputs(requested)
-        result = await self.infer_arrays(
-            ArrayRequest(id=payload.id or "", inputs=arrays, requested_outputs=requested)
-        )
-        outputs = []
-        for name, array in result.outputs.items():
-            out = InferOutput(name=name, shape=list(array.shape), datatype=v2_datatype(array.dtype))
-            out.set_data_from_numpy(array, binary_data=payload.use_binary_outputs)
-            outputs.append(out)
-        return InferResponse(
-            response_id=payload.id or "",
-            model_name=self.name,
-            infer_outputs=outputs,
-            model_version=self.settings.model_version or None,
-            use_binary_outputs=payload.use_binary_outputs,
+    ) -> None:
+        """kserve's own entry (its V1 route; its V2 routes are served by kbundle's request core)."""
+        raise InvalidRequest(
+            f"model '{self.name}' serves the V2 protocol only (POST /v2/models/{self.name}/infer)"
         )

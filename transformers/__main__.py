@@ -17,6 +17,7 @@ from kbundle.transformers.hop import HopConfig
 from kbundle.transformers.model import TransformerModel
 from kserve import model_server
 
+from kbundle.serving.lifecycle import add_drain_flag
 from kbundle.serving.server import KbundleModelServer, check_workers
 
 logger = logging.getLogger("kbundle.transformer")
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="Extra tries when the predictor is unreachable or answers UNAVAILABLE/503.",
     )
+    add_drain_flag(parser)
     return parser
 
 

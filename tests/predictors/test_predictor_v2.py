@@ -117,6 +117,7 @@ def test_metadata_equals_engine_signature(http, grpc_client, session):
     assert [t["datatype"] for t in meta["inputs"]] == ["FP32"]
     assert [t["datatype"] for t in meta["outputs"]] == ["INT64", "FP32"]
     gmeta = grpc_client.get_model_metadata(MODEL, as_json=True)
+    assert gmeta["platform"] == meta["platform"] == "onnxruntime_onnx"
     assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in gmeta["inputs"]] == [
         ("input", "FP32", [-1, 64])
     ]

@@ -22,7 +22,7 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from kbundle.errors import ClientDisconnected, PayloadTooLarge
+from kbundle.errors import ClientCancelled, PayloadTooLarge
 from kbundle.serving.limits import TRIM_AFTER_BYTES, HttpLimits, trim_after
 
 T = TypeVar("T")
@@ -190,7 +190,7 @@ async def _refuse(send: Callable, exc: PayloadTooLarge) -> None:
 
 
 async def until_disconnect(receive: Receive, awaitable: Awaitable[T]) -> T:
-    """`awaitable`'s result, or ClientDisconnected as soon as the client disconnects (the ASGI
+    """`awaitable`'s result, or ClientCancelled as soon as the client disconnects (the ASGI
     `http.disconnect` after the body): the await is cancelled, so a request still queued in the
     batcher is dropped there unrun. Call only once the body has been read."""
     task = asyncio.current_task()
@@ -210,7 +210,7 @@ async def until_disconnect(receive: Receive, awaitable: Awaitable[T]) -> T:
         if not gone:
             raise
         task.uncancel()
-        raise ClientDisconnected("client disconnected before its answer") from None
+        raise ClientCancelled("client disconnected before its answer") from None
     finally:
         watcher.cancel()
 
