@@ -15,16 +15,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from prometheus_client import Counter
-
 from kbundle.errors import DeadlineExceeded, InvalidRequest, QueueFull
+from kbundle.serving.metrics import DROPPED
 from kbundle.settings import ModelSettings
 
-DROPPED = Counter(
-    "kbundle_requests_dropped",
-    "Requests refused or dropped before reaching the engine, by reason.",
-    ["model", "reason"],
-)
 REASONS = ("queue_full", "deadline", "disconnected", "too_large")
 
 
