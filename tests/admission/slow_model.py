@@ -21,11 +21,11 @@ def weights() -> np.ndarray:
     return (rng.standard_normal((WIDTH, WIDTH)) / np.sqrt(WIDTH)).astype(np.float32)
 
 
-def build_slow_model(model_dir: Path, config: str) -> Path:
+def build_slow_model(model_dir: Path, config: str, layers: int = LAYERS) -> Path:
     nodes, name = [], "x"
-    for i in range(LAYERS):
+    for i in range(layers):
         nodes.append(helper.make_node("MatMul", [name, "w"], [f"m{i}"]))
-        name = "y" if i == LAYERS - 1 else f"t{i}"
+        name = "y" if i == layers - 1 else f"t{i}"
         nodes.append(helper.make_node("Tanh", [f"m{i}"], [name]))
     graph = helper.make_graph(
         nodes,
@@ -42,8 +42,8 @@ def build_slow_model(model_dir: Path, config: str) -> Path:
     return model_dir
 
 
-def expected(x: np.ndarray) -> np.ndarray:
+def expected(x: np.ndarray, layers: int = LAYERS) -> np.ndarray:
     w = weights()
-    for _ in range(LAYERS):
+    for _ in range(layers):
         x = np.tanh(x @ w)
     return x

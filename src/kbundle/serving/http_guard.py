@@ -38,6 +38,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().connection_made(transport)
         self._head_bytes = 0
         self._head_count = 0
+        self._head_size = 0
         self._in_head = True
         self._too_large = ""
         self._timer: asyncio.TimerHandle | None = None
@@ -83,11 +84,16 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._head_bytes, self._head_count = True, 0, 0
+        self._in_head, self._head_bytes, self._head_count, self._head_size = True, 0, 0, 0
         self._arm(self.limits.header_timeout_s)
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_count += 1
+        self._head_size += len(name) + len(value) + 4
         if self._head_count > self.limits.max_headers:
             self._too_large = f"more than {self.limits.max_headers} request headers"
             return
@@ -95,6 +101,8 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._head_size > self.limits.max_header_bytes:
+            self._too_large = f"request head over {self.limits.max_header_bytes} bytes"
         if self._too_large:
             return
         self._arm(self.limits.body_timeout_s)
