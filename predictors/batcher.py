@@ -216,6 +216,14 @@ class DynamicBatcher:
         if self._idle and not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._dispatch)
+        elif item.deadline is not None:  # answer it at its deadline, not at the next dispatch
+            self._loop.call_later(item.deadline - time.monotonic(), self._expire)
+
+    def _expire(self) -> None:
+        """Fail the queued requests whose deadline has passed (a timer per queued deadline)."""
+        now = time.monotonic()
+        if any(item.deadline is not None and item.deadline <= now for item in self._queue):
+            self._queue = deque(item for item in self._queue if not self._gone(item, now))
 
     # -- dispatching (event-loop thread) -------------------------------------------------------
     def _dispatch(self) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import requests
 import tritonclient.grpc as grpcclient
 
-MODEL = "slow"
+MODEL = "slow"  # the slow model's name, here and behind the ingress
 
 
 def rest_body(x: np.ndarray, parameters: dict | None = None) -> tuple[bytes, dict[str, str]]:
