@@ -176,3 +176,12 @@ def trim_after(nbytes: int) -> None:
     """Return freed heap memory to the OS after a request of `nbytes` (only large ones)."""
     if _LIBC is not None and nbytes >= TRIM_AFTER_BYTES:
         _LIBC.malloc_trim(0)
+
+
+GRPC_MAX_CONCURRENT_ENV = "KBUNDLE_GRPC_MAX_CONCURRENT_RPCS"
+
+
+def grpc_max_concurrent(threads: int) -> int:
+    """Calls the sync gRPC server accepts at once (env, else 2 x its threads: one wave running,
+    one waiting); more are refused by grpc at once with RESOURCE_EXHAUSTED."""
+    return int(os.environ.get(GRPC_MAX_CONCURRENT_ENV) or 2 * threads)
