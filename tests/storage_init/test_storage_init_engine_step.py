@@ -10,7 +10,7 @@ import pytest
 from archive_makers import tar_of_dir
 from kbundle.storage_init import engine_step
 from storage_sandbox import Sandbox
-from storage_servers import tree
+from storage_servers import model_tree, tree
 
 
 def _with_engine_request(src: Path, out: Path) -> Path:
@@ -37,7 +37,7 @@ def test_engine_step_is_skipped_with_one_line_without_gpu(
     skipped = [line for line in result.log.splitlines() if "engine step skipped" in line]
     assert len(skipped) == 1, result.log
     assert "no engine builder" in skipped[0] or "no GPU" in skipped[0]
-    assert tree(sandbox.dest) == tree(model)
+    assert model_tree(sandbox.dest) == tree(model)
 
 
 def test_no_engine_step_without_the_config_key(tmp_path: Path, digits_v1: Path) -> None:

@@ -56,7 +56,7 @@ def test_every_uri_the_csc_claims_is_handled(csc: dict, uri: str) -> None:
         for f in formats
     )
     assert claimed
-    assert uris.parse_source(uri).kind in ("delegated", "http")
+    assert uris.parse_source(uri).kind in ("delegated", "http", "s3")
 
 
 def test_dockerfile_final_stage_is_slim_and_non_root() -> None:
