@@ -104,12 +104,16 @@ def test_grpc_rows_over_the_limit_is_invalid_argument_naming_it(queue_server):
 
 # -- a full queue ----------------------------------------------------------------------------
 def fill_queue(url: str, x: np.ndarray, out: list) -> list[threading.Thread]:
-    """One request in flight and two queued (max_queue_size 2), each ~2 s of engine time; two
-    more make sure the queue is full by the time they are answered (429)."""
+    """One request in flight and two queued (max_queue_size 2); returns once two more were
+    refused, i.e. the queue is known full (each call is ~0.3-2 s of engine time)."""
+    refused = metric(url, "kbundle_requests_dropped_total", reason="queue_full")
     threads = [start_blocker(url, lambda: out.append(rest_infer(url, x)))]
     for _ in range(4):
         threads.append(in_background(lambda: out.append(rest_infer(url, x))))
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while metric(url, "kbundle_requests_dropped_total", reason="queue_full") < refused + 2:
+        assert time.monotonic() < deadline, "the queue never filled"
+        time.sleep(0.002)
     return threads
 
 
@@ -132,7 +136,7 @@ def test_rest_full_queue_is_429_with_retry_after_at_once(queue_server):
     for resp in answered:
         if resp.status_code == 200:
             np.testing.assert_allclose(rest_output(resp), expected(x), atol=1e-5)
-    assert metric(url, "kbundle_requests_dropped_total", reason="queue_full") >= 5
+    assert metric(url, "kbundle_requests_dropped_total", reason="queue_full") >= 7
 
 
 def test_grpc_full_queue_is_resource_exhausted_at_once(queue_server):
