@@ -25,7 +25,7 @@ def test_max_request_rows_defaults_to_max_batch_size_and_0_means_none():
 
 def test_the_earliest_deadline_counts():
     now = time.monotonic()
-    deadline = request_deadline({"timeout": 50_000}, {TIMEOUT_HEADER: "200"}, 1.0)
+    deadline = request_deadline({"timeout": 50_000}, {TIMEOUT_HEADER: "200"})
     assert now + 0.04 < deadline < now + 0.2
     assert request_deadline({}, {}) is None
 

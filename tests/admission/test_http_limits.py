@@ -16,8 +16,8 @@ import requests
 import tritonclient.grpc as grpcclient
 from proc_mem import peak_mb, reset_peak, rss_mb
 from procs import start_module
+from queue_model import build_slow_model, expected
 from raw_http import send_headers, send_huge_body, send_slow_headers
-from slow_model import build_slow_model, expected
 from tritonclient.utils import InferenceServerException
 
 LIMIT = 16 * 1024 * 1024

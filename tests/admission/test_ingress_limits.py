@@ -15,8 +15,8 @@ import requests
 import tritonclient.grpc as grpcclient
 from admission_helpers import engine_calls, metric, rest_infer
 from proc_mem import peak_mb, reset_peak, rss_mb
+from queue_model import build_slow_model
 from raw_http import send_headers, send_huge_body, send_slow_headers
-from slow_model import build_slow_model
 from tritonclient.utils import InferenceServerException
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "up"))

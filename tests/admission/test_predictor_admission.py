@@ -22,7 +22,7 @@ from admission_helpers import (
     send_and_leave,
 )
 from procs import start_module
-from slow_model import build_slow_model, expected
+from queue_model import build_slow_model, expected
 from tritonclient.utils import InferenceServerException
 
 BASE = "max_batch_size: 1\nmax_batch_delay_ms: 0\nintra_op_threads: 1\nwarmup: false\n"

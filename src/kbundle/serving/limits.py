@@ -4,8 +4,8 @@
   (a quarter of the cgroup memory limit, at most 1 GiB), else 64 MiB. REST bodies are refused
   on their Content-Length or, without one, while the body streams in (counted in the ASGI
   receive loop, never buffered whole); gRPC messages by `grpc.max_receive_message_length`.
-- Deadlines: the V2 `timeout` parameter (microseconds, as Triton reads it), the
-  `x-request-timeout-ms` header, or the gRPC deadline, whichever is earliest.
+- Deadlines: the V2 `timeout` parameter (microseconds, as Triton reads it) or the
+  `x-request-timeout-ms` header, whichever is earlier (gRPC deadlines cancel the call themselves).
 """
 
 from __future__ import annotations
@@ -117,12 +117,11 @@ class HttpLimits:
 
 
 # -- deadlines ---------------------------------------------------------------------------------
-def request_deadline(
-    parameters: Mapping[str, Any], headers: Mapping[str, str], grpc_remaining: float | None = None
-) -> float | None:
-    """The earliest of the V2 `timeout` parameter (µs), the timeout header (ms) and the gRPC
-    deadline, as an absolute time.monotonic(); None when the request has none."""
-    budgets = [] if grpc_remaining is None else [grpc_remaining]
+def request_deadline(parameters: Mapping[str, Any], headers: Mapping[str, str]) -> float | None:
+    """The earlier of the V2 `timeout` parameter (µs) and the timeout header (ms), as an absolute
+    time.monotonic(); None when the request has neither. (A gRPC deadline is grpc's own: the
+    call is cancelled when it passes, which drops it from the queue.)"""
+    budgets: list[float] = []
     micros = parameters.get(TIMEOUT_PARAMETER) if parameters else None
     if micros is not None:
         if isinstance(micros, bool) or not isinstance(micros, int) or micros <= 0:
@@ -176,12 +175,3 @@ def trim_after(nbytes: int) -> None:
     """Return freed heap memory to the OS after a request of `nbytes` (only large ones)."""
     if _LIBC is not None and nbytes >= TRIM_AFTER_BYTES:
         _LIBC.malloc_trim(0)
-
-
-GRPC_MAX_CONCURRENT_ENV = "KBUNDLE_GRPC_MAX_CONCURRENT_RPCS"
-
-
-def grpc_max_concurrent(threads: int) -> int:
-    """Calls the sync gRPC server accepts at once (env, else 2 x its threads: one wave running,
-    one waiting); more are refused by grpc at once with RESOURCE_EXHAUSTED."""
-    return int(os.environ.get(GRPC_MAX_CONCURRENT_ENV) or 2 * threads)

@@ -117,9 +117,6 @@ class KbundleGRPCServer(GRPCServer):
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="grpc"),
             options=grpc_options(self._kwargs),
-            # Each call holds a thread while it waits: calls beyond this wait unbounded inside
-            # grpc and go stale; past the cap grpc refuses them at once (RESOURCE_EXHAUSTED).
-            maximum_concurrent_rpcs=limits.grpc_max_concurrent(self._threads),
         )
         handlers = v2_handlers(servicer, self._bridge, self.core)
         self._server.add_generic_rpc_handlers(

@@ -157,9 +157,9 @@ def grpc_decoder(request: pb.ModelInferRequest, context: Any) -> Decoder:
     def decode(validator: SignatureValidator | None) -> ArrayRequest:
         headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
         decoded = decode_request(request, validator, headers)
-        decoded.deadline = limits.request_deadline(
-            decoded.parameters, headers, context.time_remaining()
-        )
+        # The call's own gRPC deadline needs no copy here: grpc cancels the call when it passes,
+        # which drops it from the batcher's queue unrun (counted as cancelled).
+        decoded.deadline = limits.request_deadline(decoded.parameters, headers)
         return decoded
 
     return decode
