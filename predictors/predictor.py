@@ -15,7 +15,7 @@ from kbundle.predictors.metrics import BatchMetrics
 from kbundle.predictors.runner import EngineRunner
 from kserve import Model
 
-from kbundle.errors import EngineError, EngineLoadError, InvalidRequest, KbundleError
+from kbundle.errors import EngineError, EngineLoadError, InvalidRequest, KBundleError
 from kbundle.serving.arrays import ArrayRequest, ArrayResponse
 from kbundle.settings import ModelSettings
 from kbundle.specs import Signature
@@ -47,7 +47,7 @@ class EnginePredictor(Model):
             self._attach(engine)
             if self.settings.warmup:
                 self._warm_up()
-        except (EngineLoadError, KbundleError) as exc:
+        except (EngineLoadError, KBundleError) as exc:
             self.load_error = str(exc)
             logger.error("model '%s' not ready: %s", self.name, exc)
             self.ready = False
@@ -133,7 +133,7 @@ class EnginePredictor(Model):
             )
         try:
             outputs = await self.runner.run(request.inputs, names)
-        except KbundleError:
+        except KBundleError:
             raise
         except Exception as exc:
             raise self._engine_failure(exc) from exc
@@ -157,7 +157,7 @@ class EnginePredictor(Model):
         on_done(future.cancel)
         try:
             outputs = future.result()
-        except (KbundleError, concurrent.futures.CancelledError):
+        except (KBundleError, concurrent.futures.CancelledError):
             raise
         except Exception as exc:
             raise self._engine_failure(exc) from exc

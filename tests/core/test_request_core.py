@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,10 +14,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from metrics_text import samples, total
-from procs import start_module
+from procs import free_port, start_module
 from tritonclient.utils import InferenceServerException
 
 import kbundle
+from kbundle.serving.lifecycle import bind_rest_socket
 
 MODEL = "digits"
 REQUESTS = "kbundle_requests_total"
@@ -132,3 +134,14 @@ def test_only_the_request_core_counts_requests():
         if re.search(r"\bmetrics\.record\(|\bREQUESTS\.labels\(|\bcount_request\(", text):
             callers.append(path.relative_to(SRC).as_posix())
     assert callers == ["serving/core.py", "serving/metrics.py"]
+
+
+def test_rest_listener_is_tcp_so_asyncio_sets_nodelay_on_its_connections():
+    """A proto-0 listener made asyncio skip TCP_NODELAY: measured +45 ms per small REST answer."""
+    sock = bind_rest_socket(free_port(), "127.0.0.1")
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        with pytest.raises(SystemExit, match=r"REST port \d+ is in use .*--http_port"):
+            bind_rest_socket(sock.getsockname()[1], "127.0.0.1")
+    finally:
+        sock.close()

@@ -17,9 +17,11 @@ MODEL = "slow"
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 
-def start_slow(tmp_path: Path, *flags: str, env: dict | None = None) -> ServerProcess:
-    """The slow model with one request per batch (64 rows), so requests queue in the batcher."""
-    model_dir = build_slow_model(tmp_path / "slow", "max_batch_size: 64\n")
+def start_slow(
+    tmp_path: Path, *flags: str, env: dict | None = None, max_batch_size: int = 64
+) -> ServerProcess:
+    """The slow model with one 64-row request per batch, so requests queue in the batcher."""
+    model_dir = build_slow_model(tmp_path / "slow", f"max_batch_size: {max_batch_size}\n")
     return start_module(
         "kbundle.predictors",
         ["--model_name", MODEL, "--model_dir", str(model_dir), *flags],
@@ -37,8 +39,8 @@ def infer_call(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
     )
 
 
-def grpc_message(tag: int) -> pb.ModelInferRequest:
-    x = request_rows(tag)
+def grpc_message(tag: int, rows: int = 64) -> pb.ModelInferRequest:
+    x = request_rows(tag, rows)
     message = pb.ModelInferRequest(model_name=MODEL, id=str(tag))
     message.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
     message.raw_input_contents.append(x.tobytes())

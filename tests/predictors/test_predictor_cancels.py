@@ -15,12 +15,18 @@ from metrics_text import total
 from procs import free_port
 
 REQUESTS = "kbundle_requests_total"
+ROWS = 640
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    # Enough handler threads that every call is inside the predictor when it is cancelled.
-    proc = start_slow(tmp_path_factory.mktemp("cancels"), env={"KBUNDLE_GRPC_THREADS": "64"})
+    # Enough handler threads that every call is inside the predictor when it is cancelled, and
+    # 640-row calls (~0.5 s each, one per batch), so that all 24 are received before any ends.
+    proc = start_slow(
+        tmp_path_factory.mktemp("cancels"),
+        env={"KBUNDLE_GRPC_THREADS": "64"},
+        max_batch_size=1024,
+    )
     yield proc
     proc.stop()
 
@@ -33,9 +39,9 @@ def outcomes(server) -> dict[str, float]:
 def test_24_client_cancels_and_deadlines_count_as_cancelled_not_server_errors(server):
     with grpc.insecure_channel(server.grpc_url) as channel:
         call = infer_call(channel)
-        cancelled = [call.future(grpc_message(tag), timeout=60) for tag in range(12)]
-        expired = [call.future(grpc_message(tag), timeout=0.15) for tag in range(12, 24)]
-        time.sleep(0.1)
+        cancelled = [call.future(grpc_message(tag, ROWS), timeout=60) for tag in range(12)]
+        expired = [call.future(grpc_message(tag, ROWS), timeout=1.0) for tag in range(12, 24)]
+        time.sleep(0.5)
         for future in cancelled:
             future.cancel()
         for future in expired:

@@ -57,6 +57,7 @@ def test_sigterm_with_32_grpc_calls_in_flight_answers_all_and_exits_0(tmp_path):
     for tag, rows in enumerate(results):
         np.testing.assert_array_equal(rows, expected_rows(tag))
     assert code == 0 and elapsed < DRAIN_S, (code, elapsed, server.log()[-3000:])
+    assert "Traceback" not in server.log()
     assert "cannot schedule new futures" not in server.log()
 
 
@@ -87,3 +88,28 @@ def test_sigterm_with_32_rest_calls_in_flight_answers_all_and_refuses_new_ones(t
         assert status == 200, rows
         np.testing.assert_array_equal(rows, expected_rows(tag))
     assert code == 0 and elapsed < DRAIN_S, (code, elapsed, server.log()[-3000:])
+    assert "Traceback" not in server.log()
+
+
+def test_drain_is_bounded_by_its_timeout(tmp_path):
+    """More work in flight than the drain timeout allows: the server still exits 0 in time, and
+    the calls it could not finish end with an error status instead of hanging."""
+    server = start_slow(tmp_path, "--drain_timeout_seconds", "0.5")
+    try:
+        with grpc.insecure_channel(server.grpc_url) as channel:
+            call = infer_call(channel)
+            futures = [call.future(grpc_message(tag), timeout=60) for tag in range(CALLS)]
+            time.sleep(0.3)
+            sent, _ = signal_and_watch_readiness(server)
+            code = server.proc.wait(10)
+            elapsed = time.monotonic() - sent
+            unfinished = [f for f in futures if f.exception(10) is not None]
+    finally:
+        server.stop()
+    assert code == 0 and elapsed < 0.5 + 3.0, (code, elapsed)
+    assert unfinished, "1.6 s of work cannot finish in a 0.5 s drain"
+    assert {f.code() for f in unfinished} <= {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+    }
+    assert "Traceback" not in server.log()

@@ -63,20 +63,20 @@ class RequestCore:
         self.draining = False
         self._inflight = 0
         self._lock = threading.Lock()
+        self._cancels: set[Callable[[], object]] = set()
 
     @property
     def inflight(self) -> int:
         return self._inflight
 
-    def model(self, name: str, call: CallContext | None = None) -> ArrayModel:
+    def _checked(self, name: str, model: Any, call: CallContext) -> ArrayModel:
         """The served model, or NOT_FOUND / UNAVAILABLE. While draining, calls the transports
         already accepted are still served although readiness reports false."""
-        model = self.registry.get_model(name)
         if model is None:
             raise ModelNotFoundError(f"model '{name}' is not served here")
         if not is_array_model(model):
             raise Unsupported(f"model '{name}' is not served by the kbundle V2 core")
-        if self.draining and call is not None and call.refuse_when_draining:
+        if self.draining and call.refuse_when_draining:
             raise ModelUnavailable(f"model '{name}' is not ready: the server is shutting down")
         if not model.ready and not self.draining:
             raise ModelUnavailable(f"model '{name}' is not ready")
@@ -89,9 +89,9 @@ class RequestCore:
         call: CallContext,
         encode: Encoder = _keep,
     ) -> Any:
-        started, label = self._begin(model_name)
+        started, model, label = self._begin(model_name)
         try:
-            model = self.model(model_name, call)
+            model = self._checked(model_name, model, call)
             array_request = _decoded(model, request)
             response = await model.infer_arrays(array_request)
             result = encode(model.name, array_request, response)
@@ -111,9 +111,9 @@ class RequestCore:
         encode: Encoder = _keep,
     ) -> Any:
         """`infer` for a transport thread: blocks that thread, never the loop."""
-        started, label = self._begin(model_name)
+        started, model, label = self._begin(model_name)
         try:
-            model = self.model(model_name, call)
+            model = self._checked(model_name, model, call)
             array_request = _decoded(model, request)
             response = self._run_blocking(model, array_request, call)
             result = encode(model.name, array_request, response)
@@ -124,11 +124,29 @@ class RequestCore:
         return result
 
     def _run_blocking(self, model: Any, request: ArrayRequest, call: CallContext) -> ArrayResponse:
-        on_cancel = call.on_cancel or (lambda cancel: None)
-        blocking = getattr(model, "infer_arrays_blocking", None)
-        if blocking is not None:  # the predictor: straight to its batcher, no coroutine
-            return blocking(request, self.loop, on_cancel)
-        return self.run_on_loop(model.infer_arrays(request), on_cancel)
+        cancels: list[Callable[[], object]] = []
+
+        def on_cancel(cancel: Callable[[], object]) -> None:
+            cancels.append(cancel)
+            self._cancels.add(cancel)
+            if call.on_cancel is not None:
+                call.on_cancel(cancel)
+
+        try:
+            blocking = getattr(model, "infer_arrays_blocking", None)
+            if blocking is not None:  # the predictor: straight to its batcher, no coroutine
+                return blocking(request, self.loop, on_cancel)
+            return self.run_on_loop(model.infer_arrays(request), on_cancel)
+        finally:
+            self._cancels.difference_update(cancels)
+
+    def cancel_inflight(self) -> int:
+        """Cancel the blocking calls still waiting (a drain that ran out of time), so their
+        transport threads return at once instead of waiting on a loop that is going away."""
+        pending = list(self._cancels)
+        for cancel in pending:
+            cancel()
+        return len(pending)
 
     def run_on_loop(self, coro: Coroutine[Any, Any, T], on_cancel: OnCancel) -> T:
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -136,12 +154,14 @@ class RequestCore:
         return future.result()
 
     # -- accounting ----------------------------------------------------------------------------
-    def _begin(self, model_name: str) -> tuple[float, str]:
+    def _begin(self, model_name: str) -> tuple[float, Any, str]:
+        """Start time, the registered model (or None) and its metrics label."""
         with self._lock:
             self._inflight += 1
+        model = self.registry.get_model(model_name)
         # Unknown names share one label: a client must not be able to grow the label set.
-        known = self.registry.get_model(model_name) is not None
-        return time.perf_counter(), model_name if known else metrics.UNKNOWN_MODEL
+        label = model_name if model is not None else metrics.UNKNOWN_MODEL
+        return time.perf_counter(), model, label
 
     def _end(self, label: str, protocol: str, outcome: str, started: float) -> None:
         metrics.record(label, protocol, outcome, time.perf_counter() - started)

@@ -42,7 +42,9 @@ def port_in_use(protocol: str, port: int, flag: str) -> SystemExit:
 def bind_rest_socket(port: int, host: str = "0.0.0.0") -> socket.socket:
     """The REST listening socket, bound and listening now: a port in use is refused at once
     (without SO_REUSEPORT, so a second server cannot share it)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when the
+    # listener says TCP; without it Nagle + delayed ACK add ~40 ms to every small response.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only, as uvicorn
     try:
         sock.bind((host, port))

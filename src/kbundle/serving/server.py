@@ -87,9 +87,10 @@ class KbundleRESTServer(RESTServer):
         self._server.capture_signals = no_signal_capture
         await self._server.serve(sockets=[self.sock])
 
-    def stop_accepting(self) -> None:
-        """Close the listener and finish (uvicorn waits for open requests, bounded by the
-        grace period)."""
+    def stop_accepting(self, timeout_s: float) -> None:
+        """Close the listener and finish: uvicorn waits up to `timeout_s` for open requests
+        (what is left of the drain), then cancels them and runs the app's shutdown."""
+        self._server.config.timeout_graceful_shutdown = max(0.1, timeout_s)
         self._server.should_exit = True
 
     def _add_middlewares(self, app) -> None:
@@ -318,12 +319,14 @@ class KbundleModelServer(ModelServer):
         if self._grpc_server is not None:
             grpc_drain = asyncio.ensure_future(self._grpc_server.drain(self.drain_timeout_s))
         idle = await wait_idle(lambda: self.core.inflight, deadline)
+        if not idle:
+            self.core.cancel_inflight()
         if grpc_drain is not None:
             await grpc_drain
         logger.info(
             "drain %s; %d calls left", "complete" if idle else "timed out", self.core.inflight
         )
-        self._rest_server.stop_accepting()
+        self._rest_server.stop_accepting(deadline - time.monotonic())
 
     def _unload(self) -> None:
         """After both servers stopped: nothing can reach the engines any more."""
