@@ -7,12 +7,12 @@ import dataclasses
 import logging
 import sys
 
-from kbundle.predictors import model_config
-from kbundle.predictors.predictor import EnginePredictor
 from kserve import model_server
 
 from kbundle import cpu_budget
 from kbundle.errors import ConfigError
+from kbundle.predictors import model_config
+from kbundle.predictors.predictor import EnginePredictor
 from kbundle.serving.lifecycle import add_drain_flag
 from kbundle.serving.limits import HttpLimits
 from kbundle.serving.server import (
@@ -66,10 +66,7 @@ def budget_settings(settings: ModelSettings, args: argparse.Namespace) -> ModelS
 
 
 def settings_for(args: argparse.Namespace) -> ModelSettings:
-    config = read_model_config(args.model_dir)
-    unknown = sorted(set(config) - set(ModelSettings.field_names()))
-    if unknown:
-        logger.warning("kbundle.yaml: ignoring unknown keys %s", unknown)
+    config = read_model_config(args.model_dir)  # an unknown key is an error (resolve_settings)
     flags = {name: getattr(args, name, None) for name in ModelSettings.field_names()}
     return resolve_settings(config, flags)
 

@@ -80,9 +80,10 @@ class Admission:
         self._dropped[reason].inc()
 
 
-def queue_policy(settings: ModelSettings) -> QueuePolicy:
-    """The policy the settings ask for; `max_request_rows` -1 means the batcher's max batch."""
+def queue_policy(settings: ModelSettings, max_batch: int | None = None) -> QueuePolicy:
+    """The policy the settings ask for; `max_request_rows` -1 means the batcher's max batch
+    (`max_batch`: max_batch_size capped by the engine, e.g. a TensorRT profile's max)."""
     rows = settings.max_request_rows
     if rows < 0:
-        rows = settings.max_batch_size
+        rows = settings.max_batch_size if max_batch is None else max_batch
     return QueuePolicy(settings.max_queue_size, settings.max_queue_delay_ms, rows)

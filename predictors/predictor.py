@@ -8,14 +8,16 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from kbundle.predictors.admission import Admission, queue_policy
-from kbundle.predictors.batcher import DynamicBatcher
-from kbundle.predictors.engine import Engine, load_engine, warmup_inputs
-from kbundle.predictors.metrics import BatchMetrics
-from kbundle.predictors.runner import EngineRunner
 from kserve import Model
 
 from kbundle.errors import EngineError, EngineLoadError, InvalidRequest, KBundleError
+from kbundle.predictors.admission import Admission, queue_policy
+from kbundle.predictors.batcher import DynamicBatcher
+from kbundle.predictors.engine import Engine, load_engine, warmup_inputs
+from kbundle.predictors.faults import engine_fault
+from kbundle.predictors.metrics import BatchMetrics
+from kbundle.predictors.padding import Padding
+from kbundle.predictors.runner import EngineRunner
 from kbundle.serving.arrays import ArrayRequest, ArrayResponse
 from kbundle.settings import ModelSettings
 from kbundle.specs import Signature
@@ -67,7 +69,13 @@ class EnginePredictor(Model):
                 max_batch,
                 self.settings.max_batch_delay_ms,
                 BatchMetrics(self.name),
-                Admission(self.name, queue_policy(self.settings)),
+                Padding.build(self.name, self.settings.padding, engine),
+                Admission(self.name, queue_policy(self.settings, max_batch)),
+            )
+        elif self.settings.padding:
+            raise EngineLoadError(
+                f"model '{self.name}': padding needs the batcher (max_batch_size > 0 and a "
+                "dynamic batch dim on every input and output)"
             )
         logger.info(
             "model '%s': dynamic batching %s",
@@ -128,15 +136,14 @@ class EnginePredictor(Model):
         self.loaded_engine.check_shapes(self.name, request.inputs)  # per request, before batching
         if self.batcher is not None:
             # The batcher turns engine faults into per-request EngineErrors itself.
-            return self._response(
-                names, await self.batcher.infer(request.inputs, names, request.deadline)
-            )
+            outputs = await self.batcher.infer(request.inputs, names, request.id, request.deadline)
+            return self._response(names, outputs)
         try:
             outputs = await self.runner.run(request.inputs, names)
         except KBundleError:
             raise
         except Exception as exc:
-            raise self._engine_failure(exc) from exc
+            raise engine_fault(self.name, exc, request.inputs, request.id) from exc
         return self._response(names, outputs)
 
     def infer_arrays_blocking(
@@ -151,7 +158,7 @@ class EnginePredictor(Model):
         names = request.requested_outputs or self.signature.output_names
         self.loaded_engine.check_shapes(self.name, request.inputs)
         if self.batcher is not None:
-            future = self.batcher.submit(loop, request.inputs, names, request.deadline)
+            future = self.batcher.submit(loop, request.inputs, names, request.id, request.deadline)
         else:
             future = self.runner.submit(self.loaded_engine.run, request.inputs, names)
         on_done(future.cancel)
@@ -160,7 +167,7 @@ class EnginePredictor(Model):
         except (KBundleError, concurrent.futures.CancelledError):
             raise
         except Exception as exc:
-            raise self._engine_failure(exc) from exc
+            raise engine_fault(self.name, exc, request.inputs, request.id) from exc
         return self._response(names, outputs)
 
     def _response(self, names, outputs) -> ArrayResponse:
@@ -168,11 +175,6 @@ class EnginePredictor(Model):
             outputs=dict(zip(names, outputs, strict=True)),
             model_version=self.settings.model_version,
         )
-
-    def _engine_failure(self, exc: Exception) -> EngineError:
-        """Validated input that the engine still rejects: the engine's message, as a 500."""
-        logger.exception("model '%s' engine failure", self.name)
-        return EngineError(f"model '{self.name}': engine failed: {exc}")
 
     async def predict(
         self,

@@ -6,9 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kbundle.storage_init.errors import UsageError
-
 from kbundle.retry import RetryPolicy
+from kbundle.storage_init.errors import UsageError
 
 GIB = 1024**3
 

@@ -17,11 +17,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from kbundle.retry import Deadline, RetryExhausted, retry_call
 from kbundle.storage_init.config import StorageSettings
 from kbundle.storage_init.errors import AccessError, FetchError, NotFoundError, TransientError
 from kbundle.storage_init.progress import Progress
-
-from kbundle.retry import Deadline, RetryExhausted, retry_call
 
 log = logging.getLogger("kbundle.storage_init")
 _TRANSIENT_WORDS = (

@@ -23,6 +23,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import requests
+
+from kbundle.retry import Deadline, RetryExhausted, retry_call
 from kbundle.storage_init.config import StorageSettings
 from kbundle.storage_init.errors import (
     AccessError,
@@ -32,8 +34,6 @@ from kbundle.storage_init.errors import (
 )
 from kbundle.storage_init.progress import Progress
 from kbundle.storage_init.uris import redact
-
-from kbundle.retry import Deadline, RetryExhausted, retry_call
 
 log = logging.getLogger("kbundle.storage_init")
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from kbundle.retry import Deadline
 from kbundle.storage_init import (
     archives,
     checksums,
@@ -30,8 +31,6 @@ from kbundle.storage_init.errors import (
 from kbundle.storage_init.progress import human
 from kbundle.storage_init.staging import Staging, is_reserved, model_entries, recover
 from kbundle.storage_init.uris import Source, is_archive
-
-from kbundle.retry import Deadline
 
 log = logging.getLogger("kbundle.storage_init")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from kbundle.retry import Deadline, RetryExhausted, retry_call
 from kbundle.storage_init import s3_errors
 from kbundle.storage_init.checksums import SUMS_FILE, parse_sums
 from kbundle.storage_init.config import StorageSettings
@@ -27,8 +28,6 @@ from kbundle.storage_init.errors import NotFoundError, TransientError
 from kbundle.storage_init.extract_guard import check_name
 from kbundle.storage_init.local_copy import patterns, wanted
 from kbundle.storage_init.progress import Progress
-
-from kbundle.retry import Deadline, RetryExhausted, retry_call
 
 log = logging.getLogger("kbundle.storage_init")
 MAX_SUMS_BYTES = 16 * 1024 * 1024

@@ -13,13 +13,13 @@ import copy
 import logging
 import sys
 
-from kbundle.transformers.hop import HopConfig
-from kbundle.transformers.model import TransformerModel
 from kserve import model_server
 
 from kbundle import cpu_budget
 from kbundle.serving.lifecycle import add_drain_flag
 from kbundle.serving.server import KbundleModelServer, check_workers, loop_executor_workers
+from kbundle.transformers.hop import HopConfig
+from kbundle.transformers.model import TransformerModel
 
 logger = logging.getLogger("kbundle.transformer")
 DEFAULT_MODEL_DIR = "/mnt/models"

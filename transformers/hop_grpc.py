@@ -7,7 +7,6 @@ from collections.abc import Mapping
 import grpc
 import numpy as np
 from grpc import aio
-from kbundle.transformers.hop import Hop, HopConfig, checked_decode, forwardable, upstream_error
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
@@ -16,6 +15,7 @@ from kbundle.serving.v2_grpc import CONTENTS_FIELD
 from kbundle.specs import v2_datatype
 from kbundle.status import from_grpc
 from kbundle.tensors import array_from_list, array_from_raw, raw_from_array
+from kbundle.transformers.hop import Hop, HopConfig, checked_decode, forwardable, upstream_error
 
 
 def grpc_target(host: str, use_ssl: bool) -> str:

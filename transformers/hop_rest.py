@@ -10,13 +10,13 @@ from http import HTTPStatus
 import aiohttp
 import numpy as np
 import orjson
-from kbundle.transformers.hop import Hop, HopConfig, checked_decode, forwardable, upstream_error
 
 from kbundle.errors import KBundleError, ModelUnavailable, UpstreamTimeout
 from kbundle.serving.v2_rest import HEADER_LENGTH
 from kbundle.specs import v2_datatype
 from kbundle.status import from_http
 from kbundle.tensors import array_from_list, array_from_raw, raw_from_array
+from kbundle.transformers.hop import Hop, HopConfig, checked_decode, forwardable, upstream_error
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from kbundle.predictors.admission import queue_policy
 
 from kbundle.errors import InvalidRequest
+from kbundle.predictors.admission import queue_policy
 from kbundle.serving.limits import (
     DEFAULT_MAX_REQUEST_BYTES,
     TIMEOUT_HEADER,

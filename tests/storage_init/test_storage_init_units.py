@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+
 from kbundle.storage_init import checksums, delegated, progress, uris
 from kbundle.storage_init.config import StorageSettings
 from kbundle.storage_init.errors import IntegrityError, UsageError

@@ -23,7 +23,7 @@ from kbundle.serving.status_map import log_if_internal
 from kbundle.specs import v2_datatype
 from kbundle.status import grpc_code
 from kbundle.tensors import array_from_list, array_from_raw, check_datatype, raw_from_array
-from kbundle.validation import SignatureValidator
+from kbundle.validation import SignatureValidator, duplicate_name
 
 logger = logging.getLogger("kbundle.grpc")
 GRPC_AIO = CallContext(protocol="grpc")
@@ -68,6 +68,8 @@ def decode_request(
             raise InvalidRequest(f"{where}: shape {list(shape)} has a negative dimension")
         if validator is not None:
             validator.check_input(tensor.name, datatype, shape)
+        if tensor.name in arrays:  # found as it arrives: one pass, before decoding any more
+            raise duplicate_name(validator.model_name if validator else "", "input", tensor.name)
         arrays[tensor.name] = _decode_tensor(
             where, datatype, shape, tensor, raw[index] if raw else None
         )
