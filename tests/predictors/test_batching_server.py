@@ -23,7 +23,8 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 MODEL = "batchy"
 OUTPUTS = ("echo", "sum", "row")
-CONFIG = "max_batch_size: 8\nmax_batch_delay_ms: 2\nintra_op_threads: 1\n"
+# max_request_rows 0: requests over max_batch_size (run alone) are part of what is tested here.
+CONFIG = "max_batch_size: 8\nmax_batch_delay_ms: 2\nintra_op_threads: 1\nmax_request_rows: 0\n"
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kbundle.local.manifest import ComponentSpec
+from kbundle.serving.limits import BIND_HOST_ENV
 
 REVISION_ENV = "KBUNDLE_MODEL_VERSION"
 
@@ -70,6 +71,7 @@ def map_mounts(value: str, mounts: dict[str, str]) -> str:
 def _base_env(spec: ComponentSpec, mounts: dict[str, str], revision: str) -> dict[str, str]:
     env = {k: map_mounts(v, mounts) if k != "STORAGE_URI" else v for k, v in spec.env}
     env.setdefault(REVISION_ENV, revision)
+    env.setdefault(BIND_HOST_ENV, "127.0.0.1")  # local components: loopback only
     return env
 
 
