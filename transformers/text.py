@@ -39,8 +39,10 @@ class TextFeature:
         self.name, self.max_length, self.truncation = name, max_length, truncation
         self.tensors, self.datatype = tensors, datatype
         self.tokenizer = tokenizer
-        # Truncate at max_length in any case: an over-long text is then seen as `overflowing`.
-        tokenizer.enable_truncation(max_length)
+        # In "error" mode keep one token more than allowed, so an over-long text shows in its own
+        # length: `Encoding.overflowing` is not filled by every tokenizers release (0.23.2 leaves it
+        # empty for WordLevel models).
+        tokenizer.enable_truncation(max_length + 1 if truncation == "error" else max_length)
         pad_id = tokenizer.padding["pad_id"] if tokenizer.padding else 0
         pad_token = tokenizer.padding["pad_token"] if tokenizer.padding else "[PAD]"
         length = max_length if padding == "max_length" else None
@@ -86,7 +88,7 @@ class TextFeature:
         )
         encodings = self.tokenizer.encode_batch(values)
         if self.truncation == "error":
-            over = next((i for i, e in enumerate(encodings) if e.overflowing), None)
+            over = next((i for i, e in enumerate(encodings) if len(e.ids) > self.max_length), None)
             if over is not None:
                 raise InvalidRequest(
                     f"{where} element {over}: text is longer than max_length {self.max_length} tokens "

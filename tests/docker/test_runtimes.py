@@ -32,12 +32,9 @@ SHORT = REPO / "inferenceservices" / "digits-short.yaml"
 
 
 def crd_dir() -> Path:
-    """Packaged CRDs when the package has them, else ../shared/kserve-crds (KBUNDLE_TEST_CRDS wins)."""
-    packaged = Path(crd_source.__file__).parent / "crds" / "kserve"
-    for candidate in (os.environ.get("KBUNDLE_TEST_CRDS"), packaged, crd_source.repo_default_dir()):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    pytest.skip("no KServe CRDs (packaged or ../shared/kserve-crds)")
+    """The KServe CRDs packaged with kbundle (KBUNDLE_TEST_CRDS wins); missing ones fail the test."""
+    override = os.environ.get("KBUNDLE_TEST_CRDS")
+    return Path(override) if override else crd_source.packaged_dir("kserve")
 
 
 def runtime(name, formats, protocols=("v2", "grpc-v2"), kind="ClusterServingRuntime", **spec):
