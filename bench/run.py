@@ -9,6 +9,7 @@ bench/results/ as Markdown, CSV and a PNG plot.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -190,14 +191,28 @@ def model_shape(port: int, model: str, width: int) -> str:
     return f"input:{width}" if config.get("max_batch_size", 0) > 0 else f"input:1,{width}"
 
 
-def run_server_cells(args, server: str, model: str, model_dir: Path, cells: list[Cell]) -> None:
+@contextlib.contextmanager
+def pinned_server(args, server: str, model: str, model_dir: Path, log_name: str):
+    """A server pinned to `args.server_cpu`, ready: yields (process, http port, grpc port, the
+    perf_analyzer shape); stopped (terminate, then kill after 20 s) on the way out."""
     http, grpc = free_port(), free_port()
-    log = open(Path(args.work) / f"{server}-{model}.log", "wb")
+    log = open(Path(args.work) / log_name, "wb")
     cmd = ["taskset", "-c", args.server_cpu, *server_command(server, model, model_dir, http, grpc)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_ready(f"http://127.0.0.1:{http}/v2/models/{model}/ready", proc)
-        shape = model_shape(http, model, bench_models.INPUT_WIDTH[model])
+        yield proc, http, grpc, model_shape(http, model, bench_models.INPUT_WIDTH[model])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_server_cells(args, server: str, model: str, model_dir: Path, cells: list[Cell]) -> None:
+    with pinned_server(args, server, model, model_dir, f"{server}-{model}.log") as ready:
+        _, http, grpc, shape = ready
         for protocol in args.protocols:
             port = http if protocol == "http" else grpc
             for concurrency in args.concurrency:
@@ -221,12 +236,6 @@ def run_server_cells(args, server: str, model: str, model_dir: Path, cells: list
                     flush=True,
                 )
                 cells.append(cell)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 # -- where the time goes: py-spy on the kbundle server under load ---------------------------
@@ -236,18 +245,8 @@ def profile_server(args, model: str, model_dir: Path) -> None:
     if not Path(py_spy).exists():
         print("py-spy not found: no profile", flush=True)
         return
-    http, grpc = free_port(), free_port()
-    log = open(Path(args.work) / f"profile-{model}.log", "wb")
-    cmd = [
-        "taskset",
-        "-c",
-        args.server_cpu,
-        *server_command("kbundle", model, model_dir, http, grpc),
-    ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_ready(f"http://127.0.0.1:{http}/v2/models/{model}/ready", proc)
-        shape = model_shape(http, model, bench_models.INPUT_WIDTH[model])
+    with pinned_server(args, "kbundle", model, model_dir, f"profile-{model}.log") as ready:
+        proc, http, grpc, shape = ready
         for protocol in args.protocols:
             port = http if protocol == "http" else grpc
             pa_args = argparse.Namespace(**{**vars(args), "window_ms": 2500})
@@ -282,12 +281,6 @@ def profile_server(args, model: str, model_dir: Path) -> None:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(header + summarize_profile(raw))
                 print(f"profile written: {out}", flush=True)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def main() -> int:
