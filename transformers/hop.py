@@ -82,6 +82,16 @@ class HopConfig:
         return f"predictor '{self.model_name}' at {self.host}"
 
 
+@dataclass(frozen=True)
+class HopRequest:
+    """One inference on the hop; `headers` are already the forwardable ones."""
+
+    request_id: str
+    inputs: Mapping[str, np.ndarray]
+    outputs: list[str]
+    headers: dict[str, str]
+
+
 class Hop(ABC):
     """Sends the predictor tensors; returns the predictor's outputs as numpy arrays."""
 
@@ -91,14 +101,19 @@ class Hop(ABC):
         # it changes only when the predictor behind this transformer is replaced).
         self.model_version = ""
 
-    @abstractmethod
     async def infer(
         self,
         request_id: str,
         inputs: Mapping[str, np.ndarray],
         outputs: list[str],
         headers: Mapping[str, str],
-    ) -> dict[str, np.ndarray]: ...
+    ) -> dict[str, np.ndarray]:
+        """The predictor's outputs for `inputs`; `headers` are the client's (only the forwardable
+        ones travel)."""
+        return await self._send(HopRequest(request_id, inputs, outputs, forwardable(headers)))
+
+    @abstractmethod
+    async def _send(self, request: HopRequest) -> dict[str, np.ndarray]: ...
 
     @abstractmethod
     async def close(self) -> None: ...
