@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from up_harness import HERE, start_up
+from up_harness import up_fixture
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("kbundle.transformers.__main__") is None,
@@ -26,11 +26,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def up(tmp_path_factory, sample_models: Path):
-    proc = start_up(HERE / "digits-transformer.yaml", tmp_path_factory.mktemp("up-transformer"))
-    yield proc
-    proc.stop()
+up = up_fixture("digits-transformer.yaml", "up-transformer")
 
 
 def test_both_components_run_and_the_ingress_reaches_the_transformer(up):
