@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from procs import start_module
+from procs import start_predictor
 from text_models import model_dir, tokens, unpadded
 from tritonclient.utils import InferenceServerException
 
@@ -42,12 +42,7 @@ padding:
 
 def _start(root: Path, config: str, unnamed: bool = False):
     directory = model_dir(root / MODEL, config, unnamed=unnamed)
-    return start_module(
-        "kbundle.predictors",
-        ["--model_name", MODEL, "--model_dir", str(directory)],
-        root / "server.log",
-        f"/v2/models/{MODEL}/ready",
-    )
+    return start_predictor(MODEL, directory, root / "server.log")
 
 
 @pytest.fixture(scope="module")
