@@ -82,6 +82,13 @@ def engine_matrix(dirs: dict, device: str, precisions: list[str]) -> tuple[list[
     from kbundle.settings import ModelSettings
 
     runs, skipped = [], []
+
+    def onnx_run(name: str, precision: str, settings: ModelSettings, *flags: str) -> None:
+        def load() -> OnnxEngine:
+            return OnnxEngine.load(dirs["onnx"] / "model.onnx", settings)
+
+        runs.append((name, precision, load, dirs["onnx"], ["--engine", "onnx", *flags]))
+
     for precision in precisions:
         settings = ModelSettings(device=device, precision=precision, warmup=False)
         runs.append(
@@ -119,44 +126,18 @@ def engine_matrix(dirs: dict, device: str, precisions: list[str]) -> tuple[list[
         providers = ort.get_available_providers()
         if device == "cpu":
             if precision == "fp32":
-                runs.append(
-                    (
-                        "ort-cpu",
-                        precision,
-                        lambda: OnnxEngine.load(
-                            dirs["onnx"] / "model.onnx", ModelSettings(device="cpu")
-                        ),
-                        dirs["onnx"],
-                        ["--engine", "onnx"],
-                    )
-                )
+                onnx_run("ort-cpu", precision, ModelSettings(device="cpu"))
             else:
                 skipped.append(f"ort-cpu {precision}: the CPU provider runs the model's own fp32")
             continue
         if "CUDAExecutionProvider" in providers and precision == "fp32":
             s = ModelSettings(device="cuda", execution_providers=("cuda",))
-            runs.append(
-                (
-                    "ort-cuda",
-                    precision,
-                    lambda s=s: OnnxEngine.load(dirs["onnx"] / "model.onnx", s),
-                    dirs["onnx"],
-                    ["--engine", "onnx", "--execution_providers", "cuda"],
-                )
-            )
+            onnx_run("ort-cuda", precision, s, "--execution_providers", "cuda")
         if "TensorrtExecutionProvider" in providers:
             s = ModelSettings(
                 device="cuda", execution_providers=("tensorrt", "cuda"), precision=precision
             )
-            runs.append(
-                (
-                    "ort-tensorrt",
-                    precision,
-                    lambda s=s: OnnxEngine.load(dirs["onnx"] / "model.onnx", s),
-                    dirs["onnx"],
-                    ["--engine", "onnx", "--execution_providers", "tensorrt,cuda"],
-                )
-            )
+            onnx_run("ort-tensorrt", precision, s, "--execution_providers", "tensorrt,cuda")
         else:
             skipped.append(
                 f"ort-tensorrt {precision}: onnxruntime has no TensorrtExecutionProvider ({providers})"
