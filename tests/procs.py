@@ -189,3 +189,14 @@ def start_transformer(
         f"/v2/models/{model}/ready",
         **kwargs,
     )
+
+
+def drained(
+    server: ServerProcess, sent: float, wait_s: float, threads=(), join_s: float = 60
+) -> tuple[int, float]:
+    """After a SIGTERM sent at `sent` (monotonic): join the calling threads, then wait for the
+    server to exit. Returns (its exit code, seconds since the signal)."""
+    for thread in threads:
+        thread.join(join_s)
+    code = server.proc.wait(wait_s)
+    return code, time.monotonic() - sent
