@@ -7,12 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from machine import cpu_model
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -35,15 +36,7 @@ def device_name(device: str) -> str:
         import torch
 
         return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {model}, {os.cpu_count()} cores visible"
+    return f"CPU {cpu_model()}, {os.cpu_count()} cores visible"
 
 
 def summarize(latencies: list[float], rows: int, wall: float) -> tuple[float, float, float, float]:
