@@ -14,65 +14,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import platform
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
-RESULTS = Path(__file__).parent / "results"
-
-
-@dataclass
-class Row:
-    engine: str
-    precision: str
-    mode: str  # raw | served
-    batch: int
-    concurrency: int
-    requests_per_s: float
-    rows_per_s: float
-    p50_ms: float
-    p99_ms: float
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        import torch
-
-        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {model}, {os.cpu_count()} cores visible"
-
-
-def summarize(latencies: list[float], rows: int, wall: float) -> tuple[float, float, float, float]:
-    ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return (
-        len(ordered) / wall,
-        len(ordered) * rows / wall,
-        statistics.median(ordered) * 1e3,
-        p99 * 1e3,
-    )
+from gpu_report import Row, device_name, summarize, write_results
 
 
 # -- engines --------------------------------------------------------------------------------
@@ -128,6 +82,13 @@ def engine_matrix(dirs: dict, device: str, precisions: list[str]) -> tuple[list[
     from kbundle.settings import ModelSettings
 
     runs, skipped = [], []
+
+    def onnx_run(name: str, precision: str, settings: ModelSettings, *flags: str) -> None:
+        def load() -> OnnxEngine:
+            return OnnxEngine.load(dirs["onnx"] / "model.onnx", settings)
+
+        runs.append((name, precision, load, dirs["onnx"], ["--engine", "onnx", *flags]))
+
     for precision in precisions:
         settings = ModelSettings(device=device, precision=precision, warmup=False)
         runs.append(
@@ -165,44 +126,18 @@ def engine_matrix(dirs: dict, device: str, precisions: list[str]) -> tuple[list[
         providers = ort.get_available_providers()
         if device == "cpu":
             if precision == "fp32":
-                runs.append(
-                    (
-                        "ort-cpu",
-                        precision,
-                        lambda: OnnxEngine.load(
-                            dirs["onnx"] / "model.onnx", ModelSettings(device="cpu")
-                        ),
-                        dirs["onnx"],
-                        ["--engine", "onnx"],
-                    )
-                )
+                onnx_run("ort-cpu", precision, ModelSettings(device="cpu"))
             else:
                 skipped.append(f"ort-cpu {precision}: the CPU provider runs the model's own fp32")
             continue
         if "CUDAExecutionProvider" in providers and precision == "fp32":
             s = ModelSettings(device="cuda", execution_providers=("cuda",))
-            runs.append(
-                (
-                    "ort-cuda",
-                    precision,
-                    lambda s=s: OnnxEngine.load(dirs["onnx"] / "model.onnx", s),
-                    dirs["onnx"],
-                    ["--engine", "onnx", "--execution_providers", "cuda"],
-                )
-            )
+            onnx_run("ort-cuda", precision, s, "--execution_providers", "cuda")
         if "TensorrtExecutionProvider" in providers:
             s = ModelSettings(
                 device="cuda", execution_providers=("tensorrt", "cuda"), precision=precision
             )
-            runs.append(
-                (
-                    "ort-tensorrt",
-                    precision,
-                    lambda s=s: OnnxEngine.load(dirs["onnx"] / "model.onnx", s),
-                    dirs["onnx"],
-                    ["--engine", "onnx", "--execution_providers", "tensorrt,cuda"],
-                )
-            )
+            onnx_run("ort-tensorrt", precision, s, "--execution_providers", "tensorrt,cuda")
         else:
             skipped.append(
                 f"ort-tensorrt {precision}: onnxruntime has no TensorrtExecutionProvider ({providers})"
@@ -431,47 +366,6 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(30)
     write_results(args, device, rows, skipped)
     return 0
-
-
-def write_results(
-    args: argparse.Namespace, device: str, rows: list[Row], skipped: list[str]
-) -> None:
-    import torch
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = Path(args.out) if args.out else RESULTS / f"gpu_engines-{args.device}"
-    meta = {
-        "device": device,
-        "device_kind": args.device,
-        "torch": torch.__version__,
-        "model": f"digits MLP 64-{args.width}x{args.depth}-10",
-        "seconds_per_point": args.seconds,
-        "threads": args.threads or "library default",
-        "command": "python bench/gpu_engines.py " + " ".join(sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        # A shared machine's other load skews every figure: recorded so readers can tell.
-        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
-        "skipped": skipped,
-    }
-    stem.with_suffix(".json").write_text(
-        json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n"
-    )
-    lines = [
-        f"# GPU engines benchmark — {device}",
-        "",
-        *(f"- {k}: `{v}`" for k, v in meta.items() if k != "skipped"),
-        *(f"- skipped: {s}" for s in skipped),
-        "",
-        "| engine | precision | mode | batch | concurrency | req/s | rows/s | p50 ms | p99 ms |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
-        *(
-            f"| {r.engine} | {r.precision} | {r.mode} | {r.batch} | {r.concurrency} | {r.requests_per_s:.0f} | "
-            f"{r.rows_per_s:.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} |"
-            for r in rows
-        ),
-    ]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

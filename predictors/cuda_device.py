@@ -122,26 +122,22 @@ class DeviceBuffer:
 
     def upload(self, array: np.ndarray, stream: Stream) -> None:
         """Queue a host->device copy of a C-contiguous array on `stream` (caller keeps it alive)."""
-        if array.nbytes > self.nbytes:
-            raise CudaError(f"upload of {array.nbytes} bytes into a {self.nbytes}-byte buffer")
-        kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        check(
-            self._cudart.cudaMemcpyAsync(
-                self.ptr, array.ctypes.data, array.nbytes, kind, stream.handle
-            ),
-            "cudaMemcpyAsync(H2D)",
-        )
+        self._copy("upload", "into", "H2D", self.ptr, array.ctypes.data, array.nbytes, stream)
 
     def download(self, out: np.ndarray, stream: Stream) -> None:
         """Queue a device->host copy into `out`; valid once the stream is synchronized."""
-        if out.nbytes > self.nbytes:
-            raise CudaError(f"download of {out.nbytes} bytes from a {self.nbytes}-byte buffer")
-        kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._copy("download", "from", "D2H", out.ctypes.data, self.ptr, out.nbytes, stream)
+
+    def _copy(
+        self, what: str, side: str, way: str, dst: int, src: int, nbytes: int, stream: Stream
+    ) -> None:
+        if nbytes > self.nbytes:
+            raise CudaError(f"{what} of {nbytes} bytes {side} a {self.nbytes}-byte buffer")
+        kinds = self._cudart.cudaMemcpyKind
+        kind = kinds.cudaMemcpyHostToDevice if way == "H2D" else kinds.cudaMemcpyDeviceToHost
         check(
-            self._cudart.cudaMemcpyAsync(
-                out.ctypes.data, self.ptr, out.nbytes, kind, stream.handle
-            ),
-            "cudaMemcpyAsync(D2H)",
+            self._cudart.cudaMemcpyAsync(dst, src, nbytes, kind, stream.handle),
+            f"cudaMemcpyAsync({way})",
         )
 
     def close(self) -> None:

@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import errno
 
+from kbundle.errors import KBundleError
 
-class StorageInitError(Exception):
-    """A failure reported to the user; `hint` says what to do next."""
+
+class StorageInitError(KBundleError):
+    """A failure reported to the user; `hint` says what to do next.
+
+    A `KBundleError` (the transport-free base, so storage-init imports no grpc); `message`,
+    `status` and `__str__` come from it, `exit_code`, `kind`, `hint` and `uri` are storage-init's.
+    """
 
     exit_code = 1
     kind = "error"
@@ -24,10 +30,6 @@ class StorageInitError(Exception):
         if hint is not None:
             self.hint = hint
         self.uri = uri
-
-    @property
-    def message(self) -> str:
-        return str(self.args[0])
 
 
 class UsageError(StorageInitError):

@@ -129,3 +129,74 @@ def start_module(
             server.stop()
             raise
     return server
+
+
+def predictor_cmd(model: str, model_dir: Path, *args: str) -> list[str]:
+    """`python -m kbundle.predictors --model_name MODEL --model_dir DIR args...`."""
+    return [
+        sys.executable,
+        "-m",
+        "kbundle.predictors",
+        "--model_name",
+        model,
+        "--model_dir",
+        str(model_dir),
+        *args,
+    ]
+
+
+def run_to_exit(cmd: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `cmd` (a server expected to refuse to start) to its exit, output captured as text."""
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The one-line `error:` messages in a process's stderr."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def start_predictor(
+    model: str, model_dir: Path, log_path: Path, *args: str, **kwargs
+) -> ServerProcess:
+    """The kbundle predictor serving `model` from `model_dir`, ready (start_module's keywords)."""
+    return start_module(
+        "kbundle.predictors",
+        ["--model_name", model, "--model_dir", str(model_dir), *args],
+        log_path,
+        f"/v2/models/{model}/ready",
+        **kwargs,
+    )
+
+
+def start_transformer(
+    model: str,
+    model_dir: Path,
+    predictor_host: str,
+    protocol: str,
+    log_path: Path,
+    *args: str,
+    **kwargs,
+) -> ServerProcess:
+    """The kbundle transformer for `model`, hopping to `predictor_host` over `protocol`, ready."""
+    return start_module(
+        "kbundle.transformers",
+        [
+            *("--model_name", model, "--model_dir", str(model_dir)),
+            *("--predictor_host", predictor_host, "--predictor_protocol", protocol),
+            *args,
+        ],
+        log_path,
+        f"/v2/models/{model}/ready",
+        **kwargs,
+    )
+
+
+def drained(
+    server: ServerProcess, sent: float, wait_s: float, threads=(), join_s: float = 60
+) -> tuple[int, float]:
+    """After a SIGTERM sent at `sent` (monotonic): join the calling threads, then wait for the
+    server to exit. Returns (its exit code, seconds since the signal)."""
+    for thread in threads:
+        thread.join(join_s)
+    code = server.proc.wait(wait_s)
+    return code, time.monotonic() - sent

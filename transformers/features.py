@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from kbundle.errors import InvalidRequest
-from kbundle.specs import TensorSpec
+from kbundle.specs import DYNAMIC, TensorSpec
 
 
 class Feature(Protocol):
@@ -41,6 +41,24 @@ class OutputStep(Protocol):
         self, outputs: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
         """Client outputs from the predictor's outputs (and the tensors that were sent to it)."""
+
+
+class BytesFeature:
+    """The shared part of a feature fed by one BYTES [N] client input, `name` (images, texts)."""
+
+    name: str
+    blocking = True
+
+    def client_inputs(self) -> list[TensorSpec]:
+        return [TensorSpec(self.name, "BYTES", (DYNAMIC,))]
+
+    def consumes(self, name: str) -> bool:
+        return name == self.name
+
+    def _values(self, inputs: Mapping[str, np.ndarray], what: str) -> tuple[str, np.ndarray]:
+        """(where, the input's values), or InvalidRequest naming the input and `what` it takes."""
+        where = f"input '{self.name}'"
+        return where, bytes_column(where, required(inputs, self.name, what))
 
 
 def column(where: str, array: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ and no predictor fault becomes a bare 500.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,6 +25,7 @@ from kbundle.errors import (
     Status,
     UpstreamTimeout,
 )
+from kbundle.retry import RetryExhausted, RetryPolicy, retry_async
 from kbundle.status import is_server_fault
 
 logger = logging.getLogger("kbundle.transformer.hop")
@@ -82,6 +82,16 @@ class HopConfig:
         return f"predictor '{self.model_name}' at {self.host}"
 
 
+@dataclass(frozen=True)
+class HopRequest:
+    """One inference on the hop; `headers` are already the forwardable ones."""
+
+    request_id: str
+    inputs: Mapping[str, np.ndarray]
+    outputs: list[str]
+    headers: dict[str, str]
+
+
 class Hop(ABC):
     """Sends the predictor tensors; returns the predictor's outputs as numpy arrays."""
 
@@ -91,14 +101,19 @@ class Hop(ABC):
         # it changes only when the predictor behind this transformer is replaced).
         self.model_version = ""
 
-    @abstractmethod
     async def infer(
         self,
         request_id: str,
         inputs: Mapping[str, np.ndarray],
         outputs: list[str],
         headers: Mapping[str, str],
-    ) -> dict[str, np.ndarray]: ...
+    ) -> dict[str, np.ndarray]:
+        """The predictor's outputs for `inputs`; `headers` are the client's (only the forwardable
+        ones travel)."""
+        return await self._send(HopRequest(request_id, inputs, outputs, forwardable(headers)))
+
+    @abstractmethod
+    async def _send(self, request: HopRequest) -> dict[str, np.ndarray]: ...
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -106,18 +121,19 @@ class Hop(ABC):
     async def _with_retries(
         self, call: Callable[[], Awaitable[T]], retryable: Callable[[Exception], bool]
     ) -> T:
-        """`call()` with up to `retries` more tries on a retryable failure, backing off 50, 100, ... ms."""
-        for attempt in range(self.config.retries + 1):
-            try:
-                return await call()
-            except Exception as exc:
-                if attempt == self.config.retries or not retryable(exc):
-                    raise
-                logger.warning(
-                    "%s: attempt %d failed (%s); retrying", self.config.where, attempt + 1, exc
-                )
-                await asyncio.sleep(RETRY_BACKOFF_S * 2**attempt)
-        raise AssertionError("unreachable")
+        """`call()` with up to `retries` more tries on a retryable failure, backing off 50, 100, ... ms
+        (kbundle.retry); when they run out, the last failure propagates as it was."""
+        policy = RetryPolicy(attempts=self.config.retries + 1, first_delay_s=RETRY_BACKOFF_S)
+
+        def log(attempt: int, exc: BaseException, _delay: float) -> None:
+            logger.warning("%s: attempt %d failed (%s); retrying", self.config.where, attempt, exc)
+
+        try:
+            return await retry_async(call, policy, retryable, on_retry=log)
+        except RetryExhausted as exhausted:
+            last = exhausted.last
+            last.__suppress_context__ = True
+            raise last  # noqa: B904 - the callers map the transport's own error
 
 
 def checked_decode(where: str, decode: Callable[[], T]) -> T:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import grpc
 import numpy as np
 from grpc import aio
@@ -15,7 +13,13 @@ from kbundle.serving.v2_grpc import CONTENTS_FIELD
 from kbundle.specs import v2_datatype
 from kbundle.status import from_grpc
 from kbundle.tensors import array_from_list, array_from_raw, raw_from_array
-from kbundle.transformers.hop import Hop, HopConfig, checked_decode, forwardable, upstream_error
+from kbundle.transformers.hop import (
+    Hop,
+    HopConfig,
+    HopRequest,
+    checked_decode,
+    upstream_error,
+)
 
 
 def grpc_target(host: str, use_ssl: bool) -> str:
@@ -52,23 +56,17 @@ class GrpcHop(Hop):
             self._stub = GRPCInferenceServiceStub(self._channel)
         return self._stub
 
-    async def infer(
-        self,
-        request_id: str,
-        inputs: Mapping[str, np.ndarray],
-        outputs: list[str],
-        headers: Mapping[str, str],
-    ) -> dict[str, np.ndarray]:
+    async def _send(self, request: HopRequest) -> dict[str, np.ndarray]:
         stub = self._connect()
-        message = pb.ModelInferRequest(model_name=self.config.model_name, id=request_id)
-        for name, array in inputs.items():
+        message = pb.ModelInferRequest(model_name=self.config.model_name, id=request.request_id)
+        for name, array in request.inputs.items():
             message.inputs.add(
                 name=name, datatype=v2_datatype(array.dtype), shape=list(array.shape)
             )
             message.raw_input_contents.append(raw_from_array(array))
-        for name in outputs:
+        for name in request.outputs:
             message.outputs.add(name=name)
-        metadata = tuple(forwardable(headers).items())
+        metadata = tuple(request.headers.items())
 
         async def call() -> pb.ModelInferResponse:
             return await stub.ModelInfer(message, timeout=self.config.timeout_s, metadata=metadata)

@@ -16,7 +16,7 @@ from kbundle.serving.v2_rest import HEADER_LENGTH
 from kbundle.specs import v2_datatype
 from kbundle.status import from_http
 from kbundle.tensors import array_from_list, array_from_raw, raw_from_array
-from kbundle.transformers.hop import Hop, HopConfig, checked_decode, forwardable, upstream_error
+from kbundle.transformers.hop import Hop, HopConfig, HopRequest, checked_decode, upstream_error
 
 
 @dataclass(frozen=True)
@@ -61,18 +61,14 @@ class RestHop(Hop):
             )
         return self._session
 
-    async def infer(
-        self,
-        request_id: str,
-        inputs: Mapping[str, np.ndarray],
-        outputs: list[str],
-        headers: Mapping[str, str],
-    ) -> dict[str, np.ndarray]:
+    async def _send(self, request: HopRequest) -> dict[str, np.ndarray]:
         session = self._connect()
-        body, json_length = encode_binary_request(request_id, inputs, outputs)
+        body, json_length = encode_binary_request(
+            request.request_id, request.inputs, request.outputs
+        )
         # Exactly one Content-Type (kserve 0.21 sends two here, and the predictor answers 400).
         send_headers = {
-            **forwardable(headers),
+            **request.headers,
             "content-type": "application/octet-stream",
             HEADER_LENGTH: str(json_length),
         }

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from kbundle.errors import ConfigError, EngineError, InvalidRequest
 from kbundle.specs import DYNAMIC, TensorSpec, numpy_dtype
 from kbundle.transformers.decode_budget import ByteBudget, pillow_pixel_bytes, shared_budget
-from kbundle.transformers.features import bytes_column, required
+from kbundle.transformers.features import BytesFeature
 from kbundle.transformers.spec import Entry, read_labels
 
 SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
@@ -60,10 +60,8 @@ def image_bytes(where: str, value: bytes) -> bytes:
         raise InvalidRequest(f"{where}: neither PNG/JPEG bytes nor base64 text of them") from None
 
 
-class ImageFeature:
+class ImageFeature(BytesFeature):
     """`kind: image`: one BYTES input of encoded images -> one predictor pixel tensor."""
-
-    blocking = True
 
     def __init__(
         self,
@@ -120,17 +118,8 @@ class ImageFeature:
             max_image_bytes=int(entry.positive("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES)),
         )
 
-    def client_inputs(self) -> list[TensorSpec]:
-        return [TensorSpec(self.name, "BYTES", (DYNAMIC,))]
-
-    def consumes(self, name: str) -> bool:
-        return name == self.name
-
     def encode(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        where = f"input '{self.name}'"
-        values = bytes_column(
-            where, required(inputs, self.name, "encoded PNG/JPEG images, BYTES [N]")
-        )
+        where, values = self._values(inputs, "encoded PNG/JPEG images, BYTES [N]")
         opened = [self._open(f"{where} element {i}", v) for i, v in enumerate(values)]
         try:
             cost = sum(self._cost(w, image) for w, image in opened)

@@ -15,16 +15,14 @@ from tokenizers import Tokenizer
 
 from kbundle.errors import ConfigError, EngineError, InvalidRequest
 from kbundle.specs import DYNAMIC, TensorSpec, numpy_dtype
-from kbundle.transformers.features import bytes_column, required, texts
+from kbundle.transformers.features import BytesFeature, texts
 from kbundle.transformers.spec import Entry
 
 TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class TextFeature:
+class TextFeature(BytesFeature):
     """`kind: text`: one BYTES input of UTF-8 texts -> the token tensors the engine takes."""
-
-    blocking = True
 
     def __init__(
         self,
@@ -75,17 +73,9 @@ class TextFeature:
             datatype=entry.datatype("datatype", "INT64"),
         )
 
-    def client_inputs(self) -> list[TensorSpec]:
-        return [TensorSpec(self.name, "BYTES", (DYNAMIC,))]
-
-    def consumes(self, name: str) -> bool:
-        return name == self.name
-
     def encode(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        where = f"input '{self.name}'"
-        values = texts(
-            where, bytes_column(where, required(inputs, self.name, "UTF-8 texts, BYTES [N]"))
-        )
+        where, column = self._values(inputs, "UTF-8 texts, BYTES [N]")
+        values = texts(where, column)
         encodings = self.tokenizer.encode_batch(values)
         if self.truncation == "error":
             over = next((i for i, e in enumerate(encodings) if len(e.ids) > self.max_length), None)

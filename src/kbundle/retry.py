@@ -80,18 +80,38 @@ class RetryExhausted(Exception):
         self.last, self.attempts, self.elapsed_s, self.reason = last, attempts, elapsed_s, reason
 
 
-def _next_delay(
-    delays: Iterator[float], deadline: Deadline, attempt: int, exc: BaseException
-) -> float:
-    """The next delay, or RetryExhausted when the attempts or the deadline are used up."""
-    delay = next(delays, None)
-    if delay is None:
-        reason = "attempts used up"
-    elif not deadline.allows(delay):
-        reason = f"deadline of {deadline.at - deadline.start:.1f} s reached"
-    else:
-        return delay
-    raise RetryExhausted(exc, attempt, deadline.elapsed(), reason) from exc
+class _Attempts:
+    """The bookkeeping `retry_call` and `retry_async` share: counts attempts, and after a failure
+    says how long to wait, or that the error must propagate."""
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        retryable: Callable[[BaseException], bool],
+        on_retry: OnRetry | None,
+        deadline: Deadline | None,
+    ):
+        self.deadline = deadline or Deadline(policy.deadline_s)
+        self.delays = policy.delays()
+        self.retryable, self.on_retry = retryable, on_retry
+        self.count = 0
+
+    def failed(self, exc: Exception) -> float | None:
+        """The delay before the next attempt; None when `exc` is not retryable (re-raise it);
+        RetryExhausted when the attempts or the deadline are used up."""
+        if not self.retryable(exc):
+            return None
+        delay = next(self.delays, None)
+        if delay is None:
+            reason = "attempts used up"
+        elif not self.deadline.allows(delay):
+            at, start = self.deadline.at, self.deadline.start
+            reason = f"deadline of {at - start:.1f} s reached"
+        else:
+            if self.on_retry is not None:
+                self.on_retry(self.count, exc, delay)
+            return delay
+        raise RetryExhausted(exc, self.count, self.deadline.elapsed(), reason) from exc
 
 
 def retry_call(
@@ -103,19 +123,14 @@ def retry_call(
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """`fn()`, retried on errors `retryable` accepts; others propagate unchanged."""
-    deadline = deadline or Deadline(policy.deadline_s)
-    delays = policy.delays()
-    attempt = 0
+    attempts = _Attempts(policy, retryable, on_retry, deadline)
     while True:
-        attempt += 1
+        attempts.count += 1
         try:
             return fn()
         except Exception as exc:
-            if not retryable(exc):
+            if (delay := attempts.failed(exc)) is None:
                 raise
-            delay = _next_delay(delays, deadline, attempt, exc)
-            if on_retry is not None:
-                on_retry(attempt, exc, delay)
         sleep(delay)
 
 
@@ -127,17 +142,12 @@ async def retry_async(
     deadline: Deadline | None = None,
 ) -> T:
     """The coroutine form of `retry_call`: awaits `fn()` and sleeps with asyncio."""
-    deadline = deadline or Deadline(policy.deadline_s)
-    delays = policy.delays()
-    attempt = 0
+    attempts = _Attempts(policy, retryable, on_retry, deadline)
     while True:
-        attempt += 1
+        attempts.count += 1
         try:
             return await fn()
         except Exception as exc:
-            if not retryable(exc):
+            if (delay := attempts.failed(exc)) is None:
                 raise
-            delay = _next_delay(delays, deadline, attempt, exc)
-            if on_retry is not None:
-                on_retry(attempt, exc, delay)
         await asyncio.sleep(delay)

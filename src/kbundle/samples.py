@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,16 +149,18 @@ def build_digits_transformer(out_dir: Path) -> None:
     write_sha256sums(out_dir)
 
 
-def _build_transformer_samples(models_dir: Path, force: bool) -> None:
-    models_dir.mkdir(parents=True, exist_ok=True)
-    target = models_dir / "digits-transformer" / "v1"
-    stamp = f"digits-transformer/v1 recipe={RECIPE_VERSION} spec={hashlib.sha256(DIGITS_TRANSFORMER_SPEC.encode()).hexdigest()[:12]}"
+def _build_cached(
+    models_dir: Path, target: Path, stamp: str, build: Callable[[Path], None], force: bool
+) -> None:
+    """`build(dir)` into `target`, skipped when its stamp matches. Built beside the target and
+    swapped in, so a crash never leaves a half-built model."""
     stamp_file = target / ".kbundle-sample"
     if not force and stamp_file.is_file() and stamp_file.read_text() == stamp:
         return
+    models_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=models_dir))
     try:
-        build_digits_transformer(staging)
+        build(staging)
         (staging / ".kbundle-sample").write_text(stamp)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
@@ -165,6 +168,13 @@ def _build_transformer_samples(models_dir: Path, force: bool) -> None:
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build_transformer_samples(models_dir: Path, force: bool) -> None:
+    spec_digest = hashlib.sha256(DIGITS_TRANSFORMER_SPEC.encode()).hexdigest()[:12]
+    stamp = f"digits-transformer/v1 recipe={RECIPE_VERSION} spec={spec_digest}"
+    target = models_dir / "digits-transformer" / "v1"
+    _build_cached(models_dir, target, stamp, build_digits_transformer, force)
 
 
 def _stamp(name: str) -> str:
@@ -177,23 +187,12 @@ def build_all(models_dir: Path | None = None, force: bool = False) -> Path:
     """Build every sample model (cached: skipped when the stamp matches). Returns the models dir."""
     models_dir = Path(models_dir or default_models_dir())
     for version in DIGITS_VERSIONS:
-        target = models_dir / "digits" / version
-        stamp = _stamp(f"digits/{version}")
-        stamp_file = target / ".kbundle-sample"
-        if not force and stamp_file.is_file() and stamp_file.read_text() == stamp:
-            continue
-        # Build beside the target and swap in, so a crash never leaves a half-built model.
-        models_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".build-", dir=models_dir))
-        try:
-            build_digits(staging, version)
-            stamp_path = staging / ".kbundle-sample"
-            stamp_path.write_text(stamp)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                shutil.rmtree(target)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        _build_cached(
+            models_dir,
+            models_dir / "digits" / version,
+            _stamp(f"digits/{version}"),
+            lambda out, version=version: build_digits(out, version),
+            force,
+        )
     _build_transformer_samples(models_dir, force)
     return models_dir

@@ -75,6 +75,11 @@ def _bytes_from_raw(
             raise InvalidRequest(f"{where}: BYTES element {len(items)} is truncated")
         items.append(bytes(view[offset : offset + size]))
         offset += size
+    return _bytes_array(where, shape, count, items)
+
+
+def _bytes_array(where: str, shape: tuple[int, ...], count: int, items: list) -> np.ndarray:
+    """A BYTES tensor (object array of `shape`) from its `count` elements, or InvalidRequest."""
     if len(items) != count:
         raise InvalidRequest(
             f"{where}: BYTES {list(shape)} needs {count} elements, got {len(items)}"
@@ -88,14 +93,7 @@ def array_from_list(where: str, datatype: str, shape: tuple[int, ...], data: obj
     """Decode a JSON (or gRPC typed-contents) tensor, checking element count and value kinds."""
     count = element_count(shape)
     if datatype == "BYTES":
-        flat = _flatten_bytes(where, data)
-        if len(flat) != count:
-            raise InvalidRequest(
-                f"{where}: BYTES {list(shape)} needs {count} elements, got {len(flat)}"
-            )
-        out = np.empty(count, dtype=object)
-        out[:] = flat
-        return out.reshape(shape)
+        return _bytes_array(where, shape, count, _flatten_bytes(where, data))
     try:
         values = np.asarray(data)
     except (ValueError, TypeError) as exc:

@@ -8,11 +8,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).parents[1] / "up"))
 
-from up_harness import HERE, start_up  # noqa: E402
+from up_harness import up_fixture  # noqa: E402
 
 LISTEN = "0A"
 # 127.0.0.1, ::ffff:127.0.0.1 (grpc's dual-stack socket bound to 127.0.0.1) and ::1.
@@ -33,11 +31,7 @@ def listening(port: int) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def up(tmp_path_factory, sample_models: Path):
-    proc = start_up(HERE / "digits-transformer.yaml", tmp_path_factory.mktemp("up-bind"))
-    yield proc
-    proc.stop()
+up = up_fixture("digits-transformer.yaml", "up-bind")
 
 
 def test_up_components_listen_on_loopback_only(up):

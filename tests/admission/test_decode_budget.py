@@ -16,7 +16,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from PIL import Image
 from proc_mem import peak_mb, reset_peak, rss_mb
-from procs import start_module
+from procs import start_predictor, start_transformer
 from tritonclient.utils import InferenceServerException
 
 BUDGET = 320 * 1024 * 1024
@@ -33,27 +33,14 @@ def long_png() -> bytes:
 @pytest.fixture(scope="module")
 def servers(sample_models, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("decode-budget")
-    predictor = start_module(
-        "kbundle.predictors",
-        ["--model_name", "digits", "--model_dir", str(sample_models / "digits" / "v1")],
-        tmp / "predictor.log",
-        "/v2/models/digits/ready",
-    )
+    predictor = start_predictor("digits", sample_models / "digits" / "v1", tmp / "predictor.log")
     try:
-        transformer = start_module(
-            "kbundle.transformers",
-            [
-                "--model_name",
-                "digits",
-                "--model_dir",
-                str(sample_models / "digits-transformer" / "v1"),
-                "--predictor_host",
-                predictor.grpc_url,
-                "--predictor_protocol",
-                "grpc-v2",
-            ],
+        transformer = start_transformer(
+            "digits",
+            sample_models / "digits-transformer" / "v1",
+            predictor.grpc_url,
+            "grpc-v2",
             tmp / "transformer.log",
-            "/v2/models/digits/ready",
             env={"KBUNDLE_DECODE_BUDGET_BYTES": str(BUDGET), "KBUNDLE_DECODE_WAIT_MS": "200"},
         )
     except Exception:

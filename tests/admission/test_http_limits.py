@@ -15,7 +15,7 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 from proc_mem import peak_mb, reset_peak, rss_mb
-from procs import start_module
+from procs import start_predictor, start_transformer
 from queue_model import build_slow_model, expected
 from raw_http import send_headers, send_huge_body, send_slow_headers
 from tritonclient.utils import InferenceServerException
@@ -32,34 +32,15 @@ def servers(sample_models, tmp_path_factory):
     model_dir = build_slow_model(tmp / "fast", "max_batch_size: 0\nwarmup: false\n", layers=1)
     started = {}
     try:
-        started["predictor"] = start_module(
-            "kbundle.predictors",
-            ["--model_name", "slow", "--model_dir", str(model_dir)],
-            tmp / "predictor.log",
-            "/v2/models/slow/ready",
-            env=ENV,
-        )
-        digits = start_module(
-            "kbundle.predictors",
-            ["--model_name", "digits", "--model_dir", str(sample_models / "digits" / "v1")],
-            tmp / "digits.log",
-            "/v2/models/digits/ready",
-        )
+        started["predictor"] = start_predictor("slow", model_dir, tmp / "predictor.log", env=ENV)
+        digits = start_predictor("digits", sample_models / "digits" / "v1", tmp / "digits.log")
         started["digits"] = digits
-        started["transformer"] = start_module(
-            "kbundle.transformers",
-            [
-                "--model_name",
-                "digits",
-                "--model_dir",
-                str(sample_models / "digits-transformer" / "v1"),
-                "--predictor_host",
-                digits.grpc_url,
-                "--predictor_protocol",
-                "grpc-v2",
-            ],
+        started["transformer"] = start_transformer(
+            "digits",
+            sample_models / "digits-transformer" / "v1",
+            digits.grpc_url,
+            "grpc-v2",
             tmp / "transformer.log",
-            "/v2/models/digits/ready",
             env=ENV,
         )
         yield started
@@ -137,11 +118,10 @@ def test_a_connection_sending_headers_a_byte_a_second_is_closed(component):
 def big_server(tmp_path_factory):
     tmp = Path(tmp_path_factory.mktemp("big"))
     model_dir = build_slow_model(tmp / "fast", "max_batch_size: 0\nwarmup: false\n", layers=1)
-    proc = start_module(
-        "kbundle.predictors",
-        ["--model_name", "slow", "--model_dir", str(model_dir)],
+    proc = start_predictor(
+        "slow",
+        model_dir,
         tmp / "predictor.log",
-        "/v2/models/slow/ready",
         env={"KBUNDLE_MAX_REQUEST_BYTES": str(256 * 1024 * 1024)},
     )
     yield proc

@@ -21,7 +21,7 @@ from admission_helpers import (
     rest_output,
     send_and_leave,
 )
-from procs import start_module
+from procs import start_predictor
 from queue_model import build_slow_model, expected
 from tritonclient.utils import InferenceServerException
 
@@ -33,12 +33,7 @@ DEADLINE = BASE + "max_queue_size: 64\nmax_request_rows: 0\n"
 def _server(tmp_path_factory, label: str, config: str):
     root = Path(tmp_path_factory.mktemp(label))
     model_dir = build_slow_model(root / MODEL, config)
-    return start_module(
-        "kbundle.predictors",
-        ["--model_name", MODEL, "--model_dir", str(model_dir)],
-        root / "server.log",
-        f"/v2/models/{MODEL}/ready",
-    )
+    return start_predictor(MODEL, model_dir, root / "server.log")
 
 
 @pytest.fixture(scope="module")

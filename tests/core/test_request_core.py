@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from metrics_text import samples, total
-from procs import free_port, start_module
+from procs import free_port, start_predictor
 from tritonclient.utils import InferenceServerException
 
 import kbundle
@@ -28,13 +28,7 @@ SRC = Path(kbundle.__file__).parent
 @pytest.fixture(scope="module")
 def server(digits_v1: Path, tmp_path_factory):
     log = tmp_path_factory.mktemp("core") / "predictor.log"
-    proc = start_module(
-        "kbundle.predictors",
-        ["--model_name", MODEL, "--model_dir", str(digits_v1)],
-        log,
-        ready_path=f"/v2/models/{MODEL}/ready",
-        env={"K_REVISION": "digits-predictor-00007"},
-    )
+    proc = start_predictor(MODEL, digits_v1, log, env={"K_REVISION": "digits-predictor-00007"})
     yield proc
     proc.stop()
 

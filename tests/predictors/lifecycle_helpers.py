@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import tritonclient.grpc.service_pb2 as pb
-from procs import ServerProcess, start_module
+from procs import ServerProcess, start_predictor
 from slow_model import WIDTH, build_slow_model, request_rows
 
 MODEL = "slow"
@@ -22,13 +22,7 @@ def start_slow(
 ) -> ServerProcess:
     """The slow model with one 64-row request per batch, so requests queue in the batcher."""
     model_dir = build_slow_model(tmp_path / "slow", f"max_batch_size: {max_batch_size}\n")
-    return start_module(
-        "kbundle.predictors",
-        ["--model_name", MODEL, "--model_dir", str(model_dir), *flags],
-        tmp_path / "predictor.log",
-        ready_path=f"/v2/models/{MODEL}/ready",
-        env=env,
-    )
+    return start_predictor(MODEL, model_dir, tmp_path / "predictor.log", *flags, env=env)
 
 
 def infer_call(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import queue
-import re
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from batching_models import build_batching_model, expected, request_arrays
-from procs import start_module
+from metrics_text import total
+from procs import start_predictor
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 MODEL = "batchy"
@@ -31,12 +31,7 @@ CONFIG = "max_batch_size: 8\nmax_batch_delay_ms: 2\nintra_op_threads: 1\nmax_req
 def server(tmp_path_factory):
     root = Path(tmp_path_factory.mktemp("batching-server"))
     model_dir = build_batching_model(root / MODEL, CONFIG)
-    proc = start_module(
-        "kbundle.predictors",
-        ["--model_name", MODEL, "--model_dir", str(model_dir)],
-        root / "server.log",
-        f"/v2/models/{MODEL}/ready",
-    )
+    proc = start_predictor(MODEL, model_dir, root / "server.log")
     yield proc
     proc.stop()
 
@@ -100,14 +95,8 @@ def check_rows(arrays: dict, result) -> None:
         np.testing.assert_array_equal(result.as_numpy(name), want[name], err_msg=name)
 
 
-def metric(server, name: str, **labels) -> float:
-    text = urllib.request.urlopen(f"http://{server.http_url}/metrics", timeout=10).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
+def metric(server, name: str, **labels: str) -> float:
+    return total(server.http_url, name, **labels)
 
 
 def test_concurrent_mixed_batch_sizes_get_exactly_their_own_rows(server):

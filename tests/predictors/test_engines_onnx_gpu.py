@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from procs import error_lines, predictor_cmd, run_to_exit
 
 from kbundle.errors import EngineLoadError
 from kbundle.predictors.engine import load_engine
@@ -70,24 +69,9 @@ def _gpu_providers() -> list[str]:
 def test_predictor_with_device_cuda_exits_nonzero_with_one_line(digits_v1: Path) -> None:
     if _gpu_providers():
         pytest.skip(f"this onnxruntime has GPU providers {_gpu_providers()}")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kbundle.predictors",
-            "--model_name",
-            "digits",
-            "--model_dir",
-            str(digits_v1),
-            "--device",
-            "cuda",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_to_exit(predictor_cmd("digits", digits_v1, "--device", "cuda"))
     assert proc.returncode == 1
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    errors = error_lines(proc.stderr)
     assert errors == [
         "error: model 'digits' failed to load: device: cuda asked for, but this onnxruntime offers only "
         f"{ort.get_available_providers()} (install onnxruntime-gpu in place of onnxruntime, on a machine with a CUDA GPU)"
@@ -136,7 +120,7 @@ def test_gpu_providers_with_io_binding_served(
             f"needs onnxruntime-gpu with {wanted} on a CUDA GPU; available: {ort.get_available_providers()}"
         )
     import tritonclient.http as httpclient
-    from procs import start_module
+    from procs import start_predictor
 
     engine = OnnxEngine.load(
         digits_v1 / "model.onnx",
@@ -156,22 +140,12 @@ def test_gpu_providers_with_io_binding_served(
         {"input": x}, ["probabilities"]
     )[0]
     np.testing.assert_allclose(bound, plain, atol=1e-3)
-    server = start_module(
-        "kbundle.predictors",
-        [
-            "--model_name",
-            "digits",
-            "--model_dir",
-            str(digits_v1),
-            "--device",
-            "cuda",
-            "--execution_providers",
-            providers,
-            "--engine_cache_dir",
-            str(tmp_path / "trt"),
-        ],
+    server = start_predictor(
+        "digits",
+        digits_v1,
         tmp_path / "server.log",
-        "/v2/models/digits/ready",
+        *("--device", "cuda", "--execution_providers", providers),
+        *("--engine_cache_dir", str(tmp_path / "trt")),
         timeout=300,
     )
     try:

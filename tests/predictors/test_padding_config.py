@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from procs import error_lines, predictor_cmd, run_to_exit
 from text_models import encoder_onnx, model_dir
 
 from kbundle.errors import EngineLoadError
@@ -81,22 +80,9 @@ def test_the_predictor_refuses_to_start_with_one_line(tmp_path: Path) -> None:
         "max_batch_size: 8\npadding:\n  dim: s\n  buckets: [16]\n  pad_values: {input_ids: 0}\n"
     )
     directory = model_dir(tmp_path / "enc", config)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kbundle.predictors",
-            "--model_name",
-            "enc",
-            "--model_dir",
-            str(directory),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_to_exit(predictor_cmd("enc", directory))
     assert proc.returncode == 1
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    errors = error_lines(proc.stderr)
     assert errors == [
         "error: model 'enc' failed to load: model 'enc' kbundle.yaml padding: pad_values has no "
         "value for padded input(s) ['attention_mask']"

@@ -5,14 +5,13 @@ predictor on a port in use exits 1 with one line naming the port and the flag.""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 
 import grpc
 import pytest
 from lifecycle_helpers import MODEL, grpc_message, infer_call, start_slow
 from metrics_text import total
-from procs import free_port
+from procs import free_port, predictor_cmd, run_to_exit
 
 REQUESTS = "kbundle_requests_total"
 ROWS = 640
@@ -62,24 +61,8 @@ def test_24_client_cancels_and_deadlines_count_as_cancelled_not_server_errors(se
 
 
 def second_predictor(digits_v1, http_port: int, grpc_port: int) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kbundle.predictors",
-            "--model_name",
-            "digits",
-            "--model_dir",
-            str(digits_v1),
-            "--http_port",
-            str(http_port),
-            "--grpc_port",
-            str(grpc_port),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    ports = ("--http_port", str(http_port), "--grpc_port", str(grpc_port))
+    return run_to_exit(predictor_cmd("digits", digits_v1, *ports))
 
 
 @pytest.mark.parametrize("which", ["grpc", "rest"])

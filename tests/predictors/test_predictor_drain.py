@@ -20,6 +20,7 @@ from lifecycle_helpers import (
     rest_infer,
     start_slow,
 )
+from procs import drained
 
 CALLS = 32
 DRAIN_S = 20.0
@@ -49,8 +50,7 @@ def test_sigterm_with_32_grpc_calls_in_flight_answers_all_and_exits_0(tmp_path):
             assert sum(f.done() for f in futures) < CALLS // 2
             sent, ready_status = signal_and_watch_readiness(server)
             results = [grpc_rows(f.result()) for f in futures]
-        code = server.proc.wait(DRAIN_S + 10)
-        elapsed = time.monotonic() - sent
+        code, elapsed = drained(server, sent, DRAIN_S + 10)
     finally:
         server.stop()
     assert ready_status == 503
@@ -75,10 +75,7 @@ def test_sigterm_with_32_rest_calls_in_flight_answers_all_and_refuses_new_ones(t
         time.sleep(0.5)  # all 32 received (the threads start and send within this)
         sent, ready_status = signal_and_watch_readiness(server)
         late_status, late_message = rest_infer(server.http_url, 99)
-        for thread in threads:
-            thread.join(60)
-        code = server.proc.wait(DRAIN_S + 10)
-        elapsed = time.monotonic() - sent
+        code, elapsed = drained(server, sent, DRAIN_S + 10, threads, join_s=60)
     finally:
         server.stop()
     assert ready_status == 503

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from procs import start_module
+from procs import start_predictor
 from tritonclient.utils import InferenceServerException
 
 from kbundle.samples import digits_split
@@ -27,12 +27,7 @@ MODEL = "digits"
 @pytest.fixture(scope="module")
 def server(digits_v1: Path, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "predictor.log"
-    proc = start_module(
-        "kbundle.predictors",
-        ["--model_name", MODEL, "--model_dir", str(digits_v1)],
-        log,
-        ready_path=f"/v2/models/{MODEL}/ready",
-    )
+    proc = start_predictor(MODEL, digits_v1, log)
     yield proc
     proc.stop()
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from procs import start_module
+from procs import start_predictor
 from text_models import model_dir, tokens, unpadded
 from tritonclient.utils import InferenceServerException
 
@@ -42,12 +42,7 @@ padding:
 
 def _start(root: Path, config: str, unnamed: bool = False):
     directory = model_dir(root / MODEL, config, unnamed=unnamed)
-    return start_module(
-        "kbundle.predictors",
-        ["--model_name", MODEL, "--model_dir", str(directory)],
-        root / "server.log",
-        f"/v2/models/{MODEL}/ready",
-    )
+    return start_predictor(MODEL, directory, root / "server.log")
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +80,18 @@ def _refusal(protocol: str, server, arrays) -> InferenceServerException:
     return info.value
 
 
-@pytest.mark.parametrize("protocol", ["rest", "grpc"])
-def test_inputs_disagreeing_on_a_shared_dim_are_400_naming_both(padded, protocol) -> None:
+def _mismatched(protocol: str, server) -> InferenceServerException:
+    """The refusal of input_ids [3, 9] sent with attention_mask [3, 7] (one shared dim 's')."""
     arrays = {
         "input_ids": tokens(9, 1, rows=3)["input_ids"],
         "attention_mask": np.ones((3, 7), np.int64),
     }
-    error = _refusal(protocol, padded, arrays)
+    return _refusal(protocol, server, arrays)
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_inputs_disagreeing_on_a_shared_dim_are_400_naming_both(padded, protocol) -> None:
+    error = _mismatched(protocol, padded)
     assert error.status() in ("400", "StatusCode.INVALID_ARGUMENT")
     assert (
         "model 'enc' inputs 'input_ids' and 'attention_mask' disagree on dim 's' (9 vs 7)"
@@ -109,11 +109,7 @@ def test_metadata_and_model_config_keep_minus_one(padded) -> None:
 
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
 def test_an_engine_shape_failure_is_400_without_engine_text(unnamed, protocol) -> None:
-    arrays = {
-        "input_ids": tokens(9, 1, rows=3)["input_ids"],
-        "attention_mask": np.ones((3, 7), np.int64),
-    }
-    error = _refusal(protocol, unnamed, arrays)
+    error = _mismatched(protocol, unnamed)
     assert error.status() in ("400", "StatusCode.INVALID_ARGUMENT")
     message = error.message()
     assert "cannot run this request's shapes or values" in message

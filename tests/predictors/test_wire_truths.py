@@ -13,7 +13,7 @@ import onnx
 import pytest
 import tritonclient.http as httpclient
 from onnx import TensorProto, helper
-from procs import start_module
+from procs import start_predictor
 
 MODEL = "wire"
 TYPES = {"fp16": TensorProto.FLOAT16, "fp32": TensorProto.FLOAT, "i64": TensorProto.INT64}
@@ -31,12 +31,7 @@ def server(tmp_path_factory):
     model.ir_version = 8
     onnx.save(model, str(root / "model.onnx"))
     (root / "kbundle.yaml").write_text("max_batch_size: 0\n")
-    proc = start_module(
-        "kbundle.predictors",
-        ["--model_name", MODEL, "--model_dir", str(root)],
-        root / "server.log",
-        f"/v2/models/{MODEL}/ready",
-    )
+    proc = start_predictor(MODEL, root, root / "server.log")
     yield proc
     proc.stop()
 

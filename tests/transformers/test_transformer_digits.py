@@ -6,8 +6,6 @@ hop protocols, with tritonclient (gRPC and HTTP binary) and raw JSON with base64
 
 from __future__ import annotations
 
-import base64
-
 import numpy as np
 import pytest
 import requests
@@ -15,6 +13,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from transformer_helpers import bytes_array, png, start_predictor, start_transformer
 from tritonclient.utils import InferenceServerException
+from v2_json import base64_input
 
 from kbundle import samples
 
@@ -103,17 +102,7 @@ def test_heldout_pngs_via_raw_json_base64(transformer, heldout):
     predicted = []
     for start in range(0, len(images), BATCH):
         chunk = images[start : start + BATCH]
-        body = {
-            "inputs": [
-                {
-                    "name": "image",
-                    "datatype": "BYTES",
-                    "shape": [len(chunk)],
-                    "data": [base64.b64encode(image).decode() for image in chunk],
-                }
-            ],
-            "outputs": [{"name": "labels"}],
-        }
+        body = {"inputs": [base64_input("image", chunk)], "outputs": [{"name": "labels"}]}
         response = requests.post(
             f"http://{transformer.http_url}/v2/models/digits/infer", json=body, timeout=30
         )
@@ -126,16 +115,7 @@ def test_heldout_pngs_via_raw_json_base64(transformer, heldout):
 def test_corrupt_image_is_400_naming_the_field(transformer, heldout):
     images, _ = heldout
     corrupt = images[0][:20] + b"\x00" * 40  # a PNG signature, then garbage
-    body = {
-        "inputs": [
-            {
-                "name": "image",
-                "datatype": "BYTES",
-                "shape": [2],
-                "data": [base64.b64encode(images[1]).decode(), base64.b64encode(corrupt).decode()],
-            }
-        ]
-    }
+    body = {"inputs": [base64_input("image", [images[1], corrupt])]}
     response = requests.post(
         f"http://{transformer.http_url}/v2/models/digits/infer", json=body, timeout=30
     )

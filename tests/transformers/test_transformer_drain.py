@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 
+from procs import drained
 from test_transformer_hop_errors import _grpc, _rest
 from transformer_helpers import start_recording_predictor, start_transformer
 
@@ -56,10 +57,7 @@ def test_sigterm_lets_in_flight_hops_finish_and_exits_0(sample_models, tmp_path)
         status = 200
         while status == 200 and time.monotonic() - sent < 1.0:
             status = ready_status(transformer)
-        for thread in threads:
-            thread.join(30)
-        code = transformer.proc.wait(DRAIN_S + 10)
-        elapsed = time.monotonic() - sent
+        code, elapsed = drained(transformer, sent, DRAIN_S + 10, threads, join_s=30)
     finally:
         transformer.stop()
         predictor.stop()

@@ -7,18 +7,14 @@ import os
 from pathlib import Path
 
 import numpy as np
+import procs
 from procs import ServerProcess, start_module
 
 HERE = Path(__file__).parent
 
 
 def start_predictor(tmp: Path, name: str, model_dir: Path, label: str) -> ServerProcess:
-    return start_module(
-        "kbundle.predictors",
-        ["--model_name", name, "--model_dir", str(model_dir)],
-        tmp / f"{label}.log",
-        f"/v2/models/{name}/ready",
-    )
+    return procs.start_predictor(name, model_dir, tmp / f"{label}.log")
 
 
 def start_transformer(
@@ -30,19 +26,8 @@ def start_transformer(
     label: str,
     extra: list[str] = (),
 ) -> ServerProcess:
-    args = [
-        "--model_name",
-        name,
-        "--model_dir",
-        str(model_dir),
-        "--predictor_host",
-        predictor,
-        "--predictor_protocol",
-        protocol,
-        *extra,
-    ]
-    return start_module(
-        "kbundle.transformers", args, tmp / f"{label}.log", f"/v2/models/{name}/ready"
+    return procs.start_transformer(
+        name, model_dir, predictor, protocol, tmp / f"{label}.log", *extra
     )
 
 

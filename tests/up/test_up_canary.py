@@ -9,7 +9,6 @@ import collections
 import math
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,17 +16,21 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
-from up_harness import HERE, digits_rows, infer_json, kbundle_cmd, revision_of, start_up, wait_for
+from up_harness import (
+    digits_rows,
+    infer_json,
+    kbundle_cmd,
+    revision_of,
+    start_up,
+    up_fixture,
+    wait_for,
+)
 
 REQUESTS = 400
 CANARY = 30
 
 
-@pytest.fixture(scope="module")
-def up(tmp_path_factory, sample_models: Path):
-    proc = start_up(HERE / "digits-custom.yaml", tmp_path_factory.mktemp("up-canary"))
-    yield proc
-    proc.stop()
+up = up_fixture("digits-custom.yaml", "up-canary")
 
 
 def _revisions_answering(up, n: int) -> collections.Counter:

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import collections
 import math
-from pathlib import Path
 
-import pytest
 import requests
-from up_harness import HERE, digits_rows, infer_json, revision_of, start_up, wait_for
+from up_harness import digits_rows, infer_json, revision_of, up_fixture, wait_for
 
 REQUESTS = 200
 
 
-@pytest.fixture(scope="module")
-def up(tmp_path_factory, sample_models: Path):
-    proc = start_up(HERE / "digits-standard.yaml", tmp_path_factory.mktemp("up-standard"))
-    yield proc
-    proc.stop()
+up = up_fixture("digits-standard.yaml", "up-standard")
 
 
 def test_spec_canary_gets_its_traffic_percent(up):

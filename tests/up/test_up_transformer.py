@@ -7,7 +7,6 @@ routes to the transformer, and its readiness/metadata answer through both ingres
 
 from __future__ import annotations
 
-import base64
 import importlib.util
 import io
 import json
@@ -18,7 +17,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from up_harness import HERE, start_up
+from up_harness import up_fixture
+from v2_json import base64_input
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("kbundle.transformers.__main__") is None,
@@ -26,11 +26,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def up(tmp_path_factory, sample_models: Path):
-    proc = start_up(HERE / "digits-transformer.yaml", tmp_path_factory.mktemp("up-transformer"))
-    yield proc
-    proc.stop()
+up = up_fixture("digits-transformer.yaml", "up-transformer")
 
 
 def test_both_components_run_and_the_ingress_reaches_the_transformer(up):
@@ -62,16 +58,7 @@ def test_png_digits_get_the_right_labels_through_the_transformer(up):
     tensor.set_data_from_numpy(np.array(pngs, dtype=object))
     result = grpc.infer("digits", [tensor])
     assert (result.as_numpy("label") == digits.target[:8]).mean() >= 0.75
-    body = {
-        "inputs": [
-            {
-                "name": "image",
-                "datatype": "BYTES",
-                "shape": [len(pngs)],
-                "data": [base64.b64encode(p).decode() for p in pngs],
-            }
-        ]
-    }
+    body = {"inputs": [base64_input("image", pngs)]}
     request = urllib.request.Request(
         f"http://{up.rest_url}/v2/models/digits/infer",
         data=json.dumps(body).encode(),

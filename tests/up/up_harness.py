@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 HERE = Path(__file__).parent
@@ -65,6 +66,18 @@ def up_cmd(manifest: Path, state: Path, port: int, grpc_port: int, *extra: str) 
     """`kbundle up MANIFEST` on the given ports and state folder, component output to log files."""
     ports = ["--port", str(port), "--grpc-port", str(grpc_port)]
     return kbundle_cmd("up", str(manifest), *ports, "--state-dir", str(state), "--quiet", *extra)
+
+
+def up_fixture(manifest: str, state_name: str):
+    """A module-scoped `up` fixture: `kbundle up` on tests/up/<manifest>, stopped after the module."""
+
+    @pytest.fixture(scope="module")
+    def up(tmp_path_factory, sample_models: Path):
+        proc = start_up(HERE / manifest, tmp_path_factory.mktemp(state_name))
+        yield proc
+        proc.stop()
+
+    return up
 
 
 def start_up(manifest_src: Path, tmp: Path, *extra: str, timeout: float = 120) -> UpProcess:

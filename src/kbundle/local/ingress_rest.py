@@ -18,6 +18,7 @@ import orjson
 
 from kbundle.errors import KbundleError, ModelUnavailable, UpstreamTimeout
 from kbundle.local.service import LocalService
+from kbundle.retry import RetryExhausted, RetryPolicy, retry_async
 from kbundle.serving.limits import TIMEOUT_HEADER, request_deadline
 
 TIMEOUT_HEADER_B = TIMEOUT_HEADER.encode()
@@ -40,6 +41,9 @@ _DROP = {
     b"proxy-authenticate",
     b"content-length",
 }
+# A pooled connection found dead before any answer: tried once more, at once.
+_STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+_STALE_RETRY = RetryPolicy(attempts=2, first_delay_s=0.0)
 # aiohttp adds these when absent; a proxy must send the client's request as it came.
 _NO_AUTO_HEADERS = ("Content-Type", "User-Agent", "Accept-Encoding", "Accept")
 
@@ -118,27 +122,28 @@ class RestIngress:
             timeout = aiohttp.ClientTimeout(total=left, sock_connect=5.0)
         query = scope.get("query_string") or b""
         url = base + scope["path"] + (("?" + query.decode()) if query else "")
-        for attempt in (1, 2):
-            try:
-                async with self.client.request(
-                    scope["method"],
-                    url,
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                    timeout=timeout or self.client.timeout,
-                ) as resp:
-                    content = await resp.read()
-                    out = [(k, v) for k, v in resp.raw_headers if k.lower() not in _DROP]
-                    return resp.status, out, content
-            except asyncio.TimeoutError as exc:
-                raise UpstreamTimeout(f"{base}: no answer in time") from exc
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if attempt == 2:
-                    raise ModelUnavailable(f"upstream {base} unreachable: {exc}") from exc
-            except aiohttp.ClientError as exc:
-                raise ModelUnavailable(f"upstream {base} unreachable: {exc}") from exc
-        raise AssertionError("unreachable")
+
+        async def send() -> tuple[int, list, bytes]:
+            async with self.client.request(
+                scope["method"],
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=timeout or self.client.timeout,
+            ) as resp:
+                content = await resp.read()
+                out = [(k, v) for k, v in resp.raw_headers if k.lower() not in _DROP]
+                return resp.status, out, content
+
+        try:
+            return await retry_async(send, _STALE_RETRY, lambda e: isinstance(e, _STALE))
+        except asyncio.TimeoutError as exc:
+            raise UpstreamTimeout(f"{base}: no answer in time") from exc
+        except RetryExhausted as exc:
+            raise ModelUnavailable(f"upstream {base} unreachable: {exc.last}") from exc.last
+        except aiohttp.ClientError as exc:
+            raise ModelUnavailable(f"upstream {base} unreachable: {exc}") from exc
 
 
 def _deadline(scope: dict) -> float | None:

@@ -35,6 +35,7 @@ from kbundle.validation import SignatureValidator
 T = TypeVar("T")
 Decoder = Callable[[SignatureValidator | None], ArrayRequest]
 Encoder = Callable[[str, ArrayRequest, ArrayResponse], T]
+Request = ArrayRequest | Decoder  # what a transport hands the core: decoded, or how to decode it
 OnCancel = Callable[[Callable[[], object]], object]
 
 
@@ -83,16 +84,10 @@ class RequestCore:
         return model
 
     async def infer(
-        self,
-        model_name: str,
-        request: ArrayRequest | Decoder,
-        call: CallContext,
-        encode: Encoder = _keep,
+        self, model_name: str, request: Request, call: CallContext, encode: Encoder = _keep
     ) -> Any:
-        started, model, label = self._begin(model_name)
+        started, label, model, array_request = self._start(model_name, request, call)
         try:
-            model = self._checked(model_name, model, call)
-            array_request = _decoded(model, request)
             response = await model.infer_arrays(array_request)
             result = encode(model.name, array_request, response)
         except asyncio.CancelledError:  # the client left: the task must stay cancelled
@@ -104,17 +99,11 @@ class RequestCore:
         return result
 
     def infer_blocking(
-        self,
-        model_name: str,
-        request: ArrayRequest | Decoder,
-        call: CallContext,
-        encode: Encoder = _keep,
+        self, model_name: str, request: Request, call: CallContext, encode: Encoder = _keep
     ) -> Any:
         """`infer` for a transport thread: blocks that thread, never the loop."""
-        started, model, label = self._begin(model_name)
+        started, label, model, array_request = self._start(model_name, request, call)
         try:
-            model = self._checked(model_name, model, call)
-            array_request = _decoded(model, request)
             response = self._run_blocking(model, array_request, call)
             result = encode(model.name, array_request, response)
         except Exception as exc:
@@ -153,6 +142,18 @@ class RequestCore:
         on_cancel(future.cancel)  # a normal finish makes the later cancel() a no-op
         return future.result()
 
+    def _start(
+        self, model_name: str, request: Request, call: CallContext
+    ) -> tuple[float, str, ArrayModel, ArrayRequest]:
+        """Counts the call in; (start time, metrics label, the checked model, the decoded
+        request). A refusal here is counted out and raised as its KBundleError."""
+        started, model, label = self._begin(model_name)
+        try:
+            model = self._checked(model_name, model, call)
+            return started, label, model, _decoded(model, request)
+        except Exception as exc:
+            raise self._failed(label, call, started, exc) from exc
+
     # -- accounting ----------------------------------------------------------------------------
     def _begin(self, model_name: str) -> tuple[float, Any, str]:
         """Start time, the registered model (or None) and its metrics label."""
@@ -190,7 +191,7 @@ def as_error(exc: BaseException) -> KBundleError:
     return KBundleError(message, status)
 
 
-def _decoded(model: ArrayModel, request: ArrayRequest | Decoder) -> ArrayRequest:
+def _decoded(model: ArrayModel, request: Request) -> ArrayRequest:
     if isinstance(request, ArrayRequest):
         return request
     return request(model.validator)
