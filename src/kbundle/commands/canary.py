@@ -84,12 +84,14 @@ def run(args: argparse.Namespace) -> int:
         return canary_analyze.run(args)
     try:
         from kbundle.manifests import canary
-        from kbundle.manifests.atomic import atomic_write_text
     except ImportError as exc:
         print(f"error: {exc}; install with: pip install 'kbundle[manifests]'", file=sys.stderr)
         return 2
+    from kbundle.atomic import FileChanged, atomic_write, read_with_digest
+
     try:
-        text = args.file.read_bytes().decode("utf-8")
+        raw, read_digest = read_with_digest(args.file)
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
         return 1
@@ -115,7 +117,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.file}: {plan.target} unchanged")
         return 0
     try:
-        atomic_write_text(args.file, plan.new)
+        atomic_write(args.file, plan.new, expect_digest=read_digest)
+    except FileChanged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"error: could not write {args.file} (left unchanged): {exc}", file=sys.stderr)
         return 1
