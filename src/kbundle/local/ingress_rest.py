@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 
 from kbundle.errors import KbundleError, ModelUnavailable, UpstreamTimeout
+from kbundle.local.scrape import METRICS_PATH, metrics_text
 from kbundle.local.service import LocalService
 
 REVISION_HEADER = "x-kbundle-revision"
@@ -66,6 +67,10 @@ class RestIngress:
                 orjson.dumps(await self.service.status(window)),
                 [(b"content-type", b"application/json")],
             )
+            return
+        if scope["path"] == METRICS_PATH:  # the queue-proxy's per-revision metrics
+            text = metrics_text(self.service).encode()
+            await _respond(send, 200, text, [(b"content-type", b"text/plain; version=0.0.4")])
             return
         body = await _read_body(receive)
         try:
