@@ -75,7 +75,7 @@ def test_too_few_requests_hold_whatever_the_figures():
 def test_ratios_are_compared_unrounded_and_the_floor_applies():
     def window(counts):
         bounds = (0.001, 0.002, 0.004, float("inf"))
-        return {"requests": 100, "errors": 0, "buckets": list(zip(bounds, counts))}
+        return {"requests": 100, "errors": 0, "buckets": list(zip(bounds, counts, strict=True))}
 
     old, fast_but_2x = window((0, 100, 100, 100)), window((0, 0, 100, 100))
     verdict = decide(fast_but_2x, old, Thresholds())  # 2x, but p99 under the 5 ms floor
@@ -86,7 +86,7 @@ def test_ratios_are_compared_unrounded_and_the_floor_applies():
 
 def test_local_stats_leave_the_warm_up_out():
     stats = RequestStats(warmup=5)
-    for i in range(5):
+    for _ in range(5):
         stats.record(1.0, error=True)  # cold, failing first requests
     for _ in range(100):
         stats.record(0.01, error=False)

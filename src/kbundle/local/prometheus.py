@@ -141,9 +141,7 @@ def evidence(
         empty = {"requests": 0, "errors": 0, "error_rate": 0.0, "buckets": []}
         return {**empty, "p50_ms": None, "p99_ms": None, "range_s": range_s}
     rsel = sel[:-1] + ("," if sel != "{}" else "") + f'{src.revision}="{revision}"}}'
-    counts = prom.query(
-        f"sum by ({src.outcome}) (increase({src.requests}{rsel}[{range_s}s]))", now
-    )
+    counts = prom.query(f"sum by ({src.outcome}) (increase({src.requests}{rsel}[{range_s}s]))", now)
     split = {r["metric"].get(src.outcome, ""): float(r["value"][1]) for r in counts}
     requests = sum(v for k, v in split.items() if k not in src.excluded)
     errors = sum(v for k, v in split.items() if k in src.error_values)
