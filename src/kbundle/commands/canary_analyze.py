@@ -124,12 +124,13 @@ def _from_prometheus(args: argparse.Namespace) -> Analysis:
     prom = Prometheus(args.prometheus, explain=explain)
     labels = {"isvc": args.name, "namespace": args.namespace or ""}
     src, figures = gather(prom, labels, args.component, args.window, args.warmup)
-    names = sorted(figures)
+    names = sorted(figures)  # Knative revision names end in a zero-padded number
     out = Analysis(args.name, names[-1], None, figures, source=f"Prometheus ({src.name} metrics)")
     if len(names) < 2:
         out.reasons = [f"only {names[-1]} served in the window: no previous revision to compare"]
         return out
-    out.previous = names[-2]
+    # The previous one is the revision that took the rest of the traffic (the last rolled out).
+    out.previous = max(names[:-1], key=lambda n: figures[n]["requests"])
     verdict = decide(figures[out.canary], figures[out.previous], thresholds(args))
     out.action, out.reasons = verdict.action, verdict.reasons
     return out

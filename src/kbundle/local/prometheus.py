@@ -126,8 +126,9 @@ def first_seen(
     prom: Prometheus, src: Source, sel: str, window_s: int, now: float
 ) -> dict[str, float]:
     """Revision -> the first time (within the window) its counter existed."""
+    inf = sel[:-1] + ("," if sel != "{}" else "") + 'le="+Inf"}'  # histogram and counter both
     q = (
-        f"min_over_time(timestamp(sum by ({src.revision}) ({src.requests}{sel}))"
+        f"min_over_time(timestamp(sum by ({src.revision}) ({src.buckets}{inf}))"
         f"[{window_s}s:{STEP_S}s])"
     )
     return {r["metric"][src.revision]: float(r["value"][1]) for r in prom.query(q, now)}
@@ -154,9 +155,10 @@ def evidence(
         )
         value = float(found[0]["value"][1]) if found else math.nan
         quantiles[q] = None if math.isnan(value) else value * src.le_scale * 1000
+    requests, errors = round(requests), round(errors)  # increase() extrapolates: whole requests
     return {
-        "requests": round(requests),
-        "errors": round(errors),
+        "requests": requests,
+        "errors": errors,
         "error_rate": errors / requests if requests else 0.0,
         "buckets": buckets,
         "p50_ms": quantiles[0.5],
