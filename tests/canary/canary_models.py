@@ -71,7 +71,9 @@ def build(src: Path, dest: Path, kind: str) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, dest / "model.onnx")
     config = dest / "kbundle.yaml"
-    config.write_text(config.read_text().replace("model_version: digits-v1", f"model_version: {kind}"))
+    config.write_text(
+        config.read_text().replace("model_version: digits-v1", f"model_version: {kind}")
+    )
     sums = [
         f"{hashlib.sha256((dest / n).read_bytes()).hexdigest()}  {n}"
         for n in sorted(p.name for p in dest.iterdir() if p.name != "SHA256SUMS")

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
 
@@ -76,14 +75,28 @@ def send(up, n: int) -> dict[int, int]:
 def set_canary(up, *args: str) -> None:
     result = cli("canary", "set", str(up.manifest), *args)
     assert result.returncode == 0, result.stderr
-    wait_for(lambda: len([r for r in up.status()["revisions"] if r["state"] == "ready"]) >= 2,
-             120, "canary revision ready", up)
+    wait_for(
+        lambda: len([r for r in up.status()["revisions"] if r["state"] == "ready"]) >= 2,
+        120,
+        "canary revision ready",
+        up,
+    )
 
 
 def analyze(prom, *extra: str) -> subprocess.CompletedProcess:
     return cli(
-        "canary", "analyze", "digits", "--prometheus", prom.url, "--namespace", "default",
-        "--window", "40s", "--warmup", "1s", *extra,
+        "canary",
+        "analyze",
+        "digits",
+        "--prometheus",
+        prom.url,
+        "--namespace",
+        "default",
+        "--window",
+        "40s",
+        "--warmup",
+        "1s",
+        *extra,
     )
 
 
@@ -142,7 +155,10 @@ def test_unreachable_prometheus_is_one_line_and_no_edit(stack):
     before = up.manifest.read_bytes()
     result = cli("canary", "analyze", "digits", "--prometheus", "http://127.0.0.1:9")
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.startswith("error: cannot reach Prometheus") and result.stderr.count("\n") == 1
+    assert (
+        result.stderr.startswith("error: cannot reach Prometheus")
+        and result.stderr.count("\n") == 1
+    )
     assert up.manifest.read_bytes() == before
 
 
