@@ -8,14 +8,17 @@ kbundle's revision-labelled metrics when the predictor has them, else the queue-
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "up"))
@@ -26,6 +29,7 @@ from up_harness import HERE as UP_HERE  # noqa: E402
 from up_harness import digits_rows, kbundle_cmd, start_up, wait_for  # noqa: E402
 
 BUCKET = "s3://canary-test/digits"
+MONITORING = HERE.parents[1] / "inferenceservices" / "monitoring"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,10 @@ def stack(tmp_path_factory, models: Path):
     )
     up = start_up(src, tmp, "--storage-map", f"s3://canary-test={models}")
     sd = next(up.state_root.rglob("prometheus-targets.json"))
-    prom = start_prometheus(tmp, sd)
+    rule = yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text())
+    rules = tmp / "rules.yml"
+    rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    prom = start_prometheus(tmp, sd, [rules])
     yield up, prom
     prom.stop()
     up.stop()
@@ -169,3 +176,48 @@ def test_unknown_service_and_bad_url_are_one_line_errors(stack):
     assert empty.stderr.count("\n") == 1
     bad = cli("canary", "analyze", "digits", "--prometheus", prom.url + "/nothing-here")
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+CONTRACT = ("kbundle_requests_total", "kbundle_request_duration_seconds_bucket")
+
+
+def test_dashboard_queries_run_and_answer(stack):
+    """Every panel query of the dashboard runs on the real Prometheus; those on metrics this
+    build's predictor exposes must return series (core's revision-labelled request metrics
+    are required only once the predictor has them)."""
+    up, prom = stack
+    send(up, 100)
+    settle(prom)
+    has_contract = bool(prom.query('kbundle_request_duration_seconds_bucket{isvc="digits"}'))
+    dash = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    empty = []
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            expr = (
+                target["expr"]
+                .replace("$namespace", "default")
+                .replace("$isvc", "digits")
+                .replace("$component", "predictor")
+                .replace("$__rate_interval", "30s")
+            )
+            found = prom.query(expr)  # raises unless Prometheus accepted the query
+            needed = has_contract or not any(m in expr for m in CONTRACT)
+            if needed and not found:
+                empty.append(f"{panel['title']}: {expr}")
+    if not has_contract:
+        print(
+            "kbundle_request_duration_seconds absent: core's metrics (issue 13.1) not in this build"
+        )
+    assert empty == [], empty
+
+
+def test_alert_rules_load_and_evaluate(stack):
+    _, prom = stack
+    with urllib.request.urlopen(f"{prom.url}/api/v1/rules", timeout=10) as resp:
+        groups = json.loads(resp.read())["data"]["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert len(rules) == 4
+    time.sleep(1.5)  # one evaluation at 1 s
+    with urllib.request.urlopen(f"{prom.url}/api/v1/rules", timeout=10) as resp:
+        groups = json.loads(resp.read())["data"]["groups"]
+    assert all(r["health"] == "ok" for g in groups for r in g["rules"]), groups

@@ -62,7 +62,7 @@ QUEUE_PROXY = Source(
     ("5xx",),
     (),
     0.001,
-    "",
+    'component="{component}"',
 )
 
 

@@ -3,7 +3,8 @@ on a cluster, and the ingress's queue-proxy-shaped per-revision metrics.
 
 On a cluster the PodMonitor in inferenceservices/monitoring/ relabels each pod to
 {namespace, isvc, component, revision, pod}; locally each component process is one "pod" with
-the same labels, and the ingress (which plays Knative's queue-proxy) is component "queue-proxy".
+the same labels, and the ingress (which plays Knative's queue-proxy) is container "queue-proxy"
+of component "predictor".
 The file is rewritten (atomically) whenever the routed revisions change; Prometheus watches it.
 """
 
@@ -36,13 +37,20 @@ def targets(service: LocalService, ingress: str) -> list[dict]:
     out = [
         {
             "targets": [ingress],
-            "labels": {**base, "component": "queue-proxy", "__metrics_path__": METRICS_PATH},
+            # As on a cluster: the queue-proxy container of the predictor's pod.
+            "labels": {
+                **base,
+                "component": "predictor",
+                "container": "queue-proxy",
+                "__metrics_path__": METRICS_PATH,
+            },
         }
     ]
     for t in service.targets:
         for proc, launch in zip(t.runtime.processes, t.runtime.launches, strict=True):
             role = proc.label.rsplit("/", 1)[-1]
             labels = {**base, "component": role, "revision": t.runtime.name}
+            labels["container"] = "kserve-container"
             labels["pod"] = f"{t.runtime.name}-{role}"
             out.append({"targets": [f"127.0.0.1:{launch.http_port}"], "labels": labels})
     return out
