@@ -144,9 +144,10 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, PromError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    report(result, args.window)
     if result.canary is None and not args.prometheus:
-        return 0  # nothing to analyze: not a failure
+        print(f"{result.isvc}: {result.reasons[0]}; nothing to analyze")
+        return 0  # not a failure
+    report(result, args.window)
     return EXIT[result.action]
 
 
