@@ -246,9 +246,16 @@ def native_plan(onnx_dir: Path, precision: str, skipped: list[str]) -> Path | No
     plan_dir = onnx_dir.parent / f"tensorrt-{precision}"
     plan_dir.mkdir(exist_ok=True)
     shutil.copy(onnx_dir / "model.onnx", plan_dir / "model.onnx")
-    engine_builder.ensure_plan(
-        plan_dir, ModelSettings(precision=precision, profile_batch=(1, 8, 32)), target, build_plan
-    )
+    try:  # build failures (TensorRT API, parser) are EngineLoadErrors: skip with the reason
+        engine_builder.ensure_plan(
+            plan_dir,
+            ModelSettings(precision=precision, profile_batch=(1, 8, 32)),
+            target,
+            build_plan,
+        )
+    except EngineLoadError as exc:
+        skipped.append(f"tensorrt {precision}: {exc}")
+        return None
     (plan_dir / "model.onnx").unlink()  # the served dir holds the plan only
     return plan_dir
 

@@ -1,5 +1,9 @@
 # Predictor, GPU: `python -m kbundle.predictors` with ONNX Runtime GPU (TensorRT + CUDA execution
 # providers) and TensorRT for model.plan engines, on NVIDIA's CUDA + cuDNN runtime image.
+# Serves model.plan and model.onnx. It holds no PyTorch: model.pt2 (the torch engine) is not served
+# from this image (a load there fails in one line naming the missing torch module).
+# One CUDA 12 stack: this base's CUDA major matches the `gpu` extra's wheels (tensorrt-cu12,
+# cuda-python <13, onnxruntime-gpu 1.19-1.23 = CUDA 12 + cuDNN 9); tests/docker checks they agree.
 # Build from the repository root (the build context):
 #   docker build -f docker/predictor-gpu.Dockerfile -t ghcr.io/kbundle/predictor-gpu:0.1.0 .
 # Needs the NVIDIA container toolkit on the node; request nvidia.com/gpu in the InferenceService.
@@ -36,6 +40,12 @@ RUN python -m pip install --no-cache-dir --no-index --find-links /wheels "kbundl
  && python -m pip uninstall -y onnxruntime \
  && python -m pip install --no-cache-dir --no-index --find-links /wheels --force-reinstall --no-deps onnxruntime-gpu \
  && rm -rf /wheels
+# ORT's TensorRT EP dlopens libnvinfer.so.10 by soname; the pip TensorRT wheels keep it under
+# site-packages/tensorrt_libs, off the loader path, and ORT then silently falls back to the CUDA EP
+# (onnxruntime#18597, #13501). Register that dir with the loader, and fail the build if it does not load.
+RUN python -c "import os, tensorrt_libs; print(os.path.dirname(tensorrt_libs.__file__))" > /etc/ld.so.conf.d/tensorrt-pip.conf \
+ && ldconfig \
+ && python -c "import ctypes; [ctypes.CDLL(n) for n in ('libnvinfer.so.10', 'libnvinfer_plugin.so.10', 'libnvonnxparser.so.10')]"
 USER 1000:1000
 WORKDIR /home/kbundle
 # TensorRT engines built at start-up go to KBUNDLE_ENGINE_CACHE_DIR (mount an emptyDir there).

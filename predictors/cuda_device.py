@@ -7,6 +7,8 @@ torch because a TensorRT image should not carry a 2 GB framework just for cudaMa
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +17,9 @@ import numpy as np
 from kbundle.errors import EngineLoadError
 
 
+@functools.cache
 def _cudart() -> Any:
-    """The cuda-python runtime module (its import path moved in cuda-python 12.6)."""
+    """The cuda-python runtime module (its import path moved in cuda-python 12.6); imported once."""
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
 
@@ -76,6 +79,17 @@ def gpu_info(device: int = 0) -> GpuInfo:
     return GpuInfo(device, name, f"{props.major}.{props.minor}")
 
 
+def native_handle(obj: Any) -> int:
+    """The address behind a cuda-python handle (`int(obj)` is deprecated since cuda-bindings 12.9.1)."""
+    if isinstance(obj, int):
+        return obj
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(obj)
+    return int(get_cuda_native_handle(obj))
+
+
 class Stream:
     """One non-blocking CUDA stream (one per TensorRT execution context)."""
 
@@ -87,7 +101,7 @@ class Stream:
         )
 
     def __int__(self) -> int:
-        return int(self.handle)
+        return native_handle(self.handle)
 
     def synchronize(self) -> None:
         check(self._cudart.cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
@@ -133,4 +147,32 @@ class DeviceBuffer:
     def close(self) -> None:
         if self.ptr:
             check(self._cudart.cudaFree(self.ptr), "cudaFree")
+            self.ptr = 0
+
+
+class PinnedBuffer:
+    """Page-locked host memory (cudaMallocHost), made once at load time: copies between it and the
+    device are truly asynchronous on the stream (pageable memory makes the driver stage and block)."""
+
+    def __init__(self, nbytes: int) -> None:
+        self._cudart = _cudart()
+        self.nbytes = max(int(nbytes), 1)
+        self.ptr = int(
+            check(self._cudart.cudaMallocHost(self.nbytes), f"cudaMallocHost({self.nbytes})")
+        )
+
+    def view(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A numpy array over the first bytes of the buffer (valid until close)."""
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        if count * dtype.itemsize > self.nbytes:
+            raise CudaError(
+                f"{list(shape)} {dtype} does not fit a {self.nbytes}-byte pinned buffer"
+            )
+        raw = (ctypes.c_char * max(count * dtype.itemsize, 1)).from_address(self.ptr)
+        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+
+    def close(self) -> None:
+        if self.ptr:
+            check(self._cudart.cudaFreeHost(self.ptr), "cudaFreeHost")
             self.ptr = 0

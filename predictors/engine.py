@@ -51,6 +51,12 @@ class Engine(ABC):
                         f"allowed {list(low)}..{list(high)})"
                     )
 
+    def max_batch_rows(self) -> int | None:
+        """The most rows one call may carry: the smallest leading-dim max over the inputs with a
+        range (a TensorRT profile's max, an ORT TensorRT-EP profile, a torch Dim). None: no cap."""
+        tops = [high[0] for _, high in self.shape_ranges.values() if high]
+        return min(tops) if tops else None
+
     @abstractmethod
     def run(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]

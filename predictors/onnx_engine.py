@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from kbundle.predictors.engine import Engine
+from kbundle.predictors.engine import Engine, ShapeRange
 
 from kbundle.errors import EngineLoadError
 from kbundle.settings import ModelSettings, effective_precision
@@ -18,6 +19,9 @@ logger = logging.getLogger("kbundle.engine.onnx")
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
+TRT_EP = "TensorrtExecutionProvider"
+# The TensorRT EP's engine/timing cache when engine_cache_dir is unset (the model dir is read-only).
+DEFAULT_TRT_CACHE = Path(tempfile.gettempdir()) / "kbundle-trt-cache"
 PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
     "trt": "TensorrtExecutionProvider",
@@ -72,8 +76,8 @@ def provider_options(
 ) -> dict:
     precision = effective_precision(settings)
     if provider == "TensorrtExecutionProvider":
-        cache = settings.engine_cache_dir or str(model_path.parent / ".trt-cache")
-        # ORT keys its own engine cache by model, GPU and shapes; the dir only has to persist.
+        cache = str(trt_cache_dir(settings))
+        # ORT keys its own engine cache by model, GPU and shapes; the dir only has to be writable.
         options = {
             "device_id": 0,
             "trt_fp16_enable": precision in ("fp16", "int8"),
@@ -93,11 +97,30 @@ def provider_options(
     return {}
 
 
-def trt_profile_options(
+def trt_cache_dir(settings: ModelSettings) -> Path:
+    """engine_cache_dir, else a temp dir: never the model dir, which KServe mounts read-only."""
+    return Path(settings.engine_cache_dir) if settings.engine_cache_dir else DEFAULT_TRT_CACHE
+
+
+def ensure_writable(path: Path) -> Path:
+    """Create the cache dir and prove it takes a file; EngineLoadError naming the fix if not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".kbundle-probe-"):
+            pass
+    except OSError as exc:
+        raise EngineLoadError(
+            f"the TensorRT EP engine cache {path} is not writable ({exc.strerror or exc}): "
+            "point engine_cache_dir at a writable volume (an emptyDir)"
+        ) from exc
+    return path
+
+
+def trt_profile_triples(
     input_shapes: Mapping[str, tuple[int, ...]], settings: ModelSettings
-) -> dict[str, str]:
-    """One explicit TensorRT EP profile from profile_batch/profile_seq, the same ranges a native
-    plan gets; without it the EP rebuilds its engine whenever a larger shape first arrives."""
+) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """(min, opt, max) per dynamic input from profile_batch/profile_seq, the ranges a native plan
+    gets; {} when a dynamic dim has no range given (the EP then sizes engines itself)."""
     from kbundle.predictors.engine_builder import BuildSpec, profile_batch_of
     from kbundle.predictors.tensorrt_build import profile_shapes
 
@@ -109,7 +132,16 @@ def trt_profile_options(
         try:
             triples[name] = profile_shapes(name, shape, spec)
         except EngineLoadError:
-            return {}  # a dynamic dim with no range given: let the EP size engines itself
+            return {}
+    return triples
+
+
+def trt_profile_options(
+    input_shapes: Mapping[str, tuple[int, ...]], settings: ModelSettings
+) -> dict[str, str]:
+    """One explicit TensorRT EP profile; without it the EP rebuilds its engine whenever a larger
+    shape first arrives."""
+    triples = trt_profile_triples(input_shapes, settings)
     if not triples:
         return {}
 
@@ -121,6 +153,30 @@ def trt_profile_options(
         "trt_profile_opt_shapes": joined(1),
         "trt_profile_max_shapes": joined(2),
     }
+
+
+def active_profile(
+    session: ort.InferenceSession,
+    asked: Sequence[str],
+    available: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+    settings: ModelSettings,
+) -> dict[str, ShapeRange]:
+    """Log the providers the session really runs on, warn when the TensorRT EP asked for did not
+    load (ORT falls back quietly), and return its profile's (min, max) ranges when it did."""
+    used = session.get_providers()
+    logger.info("onnxruntime session runs on %s (asked %s; offered %s)", used, asked, available)
+    if TRT_EP in asked and TRT_EP not in used:
+        logger.warning(
+            "%s was asked for but did not load (onnxruntime fell back to %s): is libnvinfer on "
+            "the loader path?",
+            TRT_EP,
+            used,
+        )
+    if not used or used[0] != TRT_EP:
+        return {}
+    triples = trt_profile_triples(shapes, settings)
+    return {name: (t[0], t[2]) for name, t in triples.items()}
 
 
 def input_shapes_of(path: Path) -> dict[str, tuple[int, ...]]:
@@ -146,8 +202,11 @@ class OnnxEngine(Engine):
     kind = "onnx"
     model_file = "model.onnx"
 
-    def __init__(self, session: ort.InferenceSession):
+    def __init__(
+        self, session: ort.InferenceSession, shape_ranges: Mapping[str, ShapeRange] | None = None
+    ):
         self.session = session
+        self.shape_ranges = dict(shape_ranges or {})  # the TensorRT EP's explicit profile
         self.signature = Signature.of(
             (tensor_spec(a, "input") for a in session.get_inputs()),
             (tensor_spec(a, "output") for a in session.get_outputs()),
@@ -167,17 +226,20 @@ class OnnxEngine(Engine):
         if settings.intra_op_threads:
             options.intra_op_num_threads = settings.intra_op_threads
         try:
-            shapes = input_shapes_of(path) if "TensorrtExecutionProvider" in providers else None
+            shapes = input_shapes_of(path) if TRT_EP in providers else {}
+            if TRT_EP in providers:
+                ensure_writable(trt_cache_dir(settings))
             session = ort.InferenceSession(
                 str(path),
                 sess_options=options,
                 providers=providers,
                 provider_options=[provider_options(p, settings, path, shapes) for p in providers],
             )
+        except EngineLoadError:
+            raise
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise EngineLoadError(f"onnxruntime cannot load {path}: {exc}") from exc
-        logger.info("onnxruntime providers %s (available %s)", session.get_providers(), available)
-        return cls(session)
+        return cls(session, active_profile(session, providers, available, shapes, settings))
 
     def run(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]

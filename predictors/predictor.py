@@ -60,18 +60,19 @@ class EnginePredictor(Model):
         self.loaded_engine = engine
         self.runner = EngineRunner(engine, self.settings.instances)
         self._validator = SignatureValidator(self.name, engine.signature)
-        if self.settings.max_batch_size > 0 and engine.signature.batchable:
+        max_batch = batch_cap(self.name, self.settings.max_batch_size, engine)
+        if max_batch > 0 and engine.signature.batchable:
             self.batcher = DynamicBatcher(
                 self.runner,
                 self.name,
-                self.settings.max_batch_size,
+                max_batch,
                 self.settings.max_batch_delay_ms,
                 BatchMetrics(self.name),
             )
         logger.info(
             "model '%s': dynamic batching %s",
             self.name,
-            f"on (max_batch_size {self.settings.max_batch_size}, max_batch_delay_ms "
+            f"on (max_batch_size {max_batch}, max_batch_delay_ms "
             f"{self.settings.max_batch_delay_ms}, instances {self.settings.instances})"
             if self.batcher
             else "off",
@@ -195,3 +196,19 @@ class EnginePredictor(Model):
             model_version=self.settings.model_version or None,
             use_binary_outputs=payload.use_binary_outputs,
         )
+
+
+def batch_cap(name: str, max_batch_size: int, engine: Engine) -> int:
+    """max_batch_size, lowered to what one engine call accepts (a TensorRT profile's max), so a
+    full batch is never refused by the engine and rerun request by request."""
+    top = engine.max_batch_rows()
+    if top is None or max_batch_size <= top:
+        return max_batch_size
+    logger.warning(
+        "model '%s': max_batch_size %d capped to %d, the %s engine's largest batch",
+        name,
+        max_batch_size,
+        top,
+        engine.kind,
+    )
+    return top

@@ -1,8 +1,9 @@
 """Native TensorRT engine (`model.plan`), TensorRT 10 name-based tensor API.
 
-One execution context per instance, each with its own CUDA stream and device buffers sized
-once, at load time, for the optimization profile's max shapes: a call is the request's own
-host->device copies, one enqueue, the requested outputs' device->host copies, one sync.
+One execution context per instance, each with its own CUDA stream, device buffers and pinned
+(page-locked) host buffers sized once, at load time, for the optimization profile's max shapes:
+a call copies the request into the pinned buffers, queues the host->device copies, one enqueue
+and the requested outputs' device->host copies, syncs once, and copies the outputs out.
 The signature (dynamic dims = -1) and the profile ranges come from the engine itself; a
 request outside the profile range is refused with a 400 before it reaches the GPU.
 """
@@ -120,40 +121,67 @@ def check_plan_target(plan: Path, gpu: cuda_device.GpuInfo, trt_version: str) ->
 
 
 class _Slot:
-    """One execution context with its stream and max-size device buffers (one per instance)."""
+    """One execution context with its stream, max-size device buffers and pinned host buffers
+    (one slot per instance). A slot that fails half-way releases what it made before raising."""
 
     def __init__(self, engine: Any, profile: int, tensors: Sequence[IoTensor], trt: Any):
+        self.context: Any = None
+        self.stream: cuda_device.Stream | None = None
+        self.buffers: dict[str, cuda_device.DeviceBuffer] = {}
+        self.host: dict[str, cuda_device.PinnedBuffer] = {}
+        try:
+            self._setup(engine, profile, tensors, trt)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, engine: Any, profile: int, tensors: Sequence[IoTensor], trt: Any) -> None:
         self.context = engine.create_execution_context()
         if self.context is None:
             raise EngineLoadError(
                 "TensorRT could not create an execution context (out of GPU memory?)"
             )
         self.stream = cuda_device.Stream()
-        if engine.num_optimization_profiles > 1:
-            self.context.set_optimization_profile_async(profile, int(self.stream))
-        self.buffers: dict[str, cuda_device.DeviceBuffer] = {}
+        if engine.num_optimization_profiles > 1 and not self.context.set_optimization_profile_async(
+            profile, int(self.stream)
+        ):
+            raise EngineLoadError(f"TensorRT refused optimization profile {profile} for a context")
         # Size buffers by setting every input to its profile max and reading the outputs' shapes.
         for tensor in tensors:
             if tensor.is_input:
                 shape = tensor.profiles[profile][2] if tensor.profiles else tensor.shape
-                self.context.set_input_shape(tensor.name, shape)
+                if not self.context.set_input_shape(tensor.name, shape):
+                    raise EngineLoadError(
+                        f"TensorRT refused input '{tensor.name}' at its profile max {list(shape)}"
+                    )
         for tensor in tensors:
-            shape = tuple(self.context.get_tensor_shape(tensor.name))
-            if DYNAMIC in shape:
-                raise EngineLoadError(
-                    f"output '{tensor.name}' has a data-dependent shape; not supported"
-                )
-            itemsize = np.dtype(trt.nptype(getattr(trt.DataType, tensor.dtype_name))).itemsize
-            buffer = cuda_device.DeviceBuffer(int(np.prod(shape, dtype=np.int64)) * itemsize)
-            self.buffers[tensor.name] = buffer
-            # Addresses never change: buffers are fixed, so they are bound once here.
-            self.context.set_tensor_address(tensor.name, buffer.ptr)
+            self._bind(tensor, trt)
+
+    def _bind(self, tensor: IoTensor, trt: Any) -> None:
+        shape = tuple(self.context.get_tensor_shape(tensor.name))
+        if DYNAMIC in shape:
+            raise EngineLoadError(
+                f"output '{tensor.name}' has a data-dependent shape; not supported"
+            )
+        itemsize = np.dtype(trt.nptype(getattr(trt.DataType, tensor.dtype_name))).itemsize
+        nbytes = int(np.prod(shape, dtype=np.int64)) * itemsize
+        self.buffers[tensor.name] = buffer = cuda_device.DeviceBuffer(nbytes)
+        self.host[tensor.name] = cuda_device.PinnedBuffer(nbytes)
+        # Addresses never change: buffers are fixed, so they are bound once here.
+        if not self.context.set_tensor_address(tensor.name, buffer.ptr):
+            raise EngineLoadError(f"TensorRT refused the device address for tensor '{tensor.name}'")
 
     def close(self) -> None:
-        for buffer in self.buffers.values():
-            buffer.close()
-        self.stream.close()
-        del self.context
+        """Release everything this slot holds; a failing free is logged, the rest still freed."""
+        for item in [*self.buffers.values(), *self.host.values(), self.stream]:
+            if item is None:
+                continue
+            try:
+                item.close()
+            except cuda_device.CudaError as exc:
+                logger.warning("releasing TensorRT slot resources: %s", exc)
+        self.buffers, self.host, self.stream = {}, {}, None
+        self.context = None  # the last reference: TensorRT destroys the context
 
 
 class TensorRTEngine(Engine):
@@ -176,8 +204,15 @@ class TensorRTEngine(Engine):
             spec.name: spec.dtype for spec in self.signature.inputs + self.signature.outputs
         }
         self._slots: queue.Queue[_Slot] = queue.Queue()
-        for i in range(instances):
-            self._slots.put(_Slot(engine, i % engine.num_optimization_profiles, tensors, trt))
+        self._made: list[_Slot] = []
+        try:
+            for i in range(instances):
+                slot = _Slot(engine, i % engine.num_optimization_profiles, tensors, trt)
+                self._made.append(slot)
+                self._slots.put(slot)
+        except BaseException:
+            self.close()  # the slots made before the failing one: no leak, even under fallback
+            raise
 
     @classmethod
     def load(cls, path: Path, settings: ModelSettings) -> TensorRTEngine:
@@ -223,29 +258,33 @@ class TensorRTEngine(Engine):
     def _run(
         self, slot: _Slot, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
     ) -> list[np.ndarray]:
+        """Inputs copied into the slot's pinned buffers, then async H2D, one enqueue, async D2H
+        into pinned buffers, one sync; the outputs are copied out of them (the slot is reused)."""
         context, stream = slot.context, slot.stream
-        staged = []  # the host arrays must stay alive until the stream is synchronized
         for spec in self.signature.inputs:
-            array = np.ascontiguousarray(inputs[spec.name], dtype=spec.dtype)
+            array = np.asarray(inputs[spec.name])
             if not context.set_input_shape(spec.name, array.shape):
                 raise EngineError(
                     f"TensorRT refused shape {list(array.shape)} for input '{spec.name}'"
                 )
-            slot.buffers[spec.name].upload(array, stream)
-            staged.append(array)
+            host = slot.host[spec.name].view(array.shape, spec.dtype)
+            np.copyto(host, array, casting="unsafe")  # to the plan's dtype
+            slot.buffers[spec.name].upload(host, stream)
         unresolved = context.infer_shapes()
         if unresolved:
             raise EngineError(f"TensorRT could not infer the shapes of {list(unresolved)}")
         if not context.execute_async_v3(int(stream)):
             raise EngineError("TensorRT execute_async_v3 failed (see the server log)")
-        outputs = []
+        staged = []
         for name in output_names:
-            out = np.empty(tuple(context.get_tensor_shape(name)), dtype=self._dtypes[name])
-            slot.buffers[name].download(out, stream)
-            outputs.append(out)
+            host = slot.host[name].view(tuple(context.get_tensor_shape(name)), self._dtypes[name])
+            slot.buffers[name].download(host, stream)
+            staged.append(host)
         stream.synchronize()
-        return outputs
+        return [host.copy() for host in staged]
 
     def close(self) -> None:
+        while self._made:
+            self._made.pop().close()
         while not self._slots.empty():
-            self._slots.get_nowait().close()
+            self._slots.get_nowait()

@@ -189,7 +189,17 @@ class TorchEngine(Engine):
                 f"torch cannot load {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             ) from exc
         if settings.cuda_graphs:
-            engine.capture_graphs(settings.batch_buckets)
+            try:
+                engine.capture_graphs(settings.batch_buckets)
+            except EngineLoadError:
+                raise
+            except Exception as exc:  # a sync op in the model, OOM, ...: one line, not a traceback
+                engine._graphs.clear()
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                raise EngineLoadError(
+                    f"CUDA graph capture for {path} failed: {type(exc).__name__}: {first} "
+                    "(set cuda_graphs: false to run it eagerly)"
+                ) from exc
         return engine
 
     @classmethod

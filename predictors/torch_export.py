@@ -157,14 +157,26 @@ def check_pt2(
     output_names: Sequence[str],
     atol: float,
     rtol: float,
+    device: str = "cpu",
 ) -> float:
-    """Load model.pt2 through the serving engine (CPU) and compare with eager torch."""
-    engine = TorchEngine.load(path, ModelSettings(device="cpu", warmup=False))
+    """Load model.pt2 through the serving engine on `device` and compare with eager torch (CPU)."""
+    engine = TorchEngine.load(path, ModelSettings(device=device, warmup=False))
     args = example_inputs(specs, CHECK_BATCH, seed=1)
     got = engine.run(
         {s.name: a.numpy() for s, a in zip(specs, args, strict=True)}, list(output_names)
     )
-    return compare(_eager(model, args), got, output_names, atol, rtol, f"{path}")
+    reference = _on(model, "cpu")
+    return compare(_eager(reference, args), got, output_names, atol, rtol, f"{path} ({device})")
+
+
+def _on(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    """`model` if it already lives on `device`, else a moved copy: the caller's model stays put."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.device.type == torch.device(device).type for t in tensors):
+        return model
+    import copy
+
+    return copy.deepcopy(model).to(device)
 
 
 def save_program(
@@ -197,10 +209,10 @@ def save_aoti(
     atol: float = 1e-4,
     rtol: float = 1e-3,
 ) -> ExportResult:
-    """AOTInductor package (compiled for `device`), with the signature in its metadata."""
-    model = model.to(device)
+    """AOTInductor package (compiled for `device`), with the signature in its metadata, checked
+    by running it on that device; the caller's model is not moved (a copy is, when needed)."""
     program = torch.export.export(
-        model.eval(),
+        _on(model, device).eval(),
         tuple(a.to(device) for a in example_inputs(specs, TRACE_BATCH)),
         dynamic_shapes=dynamic_shapes(specs),
     )
@@ -218,12 +230,12 @@ def save_aoti(
     torch._inductor.aoti_compile_and_package(
         program, package_path=str(tmp), inductor_configs={"aot_inductor.metadata": metadata}
     )
-    check = (
-        (lambda: check_pt2(tmp, model.cpu(), specs, output_names, atol, rtol))
-        if device == "cpu"
-        else (lambda: float("nan"))
+    return _keep(
+        tmp,
+        path,
+        f"AOTInductor package ({device})",
+        lambda: check_pt2(tmp, model, specs, output_names, atol, rtol, device),
     )
-    return _keep(tmp, path, f"AOTInductor package ({device})", check)
 
 
 def save_onnx(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -32,16 +33,37 @@ def _model_config(model_dir: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def gpu_present() -> bool:
-    """A CUDA device the driver can see (no CUDA Python packages needed)."""
+def gpu_missing_reason() -> str | None:
+    """Why no CUDA device is usable here, in words (None: one is); no CUDA Python packages needed."""
     try:
         cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
+    except OSError as exc:
+        return f"no NVIDIA driver in this container ({exc}); does the pod request nvidia.com/gpu?"
+    code = cuda.cuInit(0)
+    if code != 0:
+        return f"the NVIDIA driver is present but cuInit failed (CUresult {code})"
     count = ctypes.c_int(0)
-    return (
-        cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
-    )
+    code = cuda.cuDeviceGetCount(ctypes.byref(count))
+    if code != 0 or count.value == 0:
+        return f"the NVIDIA driver sees no CUDA device (CUresult {code}, {count.value} devices)"
+    return None
+
+
+def gpu_present() -> bool:
+    """A CUDA device the driver can see."""
+    return gpu_missing_reason() is None
+
+
+def tensorrt_missing_reason() -> str | None:
+    """The builder needs the tensorrt and cuda-python packages; the storage-init image ships
+    neither (it installs kbundle --no-deps), so say that rather than blame the GPU."""
+    missing = [m for m in ("tensorrt", "cuda") if importlib.util.find_spec(m) is None]
+    if missing:
+        return (
+            f"no engine builder in this image: {' and '.join(missing)} not installed (the "
+            "storage-init image carries no TensorRT; the GPU predictor image does)"
+        )
+    return None
 
 
 def maybe_build(model_dir: Path) -> Path | None:
@@ -58,8 +80,9 @@ def maybe_build(model_dir: Path) -> Path | None:
     except ImportError as exc:
         log.info("engine step skipped: no engine builder in this image (%s)", exc)
         return None
-    if not gpu_present():
-        log.info("engine step skipped: no GPU on this node; the predictor serves model.onnx")
+    reason = tensorrt_missing_reason() or gpu_missing_reason()
+    if reason:
+        log.info("engine step skipped: %s; the predictor serves model.onnx", reason)
         return None
     from kbundle.settings import resolve_settings  # the full image only: it pulls in grpc
 
@@ -73,5 +96,8 @@ def maybe_build(model_dir: Path) -> Path | None:
             exc,
         )
         return None
-    log.info("engine step: built %s", built)
+    if built is None:
+        log.info("engine step: no plan built (reason above); the predictor serves model.onnx")
+    else:
+        log.info("engine step: built %s", built)
     return built

@@ -3,7 +3,9 @@
 They implement only the TensorRT 10 / CUDA runtime calls kbundle makes, with "device memory"
 that is host memory, so the TensorRT engine's own code (buffers, shapes, addresses, streams,
 contexts) runs here. They check our call sequence, never TensorRT itself: the gpu-marked tests
-do that on a real GPU.
+do that on a real GPU. Where TensorRT's behaviour matters to our code they follow it: setters
+return bools, the builder calibrates at the profile's *opt* shape and never asks
+`get_batch_size()` (TensorRT 10), reading each input in its own dtype from the pointer given.
 """
 
 from __future__ import annotations
@@ -27,10 +29,17 @@ class FakeCudart:
 
     cudaStreamNonBlocking = 1
 
-    def __init__(self) -> None:
+    def __init__(self, fail_malloc_after: int | None = None) -> None:
         self.allocations: dict[int, ctypes.Array] = {}
+        self.host_allocations: dict[int, ctypes.Array] = {}
         self.streams_open = 0
         self.copies = 0
+        self.fail_malloc_after = fail_malloc_after  # cudaMalloc fails once this many are live
+
+    def size_of(self, ptr: int) -> int:
+        """Bytes allocated at `ptr` (device or pinned), 0 when it is no allocation's start."""
+        buffer = self.allocations.get(ptr) or self.host_allocations.get(ptr)
+        return ctypes.sizeof(buffer) if buffer is not None else 0
 
     def cudaGetErrorString(self, err):  # noqa: N802
         return 0, b"fake cuda error"
@@ -42,12 +51,23 @@ class FakeCudart:
         return 0, types.SimpleNamespace(name=b"Fake GPU", major=9, minor=0)
 
     def cudaMalloc(self, size):  # noqa: N802
+        if self.fail_malloc_after is not None and len(self.allocations) >= self.fail_malloc_after:
+            return 2, None  # cudaErrorMemoryAllocation
         buffer = ctypes.create_string_buffer(size)
         self.allocations[ctypes.addressof(buffer)] = buffer
         return 0, ctypes.addressof(buffer)
 
     def cudaFree(self, ptr):  # noqa: N802
         del self.allocations[ptr]
+        return (0,)
+
+    def cudaMallocHost(self, size):  # noqa: N802
+        buffer = ctypes.create_string_buffer(size)
+        self.host_allocations[ctypes.addressof(buffer)] = buffer
+        return 0, ctypes.addressof(buffer)
+
+    def cudaFreeHost(self, ptr):  # noqa: N802
+        del self.host_allocations[ptr]
         return (0,)
 
     def cudaMemcpyAsync(self, dst, src, count, kind, stream):  # noqa: N802
@@ -75,6 +95,8 @@ class TensorIOMode(Enum):
 
 class DataType(Enum):
     FLOAT = np.float32
+    HALF = np.float16
+    INT32 = np.int32
     INT64 = np.int64
 
 
@@ -97,7 +119,13 @@ class FakeEngine:
         }
         self.num_io_tensors = 3
         self.num_optimization_profiles = 1
-        self.contexts = 0
+        self.contexts = 0  # made
+        self.live_contexts = (
+            0  # made and not yet released (TensorRT frees a context with its last ref)
+        )
+        self.fail_context_after: int | None = None  # create_execution_context returns None after n
+        self.refused_addresses: set[str] = set()  # set_tensor_address returns False for these
+        self.max_accepted = max_batch  # set_input_shape refuses batches above this
 
     def get_tensor_name(self, i):
         return list(self.io)[i]
@@ -118,6 +146,8 @@ class FakeEngine:
         return self.profile
 
     def create_execution_context(self):
+        if self.fail_context_after is not None and self.contexts >= self.fail_context_after:
+            return None
         self.contexts += 1
         return FakeContext(self)
 
@@ -127,9 +157,13 @@ class FakeContext:
         self.engine = engine
         self.batch = None
         self.addresses: dict[str, int] = {}
+        engine.live_contexts += 1
+
+    def __del__(self):
+        self.engine.live_contexts -= 1
 
     def set_input_shape(self, name, shape):
-        if not 1 <= shape[0] <= self.engine.profile[2][0]:
+        if not 1 <= shape[0] <= min(self.engine.profile[2][0], self.engine.max_accepted):
             return False
         self.batch = shape[0]
         return True
@@ -142,7 +176,13 @@ class FakeContext:
         }[name]
 
     def set_tensor_address(self, name, ptr):
+        if name in self.engine.refused_addresses:
+            return False
         self.addresses[name] = ptr
+        return True
+
+    def set_optimization_profile_async(self, index, stream):
+        return 0 <= index < self.engine.num_optimization_profiles
 
     def infer_shapes(self):
         return []
@@ -185,14 +225,23 @@ def fake_trt_module(engine: FakeEngine | None) -> types.ModuleType:
 
 # -- TensorRT builder (for tensorrt_build.build_plan) ---------------------------------------------
 class FakeBuilderState:
-    """What the fake builder saw: the profile, the flags, and every calibration batch it pulled."""
+    """What the fake builder saw: the profile, the flags, and every calibration batch it pulled
+    (one dict per batch: input name -> the array TensorRT read at the opt shape)."""
 
-    def __init__(self, inputs: dict[str, tuple[int, ...]]):
+    def __init__(
+        self,
+        inputs: dict[str, tuple[int, ...]],
+        cudart: FakeCudart,
+        dtypes: dict[str, str] | None = None,
+    ):
         self.inputs = inputs
+        self.dtypes = {name: (dtypes or {}).get(name, "FLOAT") for name in inputs}
+        self.cudart = cudart
         self.profile: dict[str, tuple] = {}
+        self.calibration_profile_set = False
         self.flags: set[str] = set()
         self.calibration_rows = 0
-        self.calibration_batches: list[np.ndarray] = []
+        self.calibration_batches: list[dict[str, np.ndarray]] = []
 
 
 def add_builder(trt: types.ModuleType, state: FakeBuilderState) -> types.ModuleType:
@@ -220,14 +269,15 @@ def add_builder(trt: types.ModuleType, state: FakeBuilderState) -> types.ModuleT
             return 0
 
         def set_calibration_profile(self, profile):
-            pass
+            state.calibration_profile_set = True
 
     class Network:
         num_inputs = len(state.inputs)
 
         def get_input(self, i):
             name = list(state.inputs)[i]
-            return types.SimpleNamespace(name=name, shape=state.inputs[name])
+            dtype = getattr(trt.DataType, state.dtypes[name])
+            return types.SimpleNamespace(name=name, shape=state.inputs[name], dtype=dtype)
 
     class OnnxParser:
         def __init__(self, network, logger):
@@ -252,16 +302,33 @@ def add_builder(trt: types.ModuleType, state: FakeBuilderState) -> types.ModuleT
 
         def build_serialized_network(self, network, config):
             calibrator = config.int8_calibrator
-            if calibrator is not None:  # drive it the way TensorRT does
-                batch = calibrator.get_batch_size()
-                names = list(state.inputs)
-                while (pointers := calibrator.get_batch(names)) is not None:
-                    shape = (batch, *state.inputs[names[0]][1:])
-                    state.calibration_batches.append(_view(pointers[0], shape, np.float32).copy())
-                    state.calibration_rows += batch
+            if calibrator is not None:
+                _calibrate(calibrator, state)
             return memoryview(f"plan {sorted(state.flags)} {state.profile}".encode())
 
     trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
     trt.OnnxParser = OnnxParser
     trt.Builder = Builder
     return trt
+
+
+def _calibrate(calibrator, state: FakeBuilderState) -> None:
+    """Drive a calibrator as TensorRT 10 does: at the calibration profile's opt shape (never
+    `get_batch_size()`), each input read in its own dtype, refusing a read past an allocation."""
+    assert state.calibration_profile_set, "INT8 with dynamic shapes needs set_calibration_profile"
+    names = list(state.inputs)
+    while (pointers := calibrator.get_batch(names)) is not None:
+        batch = {}
+        for name, ptr in zip(names, pointers, strict=True):
+            opt = state.profile[name][1]
+            dtype = np.dtype(getattr(DataType, state.dtypes[name]).value)
+            need = int(np.prod(opt)) * dtype.itemsize
+            have = state.cudart.size_of(ptr)
+            if have < need:
+                raise AssertionError(
+                    f"TensorRT reads {need} bytes of '{name}' at opt shape {opt}, "
+                    f"the calibrator's buffer holds {have}"
+                )
+            batch[name] = _view(ptr, opt, dtype).copy()
+        state.calibration_batches.append(batch)
+        state.calibration_rows += state.profile[names[0]][1][0]

@@ -196,15 +196,22 @@ def test_empty_profile_batch_follows_max_batch_size(model_dir: Path) -> None:
 
 
 # -- tensorrt_build.build_plan's own code, against a stand-in TensorRT builder (fake_tensorrt.py) --
-@pytest.fixture()
-def fake_builder(monkeypatch: pytest.MonkeyPatch):
+def _fake_builder(monkeypatch: pytest.MonkeyPatch, inputs, dtypes=None, version="10.99.0-fake"):
     from fake_tensorrt import FakeBuilderState, FakeCudart, add_builder, fake_trt_module
     from kbundle.predictors import cuda_device
 
-    state = FakeBuilderState({"input": (-1, 64)})
-    monkeypatch.setattr(cuda_device, "_cudart", lambda: FakeCudart())
-    monkeypatch.setitem(sys.modules, "tensorrt", add_builder(fake_trt_module(None), state))
+    cudart = FakeCudart()
+    state = FakeBuilderState(inputs, cudart, dtypes)
+    trt = add_builder(fake_trt_module(None), state)
+    trt.__version__ = version
+    monkeypatch.setattr(cuda_device, "_cudart", lambda: cudart)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
     return state
+
+
+@pytest.fixture()
+def fake_builder(monkeypatch: pytest.MonkeyPatch):
+    return _fake_builder(monkeypatch, {"input": (-1, 64)})
 
 
 def test_build_plan_sets_profile_and_fp16(fake_builder, model_dir: Path, tmp_path: Path) -> None:
@@ -218,19 +225,66 @@ def test_build_plan_sets_profile_and_fp16(fake_builder, model_dir: Path, tmp_pat
     assert (tmp_path / "model.plan").read_bytes().startswith(b"plan ['FP16']")
 
 
-def test_int8_build_feeds_the_whole_calibration_set(
-    fake_builder, model_dir: Path, tmp_path: Path
-) -> None:
+def _int8_build(model_dir: Path, tmp_path: Path, **settings) -> None:
     from kbundle.predictors.tensorrt_build import build_plan
 
+    spec = spec_for(model_dir, precision="int8", **settings)
+    build_plan(spec, tmp_path / "model.plan")
+
+
+def test_int8_build_feeds_every_row_at_the_opt_shape(
+    fake_builder, model_dir: Path, tmp_path: Path
+) -> None:
     samples = np.arange(20 * 64, dtype=np.float32).reshape(20, 64)
     np.savez(model_dir / "calibration.npz", input=samples)
-    build_plan(
-        spec_for(model_dir, precision="int8", profile_batch=(1, 8, 32)), tmp_path / "model.plan"
-    )
+    _int8_build(model_dir, tmp_path, profile_batch=(1, 8, 32))
     assert fake_builder.flags == {"FP16", "INT8"}
-    assert fake_builder.calibration_rows == 16  # whole batches of opt=8 from 20 rows
-    np.testing.assert_array_equal(np.concatenate(fake_builder.calibration_batches), samples[:16])
+    # TensorRT reads opt=8 rows per batch: 3 batches cover all 20 rows, the last wraps around
+    assert fake_builder.calibration_rows == 24
+    fed = np.concatenate([b["input"] for b in fake_builder.calibration_batches])
+    np.testing.assert_array_equal(fed, samples[np.arange(24) % 20])
+    assert fake_builder.cudart.allocations == {} and fake_builder.cudart.streams_open == 0
+
+
+def test_int8_calibration_set_smaller_than_opt_is_repeated_not_read_past(
+    fake_builder, model_dir: Path, tmp_path: Path
+) -> None:
+    samples = np.arange(5 * 64, dtype=np.float32).reshape(5, 64)
+    np.savez(model_dir / "calibration.npz", input=samples)
+    _int8_build(model_dir, tmp_path, profile_batch=(1, 8, 32))  # opt 8 > 5 rows
+    (batch,) = fake_builder.calibration_batches
+    np.testing.assert_array_equal(batch["input"], samples[[0, 1, 2, 3, 4, 0, 1, 2]])
+
+
+def test_int8_calibration_keeps_each_inputs_dtype(
+    monkeypatch: pytest.MonkeyPatch, model_dir: Path, tmp_path: Path
+) -> None:
+    state = _fake_builder(
+        monkeypatch, {"ids": (-1, -1), "mask": (-1, -1)}, {"ids": "INT64", "mask": "HALF"}
+    )
+    ids = (np.int64(1) << 40) + np.arange(4 * 16, dtype=np.int64).reshape(
+        4, 16
+    )  # float32 would round
+    mask = np.full((4, 16), 0.5, np.float16)
+    np.savez(model_dir / "calibration.npz", ids=ids, mask=mask)
+    _int8_build(model_dir, tmp_path, profile_batch=(1, 4, 8), profile_seq=(1, 16, 32))
+    (batch,) = state.calibration_batches
+    assert batch["ids"].dtype == np.int64 and batch["mask"].dtype == np.float16
+    np.testing.assert_array_equal(batch["ids"], ids)
+    np.testing.assert_array_equal(batch["mask"], mask)
+
+
+def test_int8_calibration_rows_must_have_the_opt_shape(
+    monkeypatch: pytest.MonkeyPatch, model_dir: Path, tmp_path: Path
+) -> None:
+    _fake_builder(monkeypatch, {"ids": (-1, -1)}, {"ids": "INT64"})
+    np.savez(model_dir / "calibration.npz", ids=np.zeros((4, 12), np.int64))
+    with pytest.raises(
+        EngineLoadError,
+        match=r"'ids' has shape \[4, 12\]; TensorRT calibrates at "
+        r"the profile's opt shape \[4, 16\]",
+    ):
+        _int8_build(model_dir, tmp_path, profile_batch=(1, 4, 8), profile_seq=(1, 16, 32))
 
 
 def test_int8_calibration_set_must_name_every_input(
@@ -243,3 +297,40 @@ def test_int8_calibration_set_must_name_every_input(
         EngineLoadError, match=r"calibration.npz lacks arrays for inputs \['input'\]"
     ):
         build_plan(spec_for(model_dir, precision="int8"), tmp_path / "model.plan")
+
+
+def _build_cli(model_dir: Path, capsys: pytest.CaptureFixture, *flags: str) -> tuple[int, str]:
+    from kbundle import cli
+
+    code = cli.main(["build", str(model_dir), *flags])
+    return code, capsys.readouterr().err
+
+
+def test_build_on_tensorrt_11_fails_in_one_line_naming_the_pin(
+    monkeypatch: pytest.MonkeyPatch, model_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _fake_builder(monkeypatch, {"input": (-1, 64)}, version="11.4.0.106")
+    code, err = _build_cli(model_dir, capsys, "--fp16", "true")
+    assert code == 1 and "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert (
+        line.startswith(
+            "error: cannot build a TensorRT engine: TensorRT 11.4.0.106 is installed, but kbundle "
+            "builds plans with the TensorRT 10 API"
+        )
+        and "tensorrt-cu12>=10.9,<11" in line
+    )
+
+
+def test_tensorrt_api_error_during_build_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, model_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import types
+
+    _fake_builder(monkeypatch, {"input": (-1, 64)})
+    sys.modules["tensorrt"].BuilderFlag = types.SimpleNamespace()  # an API this TensorRT lacks
+    code, err = _build_cli(model_dir, capsys, "--fp16", "true")
+    assert code == 1 and "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert "could not build" in line and "AttributeError" in line, err
+    assert not (model_dir / "model.plan").exists()

@@ -4,9 +4,11 @@ providers with IO binding through the real server (marked gpu)."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +48,11 @@ def test_tensorrt_provider_options_follow_precision_and_cache_dir(tmp_path: Path
     model = tmp_path / "model.onnx"
     fp16 = provider_options("TensorrtExecutionProvider", ModelSettings(fp16=True), model)
     assert fp16["trt_fp16_enable"] is True and fp16["trt_int8_enable"] is False
+    # never the model dir: KServe mounts it read-only
     assert fp16["trt_engine_cache_enable"] is True and fp16["trt_engine_cache_path"] == str(
-        tmp_path / ".trt-cache"
+        Path(tempfile.gettempdir()) / "kbundle-trt-cache"
     )
+    assert not fp16["trt_engine_cache_path"].startswith(str(tmp_path))
     int8 = provider_options(
         "TensorrtExecutionProvider",
         ModelSettings(precision="int8", engine_cache_dir="/cache"),
@@ -136,8 +140,15 @@ def test_gpu_providers_with_io_binding_served(
 
     engine = OnnxEngine.load(
         digits_v1 / "model.onnx",
-        ModelSettings(device="cuda", execution_providers=tuple(providers.split(","))),
+        ModelSettings(
+            device="cuda",
+            execution_providers=tuple(providers.split(",")),
+            engine_cache_dir=str(tmp_path / "trt-inproc"),
+        ),
     )
+    # ORT falls back quietly when the TensorRT EP cannot load (libnvinfer missing): the session
+    # that ran must report the wanted provider first, not just have had it on offer.
+    assert engine.session.get_providers()[0] == wanted, engine.session.get_providers()
     assert engine.on_gpu
     x = np.random.default_rng(0).uniform(0, 16, (8, 64)).astype(np.float32)
     bound = engine.run({"input": x}, ["probabilities"])[0]  # IO binding path
@@ -172,7 +183,10 @@ def test_gpu_providers_with_io_binding_served(
             .as_numpy("probabilities")
         )
         np.testing.assert_allclose(probs, plain, atol=1e-3)
-        assert wanted in server.log()
+        # the provider the served session really runs on, not the "offered" list in the same line
+        assert f"onnxruntime session runs on ['{wanted}'" in server.log(), server.log()[-3000:]
+        if wanted == "TensorrtExecutionProvider":
+            assert list((tmp_path / "trt").glob("*.engine")), "the TensorRT EP built no engine"
     finally:
         server.stop()
 
@@ -210,3 +224,75 @@ def test_predictor_that_cannot_load_its_gpu_engine_is_not_ready(digits_v1: Path)
         predictor.load_error.startswith("device: cuda asked for")
         and "\n" not in predictor.load_error
     )
+
+
+_REAL_SESSION = ort.InferenceSession
+
+
+class _SessionOnTensorRT:
+    """A real CPU session that reports the providers a GPU onnxruntime would have made active:
+    stands in where no TensorRT EP can load (this machine), to drive OnnxEngine's own code."""
+
+    active = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    seen: list[dict] = []
+
+    def __init__(self, path, sess_options=None, providers=None, provider_options=None):
+        if provider_options is not None:  # input_shapes_of's own probe session passes none
+            type(self).seen.append(dict(zip(providers, provider_options, strict=True)))
+        self._real = _REAL_SESSION(path, providers=["CPUExecutionProvider"])
+
+    def get_providers(self):
+        return list(self.active)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+@pytest.fixture()
+def trt_ep_session(monkeypatch: pytest.MonkeyPatch):
+    from kbundle.predictors import onnx_engine
+
+    _SessionOnTensorRT.seen = []
+    monkeypatch.setattr(onnx_engine.ort, "get_available_providers", lambda: GPU_ORT)
+    monkeypatch.setattr(onnx_engine.ort, "InferenceSession", _SessionOnTensorRT)
+    return _SessionOnTensorRT
+
+
+def test_tensorrt_ep_profile_becomes_the_engine_range_and_batch_cap(
+    trt_ep_session, digits_v1: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kbundle.errors import InvalidRequest
+
+    settings = ModelSettings(profile_batch=(1, 4, 16), engine_cache_dir=str(tmp_path / "c"))
+    with caplog.at_level(logging.INFO, "kbundle.engine.onnx"):
+        engine = OnnxEngine.load(digits_v1 / "model.onnx", settings)
+    options = trt_ep_session.seen[-1]["TensorrtExecutionProvider"]
+    assert options["trt_profile_max_shapes"] == "input:16x64"
+    assert options["trt_engine_cache_path"] == str(tmp_path / "c") and (tmp_path / "c").is_dir()
+    assert engine.shape_ranges == {"input": ((1, 64), (16, 64))}
+    assert engine.max_batch_rows() == 16  # the predictor caps its batcher here
+    with pytest.raises(InvalidRequest, match="dim 0 is 17, outside the onnx engine's range 1..16"):
+        engine.check_shapes("digits", {"input": np.zeros((17, 64), np.float32)})
+    assert "onnxruntime session runs on ['TensorrtExecutionProvider'" in caplog.text
+
+
+def test_tensorrt_ep_that_did_not_load_is_a_warning_and_no_profile_range(
+    trt_ep_session, monkeypatch: pytest.MonkeyPatch, digits_v1: Path, tmp_path: Path, caplog
+) -> None:
+    monkeypatch.setattr(trt_ep_session, "active", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    engine = OnnxEngine.load(
+        digits_v1 / "model.onnx", ModelSettings(engine_cache_dir=str(tmp_path / "c"))
+    )
+    assert engine.shape_ranges == {} and engine.on_gpu
+    assert "TensorrtExecutionProvider was asked for but did not load" in caplog.text
+
+
+def test_unwritable_tensorrt_ep_cache_is_a_load_error_naming_the_setting(
+    trt_ep_session, digits_v1: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "file").write_text("not a dir")
+    settings = ModelSettings(engine_cache_dir=str(tmp_path / "file" / "cache"))
+    with pytest.raises(
+        EngineLoadError, match="is not writable .*point engine_cache_dir at a writable"
+    ):
+        OnnxEngine.load(digits_v1 / "model.onnx", settings)

@@ -249,3 +249,71 @@ def test_torch_engine_on_cuda_with_graphs_and_fp16(
         assert "captured CUDA graphs for batch buckets [1, 8, 32]" in server.log()
     finally:
         server.stop()
+
+
+def test_cuda_graph_capture_failure_is_a_one_line_load_error(
+    pt2_only: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No GPU here: capture itself is replaced by one that fails as a capture does (a sync op in
+    the model); what is checked is that load turns it into one line, not a traceback."""
+    from kbundle.predictors.predictor import EnginePredictor
+
+    def failing_capture(self, buckets):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nstack...")
+
+    monkeypatch.setattr(TorchEngine, "capture_graphs", failing_capture)
+    settings = ModelSettings(device="cpu", cuda_graphs=True, warmup=False)
+    with pytest.raises(
+        EngineLoadError, match="CUDA graph capture for .* failed: RuntimeError: CUDA"
+    ):
+        TorchEngine.load(pt2_only / "model.pt2", settings)
+    predictor = EnginePredictor("digits", pt2_only, settings)
+    assert predictor.load() is False
+    assert "\n" not in predictor.load_error
+    assert predictor.load_error.endswith("(set cuda_graphs: false to run it eagerly)")
+
+
+def test_save_aoti_off_cpu_runs_its_check_there_and_leaves_the_model_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`meta` stands in for `cuda` (no GPU here, and no C++ compile wanted): the AOTI compile is
+    replaced by a stub; checked is that the package is verified on its own device and that the
+    caller's model is not moved there."""
+    from kbundle.predictors import torch_export
+
+    from kbundle.samples_torch import INPUTS, OUTPUTS
+
+    checked = []
+
+    def fake_compile(program, *, package_path, inductor_configs):
+        Path(package_path).write_bytes(b"package")
+
+    def fake_check(path, model, specs, names, atol, rtol, device="cpu"):
+        checked.append((device, next(model.parameters()).device.type))
+        return 0.0
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fake_compile)
+    monkeypatch.setattr(torch_export, "check_pt2", fake_check)
+    model = digits_model()
+    result = torch_export.save_aoti(model, INPUTS, OUTPUTS, tmp_path / "model.pt2", device="meta")
+    assert checked == [("meta", "cpu")] and result.max_abs_diff == 0.0
+    assert {p.device.type for p in model.parameters()} == {"cpu"}  # not moved in place
+
+
+@pytest.mark.gpu
+def test_aoti_package_for_cuda_is_checked_on_cuda(tmp_path: Path, held_out) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip(f"needs a CUDA GPU; torch {torch.__version__} sees none")
+    from kbundle.predictors.torch_export import save_aoti
+
+    from kbundle.samples_torch import INPUTS, OUTPUTS
+
+    model = digits_model()
+    result = save_aoti(model, INPUTS, OUTPUTS, tmp_path / "model.pt2", device="cuda")
+    assert result.max_abs_diff < 1e-4  # a number: the package ran on CUDA against eager CPU
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    engine = TorchEngine.load(tmp_path / "model.pt2", ModelSettings(device="cuda"))
+    x, _ = held_out
+    with torch.inference_mode():
+        want = model(torch.from_numpy(x[:7]))[1].numpy()
+    np.testing.assert_allclose(engine.run({"input": x[:7]}, ["probabilities"])[0], want, atol=1e-4)
