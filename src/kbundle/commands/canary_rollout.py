@@ -59,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--state-dir", default=None, help="the running kbundle up's, if not default"
     )
     parser.add_argument("--abort", action="store_true", help="roll back the rollout in progress")
+    parser.add_argument(
+        "--accept-edits",
+        action="store_true",
+        help="continue/abort on the file as it is now, after someone else edited it",
+    )
     parser.add_argument("--wait-timeout", type=duration_s, default=300, help=argparse.SUPPRESS)
     add_threshold_arguments(parser, Thresholds())
 
@@ -159,14 +164,16 @@ def _digest(path: Path) -> str:
 
 def _edit(args: argparse.Namespace, state: st.RolloutState, action: str, percent: int) -> None:
     """One canary edit, written only if the file is what the rollout last wrote; then apply."""
-    from kbundle.atomic import FileChanged, atomic_write, read_with_digest
+    from kbundle.atomic import FileChanged, atomic_write, digest, read_with_digest
     from kbundle.manifests import canary
 
     raw, seen = read_with_digest(args.file)
-    if seen != state.digest:
+    if args.accept_edits:
+        state.digest = seen
+    if seen not in (state.digest, state.pending):
         raise RolloutError(
             f"{args.file} changed since the rollout last wrote it (someone else's edit?); "
-            "nothing written: check it, then rerun to continue or --abort"
+            "nothing written: check it, then rerun with --accept-edits (or --abort --accept-edits)"
         )
     text, common = raw.decode("utf-8"), {"name": args.name}
     try:
@@ -179,10 +186,12 @@ def _edit(args: argparse.Namespace, state: st.RolloutState, action: str, percent
         else:
             plan = canary.rollback(args.file, text, **common)
         if plan.changed:
+            state.pending = digest(plan.new.encode("utf-8"))
+            st.save(args.file, state)
             atomic_write(args.file, plan.new, expect_digest=seen)
     except (canary.CanaryError, FileChanged) as exc:
         raise RolloutError(str(exc)) from exc
-    state.digest = _digest(args.file)
+    state.digest, state.pending = _digest(args.file), ""
     st.save(args.file, state)
     print(f"{time.strftime('%H:%M:%S')} {action} {percent}%: {args.file}", flush=True)
     _apply(args, action, percent)
@@ -209,8 +218,8 @@ def _wait_for_up(args: argparse.Namespace, action: str, percent: int) -> None:
     try:
         up = find_running(state_root(args.state_dir), args.name)
     except ConfigError:
-        if args.prometheus:
-            print("no local kbundle up: the bake gives GitOps time to apply the file")
+        if args.prometheus or args.abort:
+            print("no local kbundle up: GitOps (or --apply) applies the file")
             return
         raise
     deadline = time.monotonic() + args.wait_timeout

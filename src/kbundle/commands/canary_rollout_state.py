@@ -35,6 +35,7 @@ class RolloutState:
     step_started: float = 0.0  # when that edit went live: the bake counts from here
     holds: int = 0
     digest: str = ""  # the manifest as the rollout last wrote it (compare-before-write)
+    pending: str = ""  # the digest of a write in flight (a crash between write and save)
     timeline: list[dict] = field(default_factory=list)
     started: float = field(default_factory=time.time)
 
