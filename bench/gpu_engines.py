@@ -102,7 +102,6 @@ class EagerEngine:
 def prepare_models(work: Path, device: str, width: int, depth: int, aoti: bool) -> dict[str, Path]:
     """Export the one model to every file form into its own dir (a dir per served engine)."""
     from kbundle.predictors import torch_export
-
     from kbundle.samples_torch import INPUTS, OUTPUTS, digits_model
 
     model = digits_model(width=width, depth=depth, train_steps=20)
@@ -123,9 +122,9 @@ def prepare_models(work: Path, device: str, width: int, depth: int, aoti: bool) 
 def engine_matrix(dirs: dict, device: str, precisions: list[str]) -> tuple[list[tuple], list[str]]:
     """(name, precision, loader, served model dir, served flags) per runnable engine; skip reasons."""
     import onnxruntime as ort
+
     from kbundle.predictors.onnx_engine import OnnxEngine
     from kbundle.predictors.torch_engine import TorchEngine
-
     from kbundle.settings import ModelSettings
 
     runs, skipped = [], []
@@ -224,16 +223,14 @@ def engine_matrix(dirs: dict, device: str, precisions: list[str]) -> tuple[list[
 
 def load_plan(model_dir: Path):
     from kbundle.predictors.tensorrt_engine import TensorRTEngine
-
     from kbundle.settings import ModelSettings
 
     return TensorRTEngine.load(model_dir / "model.plan", ModelSettings(device="cuda"))
 
 
 def native_plan(onnx_dir: Path, precision: str, skipped: list[str]) -> Path | None:
-    from kbundle.predictors import engine_builder
-
     from kbundle.errors import EngineLoadError
+    from kbundle.predictors import engine_builder
     from kbundle.settings import ModelSettings
 
     try:

@@ -249,6 +249,15 @@ def run_server_cells(args, server: str, model: str, model_dir: Path, cells: list
 
 
 # -- where the time goes: py-spy on the kbundle server under load ---------------------------
+def portable_arg(arg: str) -> str:
+    """A command-line argument as the results file shows it: no absolute path of this machine
+    (inside the repository relative to it, elsewhere only the file name)."""
+    if not arg.startswith("/"):
+        return arg
+    path = Path(arg)
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else f".../{path.name}"
+
+
 def summarize_profile(raw_path: Path, top: int = 25) -> str:
     """Own-time and cumulative-time tables from a py-spy raw (collapsed) profile."""
     own: dict[str, int] = {}
@@ -402,7 +411,7 @@ def write_results(
         f"each cell repeated {args.repeats}× (perf_analyzer -p {args.window_ms}, batch-1 requests, binary "
         "tensors over HTTP). Shared, noisy machine: read the spread (min–max) next to each median.",
         "",
-        "Command: `bash bench/run.sh` " + " ".join(sys.argv[1:]),
+        "Command: `bash bench/run.sh` " + " ".join(map(portable_arg, sys.argv[1:])),
         "",
         "## (a) Raw engine limit: onnxruntime `session.run` in a loop, same core",
         "",

@@ -87,10 +87,10 @@ class OnnxModel(Model):
 
 def add_config_shim(model: OnnxModel) -> None:
     from google.protobuf import json_format
+    from kserve.model_server import app
 
     # tritonclient.grpc cannot be imported beside kserve (duplicate protobuf symbols).
     from kbundle.predictors.triton_pb import model_config_pb2, rpc_messages
-    from kserve.model_server import app
 
     request_type, response_type = rpc_messages()
 

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
-from kbundle.predictors import model_config
-from kbundle.predictors.predictor import EnginePredictor
 from kserve import model_server
 
+from kbundle import cpu_budget
 from kbundle.errors import ConfigError
-from kbundle.serving.server import KbundleModelServer, check_workers
+from kbundle.predictors import model_config
+from kbundle.predictors.predictor import EnginePredictor
+from kbundle.serving.lifecycle import add_drain_flag
+from kbundle.serving.server import (
+    KbundleModelServer,
+    check_workers,
+    grpc_threads,
+    loop_executor_workers,
+)
 from kbundle.settings import ModelSettings, add_setting_flags, read_model_config, resolve_settings
 
 logger = logging.getLogger("kbundle.predictor")
@@ -35,14 +43,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="Model directory (KServe mounts it at /mnt/models).",
     )
     add_setting_flags(parser)
+    add_drain_flag(parser)
     return parser
 
 
+def budget_settings(settings: ModelSettings, args: argparse.Namespace) -> ModelSettings:
+    """Core-dependent defaults from the CPU budget (explicit settings win), logged once."""
+    budget = cpu_budget.cpu_budget()
+    if not settings.intra_op_threads:  # 0: not set; the engine's own default counts host cores
+        per_instance = max(1, budget.threads // max(1, settings.instances))
+        settings = dataclasses.replace(settings, intra_op_threads=per_instance)
+    child_env = cpu_budget.apply_child_thread_env(budget)
+    derived = {
+        "intra_op_threads": settings.intra_op_threads,
+        "grpc_threads": max(args.max_threads or 0, grpc_threads()),
+        "loop_executor_threads": loop_executor_workers(args.max_asyncio_workers),
+        **{k.lower(): v for k, v in child_env.items()},
+    }
+    cpu_budget.announce(budget, derived)
+    return settings
+
+
 def settings_for(args: argparse.Namespace) -> ModelSettings:
-    config = read_model_config(args.model_dir)
-    unknown = sorted(set(config) - set(ModelSettings.field_names()))
-    if unknown:
-        logger.warning("kbundle.yaml: ignoring unknown keys %s", unknown)
+    config = read_model_config(args.model_dir)  # an unknown key is an error (resolve_settings)
     flags = {name: getattr(args, name, None) for name in ModelSettings.field_names()}
     return resolve_settings(config, flags)
 
@@ -55,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     check_workers(args, "predictor", refuse=True)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
-        settings = settings_for(args)
+        settings = budget_settings(settings_for(args), args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

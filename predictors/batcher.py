@@ -27,10 +27,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from kbundle.predictors.metrics import BatchMetrics
-from kbundle.predictors.runner import EngineRunner
 
 from kbundle.errors import EngineError, KbundleError
+from kbundle.predictors.faults import engine_fault
+from kbundle.predictors.metrics import BatchMetrics
+from kbundle.predictors.padding import Padding
+from kbundle.predictors.runner import EngineRunner
 
 logger = logging.getLogger("kbundle.batcher")
 
@@ -84,6 +86,7 @@ class _Pending:
     rows: int
     future: asyncio.Future | Waiter
     enqueued: float = field(default_factory=time.perf_counter)
+    request_id: str = ""
 
 
 def batch_key(inputs: dict[str, np.ndarray], output_names: Sequence[str]) -> BatchKey:
@@ -104,6 +107,7 @@ class DynamicBatcher:
         max_batch_size: int,
         max_batch_delay_ms: float,
         metrics: BatchMetrics | None = None,
+        padding: Padding | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1 for a batcher")
@@ -112,6 +116,9 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_delay = max_batch_delay_ms / 1000.0
         self.metrics = metrics
+        # With padding, requests of different lengths share a key (their bucket); see padding.py.
+        self.padding = padding
+        self._key = padding.batch_key if padding is not None else batch_key
         self._queue: deque[_Pending] = deque()
         self._idle = runner.instances
         self._scheduled = False
@@ -129,13 +136,20 @@ class DynamicBatcher:
         return len(self._queue)
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], output_names: Sequence[str]
+        self, inputs: dict[str, np.ndarray], output_names: Sequence[str], request_id: str = ""
     ) -> list[np.ndarray]:
         """This request's outputs, in `output_names` order, exactly its own rows."""
         loop = self._loop = asyncio.get_running_loop()
         rows = next(iter(inputs.values())).shape[0] if inputs else 0
         names = tuple(output_names)
-        item = _Pending(batch_key(inputs, names), inputs, names, rows, loop.create_future())
+        item = _Pending(
+            self._key(inputs, names),
+            inputs,
+            names,
+            rows,
+            loop.create_future(),
+            request_id=request_id,
+        )
         self._enqueue(item)
         # A cancelled await (client gone) cancels the future: it is skipped when queued and its
         # rows are dropped when already in flight; the batch itself is unaffected.
@@ -146,6 +160,7 @@ class DynamicBatcher:
         loop: asyncio.AbstractEventLoop,
         inputs: dict[str, np.ndarray],
         output_names: Sequence[str],
+        request_id: str = "",
     ) -> Waiter:
         """Thread-safe `infer` for transports on their own threads (the gRPC server): a Waiter
         for this request's outputs. The queue stays on `loop`; cancelling the waiter (client
@@ -153,7 +168,8 @@ class DynamicBatcher:
         rows = next(iter(inputs.values())).shape[0] if inputs else 0
         names = tuple(output_names)
         waiter = Waiter()
-        self._inbox.append(_Pending(batch_key(inputs, names), inputs, names, rows, waiter))
+        key = self._key(inputs, names)
+        self._inbox.append(_Pending(key, inputs, names, rows, waiter, request_id=request_id))
         # One loop wake-up per burst, not per request: the drain takes everything queued so far.
         # Safe without a lock: the flag is cleared before the drain reads the inbox, so an item
         # appended after the drain's read sees the flag down and schedules another drain.
@@ -264,7 +280,7 @@ class DynamicBatcher:
         """One bad request must not fail its neighbours: rerun each alone, so only the
         request(s) the engine really rejects get the error."""
         if len(batch) == 1:
-            return [self._engine_error(exc)]
+            return [self._engine_error(exc, batch[0])]
         logger.warning(
             "model '%s': batch of %d requests failed (%s); retrying each alone",
             self.model_name,
@@ -276,16 +292,15 @@ class DynamicBatcher:
             try:
                 results.append(self._run_rows([item], item.rows)[0])
             except Exception as single:
-                results.append(self._engine_error(single))
+                results.append(self._engine_error(single, item))
         return results
 
     def _run_rows(self, batch: list[_Pending], rows: int) -> list[list[np.ndarray]]:
         names = batch[0].output_names
         if len(batch) == 1:
             return [self.runner.engine.run(batch[0].inputs, names)]
-        inputs = {
-            name: np.concatenate([item.inputs[name] for item in batch]) for name in batch[0].inputs
-        }
+        parts, lengths = self._parts(batch)
+        inputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         outputs = self.runner.engine.run(inputs, names)
         for name, out in zip(names, outputs, strict=True):
             if out.ndim == 0 or out.shape[0] != rows:
@@ -294,16 +309,25 @@ class DynamicBatcher:
                     f"which does not split into the batch's {rows} rows"
                 )
         results, start = [], 0
-        for item in batch:
+        for item, length in zip(batch, lengths, strict=True):
             end = start + item.rows
-            results.append([out[start:end] for out in outputs])
+            results.append(self._own(names, [out[start:end] for out in outputs], length))
             start = end
         return results
 
-    def _engine_error(self, exc: Exception) -> KbundleError:
-        if isinstance(exc, KbundleError):
-            return exc
-        logger.error("model '%s' engine failure: %s", self.model_name, exc)
-        error = EngineError(f"model '{self.model_name}': engine failed: {exc}")
-        error.__cause__ = exc
-        return error
+    def _parts(self, batch: list[_Pending]) -> tuple[list[dict[str, np.ndarray]], list[int]]:
+        """Each request's inputs, padded to the batch's bucket when padding is on."""
+        if self.padding is None:
+            return [item.inputs for item in batch], [0] * len(batch)
+        lengths = [self.padding.length(item.inputs) for item in batch]
+        target = self.padding.bucket(max(lengths)) or max(lengths)
+        self.padding.count(lengths, target)
+        return [self.padding.pad(item.inputs, target) for item in batch], lengths
+
+    def _own(self, names: Sequence[str], outputs: list[np.ndarray], length: int) -> list:
+        if self.padding is None:
+            return outputs
+        return [self.padding.cut(n, out, length) for n, out in zip(names, outputs, strict=True)]
+
+    def _engine_error(self, exc: Exception, item: _Pending) -> KbundleError:
+        return engine_fault(self.model_name, exc, item.inputs, item.request_id)

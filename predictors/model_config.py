@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import grpc
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
-from kbundle.predictors.predictor import EnginePredictor
 
 from kbundle.errors import ModelNotFoundError, ModelUnavailable
+from kbundle.predictors.predictor import EnginePredictor
 from kbundle.specs import TensorSpec
 
 if TYPE_CHECKING:
@@ -112,6 +112,7 @@ def register_rest_routes(app: FastAPI, registry) -> None:
 def grpc_hook(server: KbundleGRPCServer) -> Sequence[grpc.GenericRpcHandler]:
     """`inference.GRPCInferenceService/ModelConfig` with tritonclient's ModelConfig message."""
     from google.protobuf import json_format
+
     from kbundle.predictors.triton_pb import model_config_pb2, rpc_messages
 
     config_message = model_config_pb2().ModelConfig

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from kbundle.predictors.engine import Engine, ShapeRange
 
 from kbundle.errors import EngineLoadError
+from kbundle.predictors.engine import Engine, ShapeRange
 from kbundle.settings import ModelSettings, effective_precision
 from kbundle.specs import DYNAMIC, Signature, TensorSpec
 
@@ -194,8 +194,12 @@ def tensor_spec(arg: ort.NodeArg, where: str) -> TensorSpec:
             f"{where} '{arg.name}' has type {arg.type}, which V2 cannot carry "
             "(export classifiers without ZipMap, e.g. skl2onnx options={'zipmap': False})"
         )
-    shape = tuple(d if isinstance(d, int) and d >= 0 else DYNAMIC for d in (arg.shape or []))
-    return TensorSpec(arg.name, datatype, shape)
+    dims = arg.shape or []
+    shape = tuple(d if isinstance(d, int) and d >= 0 else DYNAMIC for d in dims)
+    # ONNX dim_param names (strings) mark dims that must agree wherever the name recurs.
+    return TensorSpec(arg.name, datatype, shape).named(
+        [d if isinstance(d, str) else None for d in dims]
+    )
 
 
 class OnnxEngine(Engine):
@@ -223,8 +227,9 @@ class OnnxEngine(Engine):
         providers = choose_providers(settings.execution_providers, available, settings.device)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if settings.intra_op_threads:
+        if settings.intra_op_threads:  # the predictor sets it from the CPU budget when unset
             options.intra_op_num_threads = settings.intra_op_threads
+            options.inter_op_num_threads = settings.intra_op_threads
         try:
             shapes = input_shapes_of(path) if TRT_EP in providers else {}
             if TRT_EP in providers:

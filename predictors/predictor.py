@@ -8,18 +8,18 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
+from kserve import Model
+
+from kbundle.errors import EngineError, EngineLoadError, InvalidRequest, KBundleError
 from kbundle.predictors.batcher import DynamicBatcher
 from kbundle.predictors.engine import Engine, load_engine, warmup_inputs
+from kbundle.predictors.faults import engine_fault
 from kbundle.predictors.metrics import BatchMetrics
+from kbundle.predictors.padding import Padding
 from kbundle.predictors.runner import EngineRunner
-from kserve import Model
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-
-from kbundle.errors import EngineError, EngineLoadError, InvalidRequest, KbundleError
 from kbundle.serving.arrays import ArrayRequest, ArrayResponse
 from kbundle.settings import ModelSettings
-from kbundle.specs import Signature, v2_datatype
+from kbundle.specs import Signature
 from kbundle.validation import SignatureValidator
 
 logger = logging.getLogger("kbundle.predictor")
@@ -48,7 +48,7 @@ class EnginePredictor(Model):
             self._attach(engine)
             if self.settings.warmup:
                 self._warm_up()
-        except (EngineLoadError, KbundleError) as exc:
+        except (EngineLoadError, KBundleError) as exc:
             self.load_error = str(exc)
             logger.error("model '%s' not ready: %s", self.name, exc)
             self.ready = False
@@ -68,6 +68,12 @@ class EnginePredictor(Model):
                 max_batch,
                 self.settings.max_batch_delay_ms,
                 BatchMetrics(self.name),
+                Padding.build(self.name, self.settings.padding, engine),
+            )
+        elif self.settings.padding:
+            raise EngineLoadError(
+                f"model '{self.name}': padding needs the batcher (max_batch_size > 0 and a "
+                "dynamic batch dim on every input and output)"
             )
         logger.info(
             "model '%s': dynamic batching %s",
@@ -107,6 +113,15 @@ class EnginePredictor(Model):
     def validator(self) -> SignatureValidator | None:
         return self._validator
 
+    @property
+    def platform(self) -> str:
+        """Triton's platform name of the engine (V2 model metadata, both transports)."""
+        from kbundle.predictors.model_config import PLATFORMS
+
+        if self.loaded_engine is None:
+            return ""
+        return PLATFORMS.get(self.loaded_engine.kind, ("", ""))[0]
+
     def get_input_types(self) -> list[dict]:
         return [spec.to_metadata() for spec in self.signature.inputs]
 
@@ -119,13 +134,14 @@ class EnginePredictor(Model):
         self.loaded_engine.check_shapes(self.name, request.inputs)  # per request, before batching
         if self.batcher is not None:
             # The batcher turns engine faults into per-request EngineErrors itself.
-            return self._response(names, await self.batcher.infer(request.inputs, names))
+            outputs = await self.batcher.infer(request.inputs, names, request.id)
+            return self._response(names, outputs)
         try:
             outputs = await self.runner.run(request.inputs, names)
-        except KbundleError:
+        except KBundleError:
             raise
         except Exception as exc:
-            raise self._engine_failure(exc) from exc
+            raise engine_fault(self.name, exc, request.inputs, request.id) from exc
         return self._response(names, outputs)
 
     def infer_arrays_blocking(
@@ -140,16 +156,16 @@ class EnginePredictor(Model):
         names = request.requested_outputs or self.signature.output_names
         self.loaded_engine.check_shapes(self.name, request.inputs)
         if self.batcher is not None:
-            future = self.batcher.submit(loop, request.inputs, names)
+            future = self.batcher.submit(loop, request.inputs, names, request.id)
         else:
             future = self.runner.submit(self.loaded_engine.run, request.inputs, names)
         on_done(future.cancel)
         try:
             outputs = future.result()
-        except (KbundleError, concurrent.futures.CancelledError):
+        except (KBundleError, concurrent.futures.CancelledError):
             raise
         except Exception as exc:
-            raise self._engine_failure(exc) from exc
+            raise engine_fault(self.name, exc, request.inputs, request.id) from exc
         return self._response(names, outputs)
 
     def _response(self, names, outputs) -> ArrayResponse:
@@ -158,43 +174,15 @@ class EnginePredictor(Model):
             model_version=self.settings.model_version,
         )
 
-    def _engine_failure(self, exc: Exception) -> EngineError:
-        """Validated input that the engine still rejects: the engine's message, as a 500."""
-        logger.exception("model '%s' engine failure", self.name)
-        return EngineError(f"model '{self.name}': engine failed: {exc}")
-
     async def predict(
         self,
-        payload: InferRequest,
+        payload: object,
         headers: dict | None = None,
         response_headers: dict | None = None,
-    ) -> InferResponse:
-        """kserve's own entry (V2 via DataPlane): same validation and engine path as our routes."""
-        if not isinstance(payload, InferRequest):
-            raise InvalidRequest(f"model '{self.name}' serves the V2 protocol only")
-        arrays = {}
-        for tensor in payload.inputs:
-            self.validator.check_input(tensor.name, tensor.datatype, tensor.shape)
-            arrays[tensor.name] = np.asarray(tensor.as_numpy())
-        self.validator.check_complete(arrays)
-        self.validator.check_batch(arrays)
-        requested = [o.name for o in payload.request_outputs] if payload.request_outputs else None
-        if requested:
-            self.validator.check_outputs(requested)
-        result = await self.infer_arrays(
-            ArrayRequest(id=payload.id or "", inputs=arrays, requested_outputs=requested)
-        )
-        outputs = []
-        for name, array in result.outputs.items():
-            out = InferOutput(name=name, shape=list(array.shape), datatype=v2_datatype(array.dtype))
-            out.set_data_from_numpy(array, binary_data=payload.use_binary_outputs)
-            outputs.append(out)
-        return InferResponse(
-            response_id=payload.id or "",
-            model_name=self.name,
-            infer_outputs=outputs,
-            model_version=self.settings.model_version or None,
-            use_binary_outputs=payload.use_binary_outputs,
+    ) -> None:
+        """kserve's own entry (its V1 route; its V2 routes are served by kbundle's request core)."""
+        raise InvalidRequest(
+            f"model '{self.name}' serves the V2 protocol only (POST /v2/models/{self.name}/infer)"
         )
 
 

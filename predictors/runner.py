@@ -8,6 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
+
 from kbundle.predictors.engine import Engine
 
 T = TypeVar("T")

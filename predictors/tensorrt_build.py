@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kbundle.predictors import cuda_device
-from kbundle.predictors.engine_builder import BuildSpec
 
 from kbundle.errors import EngineLoadError
+from kbundle.predictors import cuda_device
+from kbundle.predictors.engine_builder import BuildSpec
 
 logger = logging.getLogger("kbundle.engine_builder")
 

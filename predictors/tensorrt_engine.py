@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kbundle.predictors import cuda_device
-from kbundle.predictors.engine import Engine, ShapeRange
 
 from kbundle.errors import EngineError, EngineLoadError
+from kbundle.predictors import cuda_device
+from kbundle.predictors.dim_names import onnx_dim_names, with_dim_names
+from kbundle.predictors.engine import Engine, ShapeRange
 from kbundle.settings import ModelSettings
 from kbundle.specs import DYNAMIC, Signature, TensorSpec
 
@@ -240,6 +241,9 @@ class TensorRTEngine(Engine):
         except cuda_device.CudaError as exc:
             raise EngineLoadError(f"CUDA setup for {path} failed: {exc}") from exc
         instance._runtime = runtime  # the runtime must outlive the engine it made
+        # Dim names (shared dims, padding) from the ONNX the plan was built from, if beside it.
+        names = onnx_dim_names(path.with_name("model.onnx"))
+        instance.signature = with_dim_names(instance.signature, names)
         return instance
 
     def run(
@@ -264,7 +268,8 @@ class TensorRTEngine(Engine):
         for spec in self.signature.inputs:
             array = np.asarray(inputs[spec.name])
             if not context.set_input_shape(spec.name, array.shape):
-                raise EngineError(
+                # The request's shapes, not the server: predictors/faults.py answers it with a 400.
+                raise ValueError(
                     f"TensorRT refused shape {list(array.shape)} for input '{spec.name}'"
                 )
             host = slot.host[spec.name].view(array.shape, spec.dtype)
@@ -272,7 +277,7 @@ class TensorRTEngine(Engine):
             slot.buffers[spec.name].upload(host, stream)
         unresolved = context.infer_shapes()
         if unresolved:
-            raise EngineError(f"TensorRT could not infer the shapes of {list(unresolved)}")
+            raise ValueError(f"TensorRT could not infer the shapes of {list(unresolved)}")
         if not context.execute_async_v3(int(stream)):
             raise EngineError("TensorRT execute_async_v3 failed (see the server log)")
         staged = []

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from kbundle.predictors.engine import Engine, ShapeRange
 
 from kbundle.errors import EngineLoadError
+from kbundle.predictors.engine import Engine, ShapeRange
 from kbundle.settings import ModelSettings, effective_precision
 from kbundle.specs import DYNAMIC, Signature, TensorSpec, v2_datatype
 
@@ -60,35 +60,67 @@ def pick_device(requested: str) -> torch.device:
 def program_signature(
     program: torch.export.ExportedProgram, names: dict | None
 ) -> tuple[Signature, dict[str, ShapeRange]]:
-    """Inputs from the user placeholders' fake tensors; -1 and a (min, max) range per symbolic dim."""
+    """Inputs from the user placeholders' fake tensors; -1 and a (min, max) range per symbolic
+    dim, named by its symbol (inputs sharing a symbol must agree) or by `kbundle export`'s name."""
     user_inputs = program.graph_signature.user_inputs
     nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     inputs, ranges = [], {}
     for name in user_inputs:
         value = nodes[name].meta["val"]
-        shape, low, high = [], [], []
+        shape, low, high, dims = [], [], [], []
         for dim in value.shape:
             if isinstance(dim, int):
                 shape.append(dim)
                 low.append(dim)
                 high.append(dim)
+                dims.append(None)
             else:
                 bounds = program.range_constraints.get(dim.node.expr)
                 shape.append(DYNAMIC)
                 low.append(int(bounds.lower) if bounds is not None else 0)
-                upper = bounds.upper if bounds is not None else None
-                high.append(int(upper) if upper is not None and upper.is_finite else MAX_DIM)
-        inputs.append(TensorSpec(name, torch_to_v2(value.dtype), tuple(shape)))
+                high.append(_upper_bound(bounds.upper if bounds is not None else None))
+                dims.append(_symbol(dim))
+        inputs.append(TensorSpec(name, torch_to_v2(value.dtype), tuple(shape)).named(dims))
         if DYNAMIC in shape:
             ranges[name] = (tuple(low), tuple(high))
     outputs = _output_specs(program, names)
     if names:  # exported names win (the graph's placeholder names can be mangled)
-        inputs = [
-            TensorSpec(s["name"], spec.datatype, spec.shape)
-            for s, spec in zip(names["inputs"], inputs, strict=True)
-        ]
+        inputs, outputs = _exported_names(inputs, outputs, names["inputs"])
         ranges = {names["inputs"][user_inputs.index(k)]["name"]: v for k, v in ranges.items()}
     return Signature.of(inputs, outputs), ranges
+
+
+def _upper_bound(upper: Any) -> int:
+    """A Dim's max as an int; MAX_DIM for no bound (sympy oo, or torch's int_oo from Dim.AUTO,
+    which claims to be finite and then fails int())."""
+    try:
+        return int(upper) if upper is not None and upper.is_finite else MAX_DIM
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return MAX_DIM
+
+
+def _symbol(dim: Any) -> str | None:
+    """A symbolic dim's name (inputs and outputs sharing it must agree); None for expressions."""
+    return None if isinstance(dim, int) or not dim.node.expr.is_Symbol else str(dim.node.expr)
+
+
+def _exported_names(
+    inputs: list[TensorSpec], outputs: list[TensorSpec], stored: list[dict]
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Tensor names from `kbundle export`, and its dim names in place of the symbols they label
+    (on the outputs too, so padding knows which outputs carry the padded dim)."""
+    rename: dict[str, str] = {}
+    for spec, item in zip(inputs, stored, strict=True):
+        for symbol, given in zip(spec.dim_names, item.get("dims") or (), strict=False):
+            if symbol and given:
+                rename[symbol] = given
+
+    def renamed(spec: TensorSpec, name: str) -> TensorSpec:
+        dims = [rename.get(d, d) if d else None for d in spec.dim_names]
+        return TensorSpec(name, spec.datatype, spec.shape).named(dims)
+
+    named_inputs = [renamed(s, item["name"]) for s, item in zip(inputs, stored, strict=True)]
+    return named_inputs, [renamed(s, s.name) for s in outputs]
 
 
 def _output_specs(program: torch.export.ExportedProgram, names: dict | None) -> list[TensorSpec]:
@@ -100,7 +132,8 @@ def _output_specs(program: torch.export.ExportedProgram, names: dict | None) -> 
     for i, value in enumerate(values):
         shape = tuple(d if isinstance(d, int) else DYNAMIC for d in value.shape)
         name = names["outputs"][i]["name"] if names else f"output_{i}"
-        specs.append(TensorSpec(name, torch_to_v2(value.dtype), shape))
+        spec = TensorSpec(name, torch_to_v2(value.dtype), shape)
+        specs.append(spec.named([_symbol(d) for d in value.shape]))
     return specs
 
 
@@ -108,7 +141,8 @@ def stored_signature(data: dict) -> tuple[Signature, dict[str, ShapeRange]]:
     """The signature `kbundle export` embedded in an AOTInductor package's metadata."""
 
     def spec(item: dict) -> TensorSpec:
-        return TensorSpec(item["name"], item["datatype"], tuple(item["shape"]))
+        shape = tuple(item["shape"])
+        return TensorSpec(item["name"], item["datatype"], shape).named(item.get("dims") or ())
 
     signature = Signature.of((spec(i) for i in data["inputs"]), (spec(o) for o in data["outputs"]))
     ranges = {name: (tuple(r[0]), tuple(r[1])) for name, r in data.get("ranges", {}).items()}

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from kbundle.predictors.torch_engine import AOTI_SIGNATURE_KEY, SIGNATURE_FILE, TorchEngine
 
+from kbundle.predictors.torch_engine import AOTI_SIGNATURE_KEY, SIGNATURE_FILE, TorchEngine
 from kbundle.settings import ModelSettings
 from kbundle.specs import DYNAMIC, TensorSpec
 
@@ -41,15 +41,20 @@ class ExportResult:
 
 
 def parse_tensor_arg(text: str) -> TensorSpec:
-    """`name:DATATYPE:d0xd1...` (e.g. `input:FP32:-1x64`) -> TensorSpec."""
+    """`name:DATATYPE:DIMS` -> TensorSpec. DIMS is `d0xd1...` (-1 = dynamic, e.g. `input:FP32:-1x64`)
+    or comma-separated where a name is a dynamic dim shared by every input using it
+    (`input_ids:INT64:b,s` and `attention_mask:INT64:b,s`)."""
     try:
         name, datatype, dims = text.split(":")
-        shape = tuple(int(d) for d in dims.lower().split("x"))
-        spec = TensorSpec(name, datatype.upper(), shape)
+        parts = dims.split(",") if "," in dims else dims.lower().split("x")
+        shape = tuple(DYNAMIC if p.strip().isidentifier() else int(p) for p in parts)
+        names = [p.strip() if p.strip().isidentifier() else None for p in parts]
+        spec = TensorSpec(name, datatype.upper(), shape).named(names)
         spec.dtype  # noqa: B018 - validates the datatype name
     except (ValueError, KeyError) as exc:
         raise ValueError(
-            f"--input {text!r}: expected NAME:DATATYPE:DIMS like input:FP32:-1x64"
+            f"--input {text!r}: expected NAME:DATATYPE:DIMS like input:FP32:-1x64 or "
+            "input_ids:INT64:b,s (named dims are shared between inputs)"
         ) from exc
     return spec
 
@@ -72,20 +77,26 @@ def example_inputs(
     return tuple(tensors)
 
 
-def dynamic_shapes(specs: Sequence[TensorSpec]) -> tuple[dict[int, torch.export.Dim], ...]:
-    """One shared `batch` Dim for every leading -1, a Dim per other -1 dim."""
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+def dynamic_shapes(specs: Sequence[TensorSpec]) -> tuple[dict[int, object], ...]:
+    """One Dim per dim name, shared by every input using it (leading -1s share `batch`); other
+    -1 dims are Dim.AUTO, so torch works out which of them the model needs equal instead of
+    failing with `Constraints violated` when two inputs' lengths must match."""
+    dims: dict[str, torch.export.Dim] = {}
+
+    def named(name: str) -> torch.export.Dim:
+        if name not in dims:
+            dims[name] = torch.export.Dim(name, min=1, max=MAX_BATCH)
+        return dims[name]
+
     shapes = []
     for spec in specs:
-        dims = {}
+        axes: dict[int, object] = {}
         for axis, dim in enumerate(spec.shape):
-            if dim == DYNAMIC:
-                dims[axis] = (
-                    batch
-                    if axis == 0
-                    else torch.export.Dim(f"{spec.name}_{axis}", min=1, max=MAX_BATCH)
-                )
-        shapes.append(dims)
+            if dim != DYNAMIC:
+                continue
+            name = spec.dim_name(axis) or ("batch" if axis == 0 else None)
+            axes[axis] = named(name) if name else torch.export.Dim.AUTO
+        shapes.append(axes)
     return tuple(shapes)
 
 
@@ -140,14 +151,24 @@ def signature_json(
     program: torch.export.ExportedProgram | None = None,
 ) -> str:
     outputs = [{"name": n} for n in output_names]
-    if program is not None:  # output dtypes/shapes from the program, for AOTI packages
-        from kbundle.predictors.torch_engine import _output_specs
+    if program is not None:  # output dtypes, shapes and dim names from the program, for AOTI
+        from kbundle.predictors.torch_engine import program_signature
 
-        outputs = [s.to_metadata() for s in _output_specs(program, {"outputs": outputs})]
-    data = {"inputs": [s.to_metadata() for s in specs], "outputs": outputs}
+        named = {"inputs": [_with_dims(s) for s in specs], "outputs": outputs}
+        outputs = [_with_dims(s) for s in program_signature(program, named)[0].outputs]
+    data = {"inputs": [_with_dims(s) for s in specs], "outputs": outputs}
     if ranges:
         data["ranges"] = {k: [list(v[0]), list(v[1])] for k, v in ranges.items()}
     return json.dumps(data)
+
+
+def _with_dims(spec: TensorSpec) -> dict:
+    """Metadata form plus the dim names given to export (the engine keeps them for validation)."""
+    return (
+        {**spec.to_metadata(), "dims": list(spec.dim_names)}
+        if spec.dim_names
+        else spec.to_metadata()
+    )
 
 
 def check_pt2(
@@ -221,7 +242,7 @@ def save_aoti(
     _, ranges = program_signature(
         program,
         {
-            "inputs": [s.to_metadata() for s in specs],
+            "inputs": [_with_dims(s) for s in specs],
             "outputs": [{"name": n} for n in output_names],
         },
     )

@@ -1,11 +1,14 @@
 """`python -m kbundle.storage_init SRC_URI DEST_DIR [SRC_URI DEST_DIR ...]`: KServe's contract.
 
-Exit 0 only when every DEST_DIR holds its complete, verified model. On failure the exit code is
-1 and the last line of the log says what failed and what to do; the failing DEST_DIR is as it was.
+Exit 0 only when every DEST_DIR holds its complete, verified model (fetched, or kept because it
+already was the source's current version). On failure the exit code says which kind of failure
+(errors.py; docs/storage-init.md has the table), and the last log line, also written to
+/dev/termination-log, names the URI, what failed and what to do; the failing DEST_DIR is as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import signal
@@ -49,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
     signal.signal(signal.SIGTERM, _on_sigterm)
-    # kserve-storage downloads S3 objects in a multiprocessing.Pool. Forking a process that
-    # already runs threads (progress reporter, boto3) can deadlock the child on a lock held at fork
-    # time (seen here: a test hung in futex_wait), so workers start from a clean interpreter.
+    # kserve-storage may start process pools. Forking a process that already runs threads
+    # (progress reporter, boto3) can deadlock the child on a lock held at fork time (seen here: a
+    # test hung in futex_wait), so workers start from a clean interpreter.
     multiprocessing.set_start_method("spawn", force=True)
+    settings = None
     try:
         pairs = parse_pairs(sys.argv[1:] if argv is None else argv)
         settings = StorageSettings.from_env()
@@ -60,15 +64,17 @@ def main(argv: list[str] | None = None) -> int:
         for source, dest in pairs:
             initialize(source, dest, settings)
     except StorageInitError as exc:
-        log.error("storage-init failed: %s. What to do: %s", exc.message, exc.hint)
-        return 1
-    except OSError as exc:  # the model volume: read-only, full, or not ours
-        log.error(
-            "storage-init failed: %s. What to do: make DEST_DIR a writable volume (the image runs as "
-            "UID 1000) with room for the model, then restart the pod.",
-            exc,
+        return _fail(
+            exc.exit_code,
+            f"{_for(exc)}(exit {exc.exit_code}, {exc.kind}): {exc.message}. What to do: {exc.hint}",
+            settings,
         )
-        return 1
+    except OSError as exc:  # not DEST's volume (initialize classifies those): a local source
+        return _fail(
+            14,
+            f"(exit 14, volume): {exc}. What to do: check the paths and their mounts, then restart the pod.",
+            settings,
+        )
     except SystemExit as exc:
         log.error(
             "storage-init failed: stopped by a signal (exit %s); the model dir was left as it was. "
@@ -78,14 +84,25 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 1)
     except Exception as exc:  # noqa: BLE001 - any failure must end in one clear last line
         log.exception("unexpected error")
-        log.error(
-            "storage-init failed: unexpected %s: %s. What to do: report this with the log above.",
-            type(exc).__name__,
-            exc,
-        )
-        return 1
+        text = f"(exit 1, internal): unexpected {type(exc).__name__}: {exc}. What to do: report this with the log above."
+        return _fail(1, text, settings)
     log.info("storage-init done: %d model(s) ready; peak memory %s", len(pairs), _peak_memory())
     return 0
+
+
+def _for(exc: StorageInitError) -> str:
+    return f"for {exc.uri} " if exc.uri and not exc.message.startswith(exc.uri) else ""
+
+
+def _fail(code: int, text: str, settings: StorageSettings | None) -> int:
+    """One last log line, also written to the termination log that the pod status shows."""
+    line = f"storage-init failed {text}"
+    log.error("%s", line)
+    path = Path((settings or StorageSettings()).termination_log)
+    if path.is_file():
+        with contextlib.suppress(OSError):
+            path.write_text(line[:4000] + "\n")
+    return code
 
 
 if __name__ == "__main__":

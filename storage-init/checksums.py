@@ -55,7 +55,13 @@ def verify_model(model_dir: Path) -> int:
     if not sums.is_file():
         log.info("no %s in the model: contents not verified", SUMS_FILE)
         return 0
-    entries = parse_sums(sums.read_text(encoding="utf-8"))
+    try:
+        entries = parse_sums(sums.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise IntegrityError(
+            f"{SUMS_FILE} is not UTF-8 text (byte {exc.start} is {sums.read_bytes()[exc.start : exc.start + 1]!r})",
+            hint="Write SHA256SUMS with `sha256sum` (UTF-8 file names) and re-upload the model.",
+        ) from None
     for expected, rel in entries:
         path = model_dir / rel
         if not path.is_file():

@@ -1,4 +1,4 @@
-"""s3, gs, azure, hf (and hdfs, modelscope, oci, git) through kserve-storage's own transports.
+"""gs, azure, hf (and hdfs, modelscope, oci, git) through kserve-storage's own transports.
 
 Credentials are whatever kserve-storage reads (AWS_* / S3_* env from the KServe S3 secret,
 GOOGLE_APPLICATION_CREDENTIALS, AZURE_*, HF_TOKEN ...); this module never reads or logs them.
@@ -14,13 +14,12 @@ import logging
 import os
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from kbundle.retry import Deadline, RetryExhausted, retry_call
 from kbundle.storage_init.config import StorageSettings
-from kbundle.storage_init.errors import FetchError
+from kbundle.storage_init.errors import AccessError, FetchError, NotFoundError, TransientError
 from kbundle.storage_init.progress import Progress
 
 log = logging.getLogger("kbundle.storage_init")
@@ -61,23 +60,59 @@ def _no_unpack() -> Iterator[None]:
         Storage._unpack_archive_file = original
 
 
-def download(uri: str, dest_dir: Path, settings: StorageSettings) -> None:
-    """Fetch `uri` into `dest_dir`, retrying the whole transfer (into a clean dir) when transient."""
-    from kserve_storage import Storage
+class _Transient(Exception):
+    pass
 
-    for attempt in range(1, settings.retries + 1):
+
+def download(uri: str, dest_dir: Path, settings: StorageSettings, deadline: Deadline) -> None:
+    """Fetch `uri` into `dest_dir`, retrying the whole transfer (into a clean dir) when transient."""
+
+    def attempt() -> None:
+        from kserve_storage import Storage
+
         try:
             with _no_unpack(), _watch(uri, dest_dir, settings):
                 Storage.download(uri, str(dest_dir))
-            return
         except Exception as exc:  # kserve-storage raises bare Exception/RuntimeError
-            transient = any(w in _chain_text(exc) for w in _TRANSIENT_WORDS)
-            if not transient or attempt == settings.retries:
-                tries = f" (after {attempt} attempts)" if transient else ""
-                raise FetchError(f"{uri}: {exc}{tries}") from exc
-            log.warning("%s: attempt %d failed (%s); retrying", uri, attempt, exc)
             _empty(dest_dir)
-            time.sleep(min(settings.backoff_s * 2 ** (attempt - 1), 30.0))
+            raise _classify(exc, uri) from exc
+
+    def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
+        log.warning("%s: attempt %d failed (%s); retrying in %.1f s", uri, attempt, exc, delay)
+
+    try:
+        retry_call(
+            attempt,
+            settings.retry_policy(),
+            lambda exc: isinstance(exc, _Transient),
+            on_retry,
+            deadline,
+        )
+    except RetryExhausted as exc:
+        raise TransientError(f"{uri}: {exc}") from exc
+
+
+def _classify(exc: Exception, uri: str) -> Exception:
+    """kserve-storage's errors carry no type worth trusting: sort them by their text."""
+    text = _chain_text(exc)
+    if any(w in text for w in _TRANSIENT_WORDS):
+        return _Transient(str(exc))
+    if any(w in text for w in ("not found", "404", "nosuchkey", "nosuchbucket", "no model found")):
+        return NotFoundError(f"{uri}: {exc}")
+    if any(
+        w in text
+        for w in (
+            "403",
+            "401",
+            "forbidden",
+            "access denied",
+            "accessdenied",
+            "credential",
+            "unauthorized",
+        )
+    ):
+        return AccessError(f"{uri}: {exc}")
+    return FetchError(f"{uri}: {exc}")
 
 
 def _chain_text(exc: BaseException | None) -> str:
@@ -93,21 +128,6 @@ def _empty(path: Path) -> None:
     path.mkdir()
 
 
-def _expected_bytes(uri: str) -> int | None:
-    """Best effort: the summed size of the S3 objects under the prefix, for an ETA."""
-    if not uri.startswith("s3://"):
-        return None
-    try:
-        import boto3
-        from kserve_storage import Storage
-
-        parts = urlsplit(uri)
-        bucket = boto3.resource("s3", **Storage._get_s3_client_kwargs()).Bucket(parts.netloc)
-        return sum(o.size for o in bucket.objects.filter(Prefix=parts.path.lstrip("/"))) or None
-    except Exception:  # noqa: BLE001 - only an ETA; the download reports real errors
-        return None
-
-
 def _dir_bytes(path: Path) -> int:
     total = 0
     for root, _, files in os.walk(path):
@@ -119,7 +139,7 @@ def _dir_bytes(path: Path) -> int:
 
 @contextlib.contextmanager
 def _watch(uri: str, dest_dir: Path, settings: StorageSettings) -> Iterator[None]:
-    progress = Progress(uri, _expected_bytes(uri), settings.progress_interval_s)
+    progress = Progress(uri, None, settings.progress_interval_s)  # sizes unknown up front
     stop = threading.Event()
 
     def poll() -> None:

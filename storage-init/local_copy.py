@@ -17,7 +17,7 @@ from kbundle.storage_init.progress import Progress
 from kbundle.storage_init.staging import PREVIOUS, STAGING
 
 
-def _patterns(name: str) -> list[str]:
+def patterns(name: str) -> list[str]:
     """KServe's STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS: a JSON list or comma-separated."""
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -29,7 +29,7 @@ def _patterns(name: str) -> list[str]:
         return [p.strip() for p in raw.split(",") if p.strip()]
 
 
-def _wanted(rel: str, allow: list[str], ignore: list[str]) -> bool:
+def wanted(rel: str, allow: list[str], ignore: list[str]) -> bool:
     if allow and not any(fnmatch.fnmatch(rel, p) for p in allow):
         return False
     return not any(fnmatch.fnmatch(rel, p) for p in ignore)
@@ -59,7 +59,7 @@ def copy(path: str, dest_dir: Path, interval_s: float) -> list[Path]:
 
 
 def _tree(src: Path, dest_dir: Path) -> list[tuple[Path, Path]]:
-    allow, ignore = _patterns("STORAGE_ALLOW_PATTERNS"), _patterns("STORAGE_IGNORE_PATTERNS")
+    allow, ignore = patterns("STORAGE_ALLOW_PATTERNS"), patterns("STORAGE_IGNORE_PATTERNS")
     pairs = []
     for root, dirs, files in os.walk(src):
         # A source that is itself some DEST_DIR: skip our bookkeeping dirs.
@@ -67,6 +67,6 @@ def _tree(src: Path, dest_dir: Path) -> list[tuple[Path, Path]]:
         for name in sorted(files):
             source = Path(root) / name
             rel = source.relative_to(src).as_posix()
-            if _wanted(rel, allow, ignore):
+            if wanted(rel, allow, ignore):
                 pairs.append((source, dest_dir / rel))
     return pairs

@@ -1,5 +1,9 @@
 """Atomic replacement of DEST_DIR's contents from a hidden staging dir inside it.
 
+The top-level names in RESERVED are storage-init's own (staging, previous version, source
+record); the archive extractor and `_materialize` refuse model entries with those names, so
+content can never collide with the bookkeeping the swap relies on.
+
 DEST_DIR is usually a mount point (KServe's emptyDir at /mnt/models), so it cannot itself be
 renamed: the staging dir lives inside it (same filesystem, so every move is a rename) and the
 swap moves entries one by one. A PHASE file makes the swap restartable: if the container is
@@ -18,6 +22,8 @@ from pathlib import Path
 log = logging.getLogger("kbundle.storage_init")
 STAGING = ".kbundle-staging"
 PREVIOUS = ".kbundle-previous"
+RECORD = ".kbundle-source.json"  # what DEST holds (skip.py); swapped in and out with the model
+RESERVED = (STAGING, PREVIOUS, RECORD)
 _NOT_MODEL = (STAGING, PREVIOUS, "lost+found")
 VERIFIED, OLD_MOVED, NEW_MOVED = "verified", "old-moved", "new-moved"
 
@@ -90,6 +96,11 @@ class Staging:
                 os.rename(previous / name, self.dest / name)
             previous.rmdir()
         self.discard()
+
+
+def is_reserved(name: str) -> bool:
+    """Top-level names storage-init keeps for itself; no model entry may use one."""
+    return name.casefold() in RESERVED
 
 
 def model_entries(dest: Path) -> list[str]:

@@ -12,7 +12,6 @@ from kbundle.storage_init.errors import UsageError
 _SHA256_FRAGMENT = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
 # kserve-storage's own transports (it matches Azure https URLs before the generic http catch-all).
 _DELEGATED_PREFIXES = (
-    "s3://",
     "gs://",
     "hf://",
     "hdfs://",
@@ -26,7 +25,7 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
 
 @dataclass(frozen=True)
 class Source:
-    """One SRC_URI: `uri` without fragment, `kind` (http | local | delegated), optional digest."""
+    """One SRC_URI: `uri` without fragment, `kind` (http | s3 | local | delegated), optional digest."""
 
     uri: str
     kind: str
@@ -58,6 +57,8 @@ def parse_source(raw: str) -> Source:
 
 
 def _kind(uri: str) -> str:
+    if uri.startswith("s3://"):
+        return "s3"
     if uri.startswith(_DELEGATED_PREFIXES) or _AZURE.match(uri):
         return "delegated"
     if uri.startswith(("http://", "https://")):

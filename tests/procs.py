@@ -1,4 +1,6 @@
-"""Real server processes for tests: free ports, start, wait for readiness, stop (with logs on failure)."""
+"""THE test harness for real server processes: free ports, start, wait for readiness, stop (with
+logs on failure). Predictors, transformers, `kbundle up` (tests/up/up_harness.py builds on it)
+and helper servers all start through `launch` and wait through `wait_until`."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,7 @@ class ServerProcess:
     log_path: Path
     http_port: int
     grpc_port: int
+    stop_timeout_s = 15.0
 
     @property
     def http_url(self) -> str:
@@ -37,37 +41,60 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(self.stop_timeout_s if timeout is None else timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
 
 
+def launch(cmd: Sequence[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start `cmd` with stdout and stderr into `log_path` (extra `env` on top of ours)."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            list(cmd), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+
+
+def wait_until(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    log_path: Path | None = None,
+) -> None:
+    """Poll `check` until True; fail early (with the log tail) if `proc` exits, or on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}:\n{_tail(log_path)}")
+        if check():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what}: not reached in {timeout}s\n{_tail(log_path)}")
+
+
+def _tail(log_path: Path | None) -> str:
+    return log_path.read_text(errors="replace")[-4000:] if log_path else ""
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 def wait_http(
     url: str, proc: subprocess.Popen | None, log_path: Path | None, timeout: float = 60
 ) -> None:
     """Poll `url` until it answers 200; fail early (with the log) if the process dies."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            log = log_path.read_text(errors="replace") if log_path else ""
-            raise RuntimeError(
-                f"process exited with {proc.returncode} before ready:\n{log[-4000:]}"
-            )
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    log = log_path.read_text(errors="replace") if log_path else ""
-    raise TimeoutError(f"{url} not ready after {timeout}s:\n{log[-4000:]}")
+    wait_until(lambda: http_ok(url), timeout, f"{url} ready", proc, log_path)
 
 
 def start_module(
@@ -93,10 +120,7 @@ def start_module(
         str(grpc_port),
         *args,
     ]
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-    )
+    proc = launch(cmd, log_path, env)
     server = ServerProcess(proc, log_path, http_port, grpc_port)
     if ready_path is not None:
         try:

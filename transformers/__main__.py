@@ -13,11 +13,13 @@ import copy
 import logging
 import sys
 
-from kbundle.transformers.hop import HopConfig
-from kbundle.transformers.model import TransformerModel
 from kserve import model_server
 
-from kbundle.serving.server import KbundleModelServer, check_workers
+from kbundle import cpu_budget
+from kbundle.serving.lifecycle import add_drain_flag
+from kbundle.serving.server import KbundleModelServer, check_workers, loop_executor_workers
+from kbundle.transformers.hop import HopConfig
+from kbundle.transformers.model import TransformerModel
 
 logger = logging.getLogger("kbundle.transformer")
 DEFAULT_MODEL_DIR = "/mnt/models"
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="Extra tries when the predictor is unreachable or answers UNAVAILABLE/503.",
     )
+    add_drain_flag(parser)
     return parser
 
 
@@ -111,12 +114,21 @@ def hop_config(args: argparse.Namespace) -> HopConfig:
     )
 
 
+def announce_budget(args: argparse.Namespace) -> None:
+    """Decode/resize run on the loop's executor, sized from the CPU budget (kbundle.cpu_budget)."""
+    budget = cpu_budget.cpu_budget()
+    child_env = cpu_budget.apply_child_thread_env(budget)
+    derived = {"loop_executor_threads": loop_executor_workers(args.max_asyncio_workers)}
+    cpu_budget.announce(budget, {**derived, **{k.lower(): v for k, v in child_env.items()}})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     check_workers(args, "transformer", refuse=False)
+    announce_budget(args)
     model = TransformerModel(args.model_name, args.model_dir, hop_config(args))
     if not model.load():
         print(

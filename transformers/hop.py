@@ -15,13 +15,18 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import TypeVar
 
-import grpc
 import numpy as np
 
-from kbundle.errors import InvalidRequest, KbundleError
+from kbundle.errors import (
+    InvalidRequest,
+    KBundleError,
+    ModelUnavailable,
+    Status,
+    UpstreamTimeout,
+)
+from kbundle.status import is_server_fault
 
 logger = logging.getLogger("kbundle.transformer.hop")
 
@@ -42,13 +47,24 @@ def forwardable(headers: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-class PredictorError(KbundleError):
-    """The predictor answered with an error: carries the predictor's status and message."""
+class PredictorError(KBundleError):
+    """The predictor answered with an error: carries the predictor's status (kbundle.status
+    read it from the predictor's gRPC code or HTTP status) and message."""
 
-    def __init__(self, message: str, http_status: HTTPStatus, grpc_code: grpc.StatusCode):
-        super().__init__(message)
-        self.http_status = http_status
-        self.grpc_code = grpc_code
+
+def upstream_error(where: str, status: Status, details: str, timeout_s: float) -> KBundleError:
+    """The transformer's answer for a predictor's error status: a client fault keeps its status
+    and message, an outage is UNAVAILABLE (503), a timeout DEADLINE_EXCEEDED (504), and any other
+    predictor fault a BAD_GATEWAY (502), never a bare 500."""
+    if status is Status.UNAVAILABLE:
+        return ModelUnavailable(f"{where} is unavailable: {details}")
+    if status is Status.DEADLINE_EXCEEDED:
+        return UpstreamTimeout(f"{where} did not answer within {timeout_s:g} s")
+    if status is Status.INVALID_ARGUMENT:
+        return InvalidRequest(f"{where}: {details}")
+    if is_server_fault(status) and status is not Status.UNIMPLEMENTED:
+        status = Status.BAD_GATEWAY
+    return PredictorError(f"{where}: {details}", status)
 
 
 @dataclass(frozen=True)
@@ -109,11 +125,7 @@ def checked_decode(where: str, decode: Callable[[], T]) -> T:
     try:
         return decode()
     except (InvalidRequest, KeyError, TypeError, ValueError) as exc:
-        raise PredictorError(
-            f"{where}: unreadable response ({exc})",
-            HTTPStatus.BAD_GATEWAY,
-            grpc.StatusCode.INTERNAL,
-        ) from None
+        raise PredictorError(f"{where}: unreadable response ({exc})", Status.BAD_GATEWAY) from None
 
 
 def make_hop(config: HopConfig) -> Hop:

@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from http import HTTPStatus
 
 import grpc
 import numpy as np
 from grpc import aio
-from kbundle.transformers.hop import Hop, HopConfig, PredictorError, checked_decode, forwardable
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
-from kbundle.errors import InvalidRequest, KbundleError, ModelUnavailable, UpstreamTimeout
+from kbundle.errors import KBundleError
 from kbundle.serving.v2_grpc import CONTENTS_FIELD
 from kbundle.specs import v2_datatype
+from kbundle.status import from_grpc
 from kbundle.tensors import array_from_list, array_from_raw, raw_from_array
-
-GRPC_TO_HTTP: dict[grpc.StatusCode, HTTPStatus] = {
-    grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
-    grpc.StatusCode.FAILED_PRECONDITION: HTTPStatus.BAD_REQUEST,
-    grpc.StatusCode.OUT_OF_RANGE: HTTPStatus.BAD_REQUEST,
-    grpc.StatusCode.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED,
-    grpc.StatusCode.PERMISSION_DENIED: HTTPStatus.FORBIDDEN,
-    grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: HTTPStatus.TOO_MANY_REQUESTS,
-    grpc.StatusCode.UNIMPLEMENTED: HTTPStatus.NOT_IMPLEMENTED,
-    grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
-}
+from kbundle.transformers.hop import Hop, HopConfig, checked_decode, forwardable, upstream_error
 
 
 def grpc_target(host: str, use_ssl: bool) -> str:
@@ -98,21 +85,11 @@ class GrpcHop(Hop):
         self.model_version = response.model_version
         return checked_decode(self.config.where, lambda: _grpc_outputs(self.config.where, response))
 
-    def _error(self, exc: aio.AioRpcError) -> KbundleError:
-        code, details = exc.code(), exc.details() or exc.code().name
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return ModelUnavailable(f"{self.config.where} is unavailable: {details}")
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return UpstreamTimeout(
-                f"{self.config.where} did not answer within {self.config.timeout_s:g} s"
-            )
-        status = GRPC_TO_HTTP.get(code, HTTPStatus.BAD_GATEWAY)
-        if status == HTTPStatus.BAD_REQUEST:
-            return InvalidRequest(f"{self.config.where}: {details}")
-        return PredictorError(
-            f"{self.config.where}: {details}",
-            status,
-            code if status != HTTPStatus.BAD_GATEWAY else grpc.StatusCode.INTERNAL,
+    def _error(self, exc: aio.AioRpcError) -> KBundleError:
+        code = exc.code()
+        status = from_grpc(code)
+        return upstream_error(
+            self.config.where, status, exc.details() or code.name, self.config.timeout_s
         )
 
     async def close(self) -> None:

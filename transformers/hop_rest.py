@@ -8,27 +8,15 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 import aiohttp
-import grpc
 import numpy as np
 import orjson
-from kbundle.transformers.hop import Hop, HopConfig, PredictorError, checked_decode, forwardable
 
-from kbundle.errors import InvalidRequest, KbundleError, ModelUnavailable, UpstreamTimeout
+from kbundle.errors import KBundleError, ModelUnavailable, UpstreamTimeout
 from kbundle.serving.v2_rest import HEADER_LENGTH
 from kbundle.specs import v2_datatype
+from kbundle.status import from_http
 from kbundle.tensors import array_from_list, array_from_raw, raw_from_array
-
-HTTP_TO_GRPC: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    409: grpc.StatusCode.ABORTED,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-}
+from kbundle.transformers.hop import Hop, HopConfig, checked_decode, forwardable, upstream_error
 
 
 @dataclass(frozen=True)
@@ -118,24 +106,14 @@ class RestHop(Hop):
         )
         return outputs
 
-    def _error(self, answer: _Answer) -> KbundleError:
+    def _error(self, answer: _Answer) -> KBundleError:
         text = answer.body.decode("utf-8", "replace")
         try:
             message = orjson.loads(answer.body).get("error") or text
         except (orjson.JSONDecodeError, AttributeError):
             message = text or HTTPStatus(answer.status).phrase
-        status = answer.status
-        where = f"{self.config.where}: {message}"
-        if status == 503:
-            return ModelUnavailable(f"{self.config.where} is unavailable: {message}")
-        if status == 504:
-            return UpstreamTimeout(where)
-        if status == 400:
-            return InvalidRequest(where)
-        if 400 <= status < 500 or status == 501:
-            code = HTTP_TO_GRPC.get(status, grpc.StatusCode.FAILED_PRECONDITION)
-            return PredictorError(where, HTTPStatus(status), code)
-        return PredictorError(where, HTTPStatus.BAD_GATEWAY, grpc.StatusCode.INTERNAL)
+        status = from_http(answer.status)
+        return upstream_error(self.config.where, status, message, self.config.timeout_s)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import binascii
 import io
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from kbundle.transformers.features import bytes_column, required
-from kbundle.transformers.spec import Entry, read_labels
 from PIL import Image, UnidentifiedImageError
 
 from kbundle.errors import ConfigError, EngineError, InvalidRequest
 from kbundle.specs import DYNAMIC, TensorSpec, numpy_dtype
+from kbundle.transformers.features import bytes_column, required
+from kbundle.transformers.spec import Entry, read_labels
 
 SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 FORMATS = ("PNG", "JPEG")
@@ -131,7 +132,9 @@ class ImageFeature:
             SyntaxError,
             ValueError,
         ) as exc:
-            raise InvalidRequest(f"{where}: not a decodable PNG/JPEG image ({exc})") from None
+            raise InvalidRequest(
+                f"{where}: not a decodable PNG/JPEG image ({_reason(exc)})"
+            ) from None
         return pixels
 
     def _to_tensor(self, pixels: np.ndarray) -> np.ndarray:
@@ -238,3 +241,10 @@ def _activate(scores: np.ndarray, activation: str) -> np.ndarray:
     if activation == "sigmoid":
         return 1.0 / (1.0 + np.exp(-scores))
     return scores
+
+
+def _reason(exc: Exception) -> str:
+    """Pillow's reason in words: never `<_io.BytesIO object at 0x...>` (the buffer's repr)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "the bytes are not a PNG or JPEG file"
+    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the image", str(exc)) or type(exc).__name__

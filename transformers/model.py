@@ -16,13 +16,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from kbundle.transformers.hop import Hop, HopConfig, make_hop
-from kbundle.transformers.pipeline import Pipeline
 from kserve import Model
 
 from kbundle.errors import ConfigError, InvalidRequest
 from kbundle.serving.arrays import ArrayRequest, ArrayResponse
 from kbundle.specs import Signature
+from kbundle.transformers.hop import Hop, HopConfig, make_hop
+from kbundle.transformers.pipeline import Pipeline
 from kbundle.validation import SignatureValidator
 
 logger = logging.getLogger("kbundle.transformer")

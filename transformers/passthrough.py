@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from kbundle.transformers.features import required
-from kbundle.transformers.spec import Entry
 
 from kbundle.errors import ConfigError, InvalidRequest
 from kbundle.specs import TensorSpec, numpy_dtype, v2_datatype
+from kbundle.transformers.features import required
+from kbundle.transformers.spec import Entry
 
 
 def _shape(entry: Entry) -> tuple[int, ...]:

@@ -9,11 +9,11 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from kbundle.transformers.features import Feature, OutputStep
-from kbundle.transformers.spec import INPUT_KINDS, OUTPUT_KINDS, SPEC_FILE, build_steps, read_spec
 
 from kbundle.errors import ConfigError, EngineError, InvalidRequest
 from kbundle.specs import Signature
+from kbundle.transformers.features import Feature, OutputStep
+from kbundle.transformers.spec import INPUT_KINDS, OUTPUT_KINDS, SPEC_FILE, build_steps, read_spec
 
 
 @dataclass

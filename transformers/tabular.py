@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from kbundle.transformers.features import bytes_column, column, texts
-from kbundle.transformers.spec import Entry
 
 from kbundle.errors import ConfigError, InvalidRequest
 from kbundle.specs import DYNAMIC, TensorSpec, numpy_dtype
+from kbundle.transformers.features import bytes_column, column, texts
+from kbundle.transformers.spec import Entry
 
 
 @dataclass(frozen=True)

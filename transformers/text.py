@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from kbundle.transformers.features import bytes_column, required, texts
-from kbundle.transformers.spec import Entry
 from tokenizers import Tokenizer
 
 from kbundle.errors import ConfigError, EngineError, InvalidRequest
 from kbundle.specs import DYNAMIC, TensorSpec, numpy_dtype
+from kbundle.transformers.features import bytes_column, required, texts
+from kbundle.transformers.spec import Entry
 
 TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 

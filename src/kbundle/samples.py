@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"  # 2: kbundle.yaml without `labels` (settings are strict)
 DIGITS_INPUT = "input"
 
 
@@ -102,7 +102,6 @@ def build_digits(out_dir: Path, version: str) -> dict:
         "max_batch_size: 32\n"
         "max_batch_delay_ms: 1.0\n"
         "warmup: true\n"
-        f"labels: [{', '.join(str(i) for i in range(10))}]\n"
     )
     (out_dir / "kbundle.yaml").write_text(config)
     info = {

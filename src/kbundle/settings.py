@@ -3,12 +3,20 @@
 The model config is the optional `kbundle.yaml` in the model directory, so a new model version
 can change its own serving settings without a new image. Every field below is also a flag
 (`--max_batch_size`) and an env var (`KBUNDLE_MAX_BATCH_SIZE`).
+
+Strict: a key of `kbundle.yaml` that is no setting is an error naming it and the closest valid
+name (a typo must not serve the default silently); an unknown `KBUNDLE_*` variable is a warning
+with the suggestion (the environment is shared with other programs). To add a setting, add one
+field below (type, default, one-line doc); flag, env var, kbundle.yaml key and checks follow.
+A `KBUNDLE_*` variable read elsewhere (not a setting) goes into OTHER_ENV_VARS.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +29,31 @@ from kbundle.errors import ConfigError
 
 MODEL_CONFIG_FILE = "kbundle.yaml"
 ENV_PREFIX = "KBUNDLE_"
+logger = logging.getLogger("kbundle.settings")
+# kbundle.yaml keys read by other components (not predictor settings), with their reader.
+OTHER_CONFIG_KEYS = {"build_engine": "storage-init engine step"}
+# KBUNDLE_* variables read elsewhere; the unknown-variable warning leaves them alone.
+OTHER_ENV_VARS = frozenset(
+    {
+        "KBUNDLE_CACHE",
+        "KBUNDLE_REVISION",
+        "KBUNDLE_CGROUP_ROOT",
+        "KBUNDLE_GRPC_THREADS",
+        "KBUNDLE_EXTRAS",
+        "KBUNDLE_LOCK",
+        "KBUNDLE_BUILDER",
+        "KBUNDLE_IMAGE_CACHE",
+        "KBUNDLE_BIND_HOST",
+        "KBUNDLE_BODY_TIMEOUT_S",
+        "KBUNDLE_HEADER_TIMEOUT_S",
+        "KBUNDLE_MAX_CONNECTIONS",
+        "KBUNDLE_MAX_HEADERS",
+        "KBUNDLE_MAX_HEADER_BYTES",
+        "KBUNDLE_DECODE_BUDGET_BYTES",
+        "KBUNDLE_DECODE_WAIT_MS",
+    }
+)
+OTHER_ENV_PREFIXES = ("KBUNDLE_STORAGE_",)
 
 
 def _doc(text: str, **extra: Any) -> dict:
@@ -108,8 +141,12 @@ class ModelSettings:
         default="",
         metadata=_doc("Version reported as V2 model_version (e.g. the revision serving it)."),
     )
-    labels: tuple[str, ...] = field(
-        default=(), metadata=_doc("Class labels, index-aligned with the model's class output.")
+    padding: dict[str, Any] | None = field(
+        default=None,
+        metadata=_doc(
+            "Padding-aware batching (a mapping: dim, buckets, pad_values, mask; see "
+            "docs/batching.md). Env/flag take it as JSON."
+        ),
     )
 
     @classmethod
@@ -128,14 +165,56 @@ def env_name(setting: str) -> str:
     return ENV_PREFIX + setting.upper()
 
 
+def closest(name: str, valid: list[str] | tuple[str, ...]) -> str | None:
+    """The valid name a typo most likely meant, or None when nothing is close."""
+    matches = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _unknown(name: str, valid: tuple[str, ...]) -> str:
+    guess = closest(name, valid)
+    return f"{name!r} (did you mean {guess!r}?)" if guess else repr(name)
+
+
+def check_config_keys(
+    model_config: Mapping[str, Any], config_name: str = MODEL_CONFIG_FILE
+) -> None:
+    """ConfigError naming every key of the model config that is no setting, with the closest."""
+    valid = ModelSettings.field_names()
+    unknown = sorted(str(k) for k in model_config if k not in valid and k not in OTHER_CONFIG_KEYS)
+    if unknown:
+        named = ", ".join(_unknown(key, valid) for key in unknown)
+        raise ConfigError(f"{config_name}: unknown setting {named}; settings: {', '.join(valid)}")
+
+
+def unknown_env_vars(env: Mapping[str, str]) -> list[str]:
+    """One message per KBUNDLE_* variable that no part of kbundle reads, with the closest name."""
+    valid = tuple(env_name(f) for f in ModelSettings.field_names())
+    return [
+        f"environment variable {_unknown(var, valid + tuple(OTHER_ENV_VARS))} is not a kbundle "
+        "setting and is ignored"
+        for var in sorted(env)
+        if var.startswith(ENV_PREFIX)
+        and var not in valid
+        and var not in OTHER_ENV_VARS
+        and not var.startswith(OTHER_ENV_PREFIXES)
+    ]
+
+
 def read_model_config(model_dir: str | os.PathLike) -> dict[str, Any]:
     """The model dir's `kbundle.yaml` as a dict ({} when absent); ConfigError when malformed."""
     path = Path(model_dir) / MODEL_CONFIG_FILE
     if not path.is_file():
         return {}
+    from kbundle.manifests.yamlguard import YamlLimitError, check_text
+
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        text = path.read_text(encoding="utf-8")
+        check_text(text)  # a model from a bucket is input too: bounded, one line when hostile
+        data = yaml.safe_load(text) or {}
+    except YamlLimitError as exc:
+        raise ConfigError(f"{path}:{exc.line}: {exc.message}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
@@ -163,6 +242,11 @@ def _coerce(name: str, kind: Any, value: Any, source: str) -> Any:
         if kind in ("tuple[int, ...]",):
             parts = value.split(",") if isinstance(value, str) else value
             return tuple(int(part) for part in parts if str(part).strip())
+        if kind == "dict[str, Any] | None":
+            data = yaml.safe_load(value) if isinstance(value, str) else value
+            if not isinstance(data, dict):
+                raise ValueError(value)
+            return data
         if kind in ("tuple[str, ...]",):
             if isinstance(value, str):
                 return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -215,11 +299,14 @@ def resolve_settings(
 ) -> ModelSettings:
     """Merge the sources with the documented precedence: flag > env > model config > default.
 
-    `flags` holds parsed CLI values, None meaning "not given". Unknown model-config keys that are
-    not ours are ignored only when they belong to another component (`transformer:` etc.).
+    `flags` holds parsed CLI values, None meaning "not given". An unknown model-config key is a
+    ConfigError (OTHER_CONFIG_KEYS excepted); an unknown KBUNDLE_* variable is logged as a warning.
     """
     flags = flags or {}
     env = os.environ if env is None else env
+    check_config_keys(model_config, config_name)
+    for message in unknown_env_vars(env):
+        logger.warning(message)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(ModelSettings):
         for source, value in (

@@ -48,11 +48,17 @@ def v2_datatype(dtype: np.dtype) -> str:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One named tensor: V2 datatype and shape, with -1 for every dynamic dimension."""
+    """One named tensor: V2 datatype and shape, with -1 for every dynamic dimension.
+
+    `dim_names` keeps the engine's name for each dim where it has one (ONNX `dim_param`,
+    torch.export symbols, names given to `kbundle export`); None elsewhere, () when none at
+    all. Inputs sharing a name must agree on that dim. Metadata never shows names (V2 wants -1).
+    """
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    dim_names: tuple[str | None, ...] = ()
 
     @property
     def dtype(self) -> np.dtype:
@@ -73,6 +79,16 @@ class TensorSpec:
 
     def describe(self) -> str:
         return f"{self.datatype} {list(self.shape)}"
+
+    def dim_name(self, axis: int) -> str | None:
+        return self.dim_names[axis] if axis < len(self.dim_names) else None
+
+    def named(self, dim_names: Sequence[str | None]) -> TensorSpec:
+        """This spec with `dim_names` (a name only where the dim is dynamic)."""
+        names = tuple(
+            n if d == DYNAMIC else None for n, d in zip(dim_names, self.shape, strict=False)
+        )
+        return TensorSpec(self.name, self.datatype, self.shape, names if any(names) else ())
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,15 @@ class Signature:
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.outputs)
+
+    def shared_dims(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        """Each dim name used more than once across the inputs -> its (input, axis) places."""
+        places: dict[str, list[tuple[str, int]]] = {}
+        for spec in self.inputs:
+            for axis, dim_name in enumerate(spec.dim_names):
+                if dim_name:
+                    places.setdefault(dim_name, []).append((spec.name, axis))
+        return {n: tuple(p) for n, p in places.items() if len(p) > 1}
 
     @property
     def batchable(self) -> bool:

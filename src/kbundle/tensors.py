@@ -6,11 +6,13 @@ Every failure is an InvalidRequest whose message names the tensor and what was w
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from collections.abc import Sequence
 
 import numpy as np
+import orjson
 
 from kbundle.errors import InvalidRequest
 from kbundle.specs import V2_TO_NUMPY, v2_datatype
@@ -116,18 +118,46 @@ def _cast_checked(where: str, datatype: str, values: np.ndarray) -> np.ndarray:
                 f"{where}: BOOL data must be true/false, got {values.dtype} values"
             )
     elif dtype.kind in "iu":
-        if kind not in "iub":
-            raise InvalidRequest(
-                f"{where}: {datatype} data must be integers, got {_kind_name(kind)}"
-            )
-        info = np.iinfo(dtype)
-        if values.min() < info.min or values.max() > info.max:
-            raise InvalidRequest(
-                f"{where}: a value is outside the {datatype} range [{info.min}, {info.max}]"
-            )
+        _check_integers(where, datatype, dtype, values)
     elif kind not in "iufb":
         raise InvalidRequest(f"{where}: {datatype} data must be numbers, got {_kind_name(kind)}")
+    else:
+        return _cast_floats(where, datatype, dtype, values)
     return values.astype(dtype, copy=False)
+
+
+def _check_integers(where: str, datatype: str, dtype: np.dtype, values: np.ndarray) -> None:
+    """Integers within the datatype's range. JSON integers past 64 bits reach us as floats
+    (whole numbers of magnitude >= 2**63): those are out of range, and said so."""
+    kind = values.dtype.kind
+    info = np.iinfo(dtype)
+    integral = kind in "iub" or (
+        kind == "f" and bool(np.isfinite(values).all()) and bool((values == np.trunc(values)).all())
+    )
+    if not integral:
+        raise InvalidRequest(f"{where}: {datatype} data must be integers, got {_kind_name(kind)}")
+    beyond_64_bits = kind == "f" and float(np.abs(values).max()) >= 2.0**63
+    if beyond_64_bits or values.min() < info.min or values.max() > info.max:
+        raise InvalidRequest(
+            f"{where}: a value is outside the {datatype} range [{info.min}, {info.max}]"
+        )
+    if kind == "f":
+        raise InvalidRequest(f"{where}: {datatype} data must be integers, got floats")
+
+
+def _cast_floats(where: str, datatype: str, dtype: np.dtype, values: np.ndarray) -> np.ndarray:
+    """Cast to FP16/32/64, refusing finite values that would become infinite (1e300 as FP32):
+    a silent inf is a different input from the one the client sent."""
+    out = values.astype(dtype, copy=False)
+    if values.dtype.kind == "f" and not np.isfinite(out).all():
+        overflow = np.isfinite(values) & ~np.isfinite(out)
+        if overflow.any():
+            value = values[overflow].flat[0]
+            largest = float(np.finfo(dtype).max)
+            raise InvalidRequest(
+                f"{where}: value {value:g} does not fit {datatype} (largest magnitude {largest:g})"
+            )
+    return out
 
 
 def _kind_name(kind: str) -> str:
@@ -170,11 +200,28 @@ def raw_from_array(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array).tobytes()
 
 
-def list_from_array(array: np.ndarray) -> list:
-    """Flat JSON-ready list (BYTES as UTF-8 strings, as Triton sends them)."""
+def list_from_array(array: np.ndarray) -> list | orjson.Fragment:
+    """Flat JSON-ready list (BYTES as UTF-8 strings, as Triton sends them).
+
+    NaN and +-Inf go out as the bare tokens NaN, Infinity and -Infinity, as Triton writes them
+    (rapidjson kWriteNanAndInfFlag) and tritonclient reads them (python-rapidjson): JSON null
+    would make the three indistinguishable.
+    """
     if v2_datatype(array.dtype) == "BYTES":
         return [
             item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
             for item in array.reshape(-1)
         ]
-    return array.reshape(-1).tolist()
+    flat = array.reshape(-1)
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        return orjson.Fragment(json.dumps(flat.tolist(), allow_nan=True))
+    return flat.tolist()
+
+
+def param_bool(where: str, name: str, value: object) -> bool:
+    """A boolean parameter must be a JSON boolean: the string "false" is not false."""
+    if isinstance(value, bool):
+        return value
+    raise InvalidRequest(
+        f"{where}: parameter '{name}' must be true or false (a JSON boolean), got {value!r}"
+    )

@@ -23,6 +23,7 @@ class SignatureValidator:
         self.signature = signature
         self._inputs = {spec.name: spec for spec in signature.inputs}
         self._outputs = set(signature.output_names)
+        self._shared = tuple(signature.shared_dims().items())
 
     def where(self, kind: str, name: str) -> str:
         return f"model '{self.model_name}' {kind} '{name}'"
@@ -42,21 +43,18 @@ class SignatureValidator:
         return spec
 
     def check_complete(self, names: Iterable[str]) -> None:
-        given = list(names)
-        duplicates = sorted({n for n in given if given.count(n) > 1})
-        if duplicates:
+        """Every input given exactly once; one pass over the names (a set, never list.count)."""
+        seen = unique_names(self.model_name, "input", names)
+        missing = next((n for n in self._inputs if n not in seen), None)
+        if missing is not None:
             raise InvalidRequest(
-                f"model '{self.model_name}': input {duplicates[0]!r} given more than once"
-            )
-        missing = [n for n in self._inputs if n not in given]
-        if missing:
-            raise InvalidRequest(
-                f"model '{self.model_name}': missing input '{missing[0]}' "
-                f"(expected {self._inputs[missing[0]].describe()})"
+                f"model '{self.model_name}': missing input '{missing}' "
+                f"(expected {self._inputs[missing].describe()})"
             )
 
     def check_batch(self, arrays: Mapping[str, np.ndarray]) -> int | None:
-        """All batched inputs must agree on the batch size; returns it (None when unbatched)."""
+        """All batched inputs must agree on the batch size, and inputs sharing a named dim on
+        that dim; returns the batch size (None when unbatched)."""
         sizes = {
             name: arrays[name].shape[0]
             for name, spec in self._inputs.items()
@@ -67,12 +65,55 @@ class SignatureValidator:
             raise InvalidRequest(
                 f"model '{self.model_name}': inputs disagree on batch size ({detail})"
             )
+        self.check_shared_dims(arrays)
         return next(iter(sizes.values()), None)
 
+    def check_shared_dims(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """InvalidRequest naming both tensors, the dim and the sizes when a named dim differs."""
+        for dim_name, places in self._shared:
+            first: tuple[str, int, int] | None = None
+            for tensor, axis in places:
+                array = arrays.get(tensor)
+                if array is None or array.ndim <= axis:
+                    continue
+                size = array.shape[axis]
+                if first is None:
+                    first = (tensor, axis, size)
+                elif size != first[2]:
+                    raise InvalidRequest(self._disagree(dim_name, first, (tensor, axis, size)))
+
+    def _disagree(self, dim: str, a: tuple[str, int, int], b: tuple[str, int, int]) -> str:
+        if a[0] == b[0]:
+            return (
+                f"model '{self.model_name}' input '{a[0]}': dims {a[1]} and {b[1]} "
+                f"disagree on dim '{dim}' ({a[2]} vs {b[2]})"
+            )
+        return (
+            f"model '{self.model_name}' inputs '{a[0]}' and '{b[0]}' disagree on dim "
+            f"'{dim}' ({a[2]} vs {b[2]})"
+        )
+
     def check_outputs(self, requested: Iterable[str]) -> None:
+        requested = list(requested)
+        unique_names(self.model_name, "output", requested)
         for name in requested:
             if name not in self._outputs:
                 raise InvalidRequest(
                     f"model '{self.model_name}': unknown output '{name}' "
                     f"(the model's outputs are {sorted(self._outputs)})"
                 )
+
+
+def unique_names(model_name: str, kind: str, names: Iterable[str]) -> set[str]:
+    """The names as a set; InvalidRequest naming the first one given twice (one pass)."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise duplicate_name(model_name, kind, name)
+        seen.add(name)
+    return seen
+
+
+def duplicate_name(model_name: str, kind: str, name: str) -> InvalidRequest:
+    where = f"model '{model_name}'" if model_name else "request"
+    return InvalidRequest(f"{where}: {kind} '{name}' given more than once")

@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from pristine import committed
 
 REPO = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO.parent / "shared" / "kserve-crds"
-SAMPLES = REPO / "inferenceservices"
+CRD_DIR = REPO / "src" / "kbundle" / "manifests" / "crds" / "kserve"
+MONITORING_CRD_DIR = CRD_DIR.parent / "monitoring"
+SAMPLES = committed("inferenceservices")  # HEAD's copy: a user's canary edits never reach a test
 FIXTURES = Path(__file__).parent / "fixtures"
 
 BASE_ISVC = {
@@ -54,12 +56,10 @@ BASE_ISVC = {
 
 @pytest.fixture(scope="session")
 def crds():
-    """The real CRDs from ../shared/kserve-crds (the tests skip with the reason when absent)."""
-    if not CRD_DIR.is_dir():
-        pytest.skip(f"KServe CRDs not found at {CRD_DIR} (the shared folder beside the repository)")
-    from kbundle.manifests.crds import load_crd_path
+    """The packaged KServe and Prometheus Operator CRDs (a missing file fails the test)."""
+    from kbundle.manifests.crds import load_packaged
 
-    return load_crd_path(CRD_DIR)
+    return load_packaged()
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ import pytest
 import yaml
 from manifest_helpers import BASE_ISVC, CRD_DIR, FIXTURES, SAMPLES, run_cli
 
-pytestmark = pytest.mark.skipif(not CRD_DIR.is_dir(), reason=f"KServe CRDs not found at {CRD_DIR}")
-
 SAMPLE_FILES = sorted(p for p in SAMPLES.iterdir() if p.suffix in (".yaml", ".yml"))
 
 
@@ -113,7 +111,7 @@ def test_warnings_only_exit_0(tmp_path):
 
 def test_missing_crds_is_a_clear_error(tmp_path):
     result = run_cli("validate", "--crd", str(tmp_path / "nope"), str(SAMPLE_FILES[0]))
-    assert result.returncode == 2 and "no such file or folder" in result.stderr
+    assert result.returncode == 2 and "no such CRD file or folder" in result.stderr
 
 
 def _fake_kubectl(tmp_path, exit_code: int):
@@ -143,11 +141,26 @@ def test_crds_come_from_the_cluster_when_reachable(tmp_path):
     assert (tmp_path / "kubectl.log").read_text().startswith("get crd -o json")
 
 
-def test_unreachable_cluster_falls_back_to_the_shared_crds(tmp_path):
+def test_unreachable_cluster_falls_back_to_the_packaged_crds(tmp_path):
     env = _fake_kubectl(tmp_path, 1)
     result = run_cli("validate", str(SAMPLES / "digits.yaml"), env_extra=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"checked against {CRD_DIR}" in result.stdout
+    assert "checked against packaged kserve CRDs" in result.stdout
     skipped = run_cli("validate", "--no-cluster", str(SAMPLES / "digits.yaml"), env_extra=env)
     assert skipped.returncode == 0
     assert (tmp_path / "kubectl.log").read_text().count("get crd") == 1  # --no-cluster never asked
+
+
+@pytest.mark.parametrize("extra", [[], ["--no-lint"]], ids=["lint", "no-lint"])
+def test_gpu_request_without_limit_is_an_error_exit_1(tmp_path, extra):
+    """The API server rejects such a pod, so validate fails even with --no-lint."""
+    gpu = json.loads(json.dumps(BASE_ISVC))
+    gpu["spec"]["predictor"]["containers"][0]["resources"] = {"requests": {"nvidia.com/gpu": "1"}}
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump(gpu, sort_keys=False))
+    result = run_cli("validate", "--no-cluster", *extra, str(path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "error [InferenceService/digits] spec.predictor.containers[0].resources.limits" in (
+        result.stdout
+    )
+    assert "without a limit" in result.stdout and "(pod/gpu-limits)" in result.stdout

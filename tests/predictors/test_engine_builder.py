@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from kbundle.errors import EngineLoadError
 from kbundle.predictors import engine_builder
 from kbundle.predictors.engine_builder import BuildSpec, EngineCache, Target, cache_key, ensure_plan
 from kbundle.predictors.tensorrt_build import profile_shapes
-
-from kbundle.errors import EngineLoadError
 from kbundle.settings import ModelSettings
 
 H100 = Target("NVIDIA H100 80GB HBM3", "9.0", "10.3.0")
@@ -198,6 +198,7 @@ def test_empty_profile_batch_follows_max_batch_size(model_dir: Path) -> None:
 # -- tensorrt_build.build_plan's own code, against a stand-in TensorRT builder (fake_tensorrt.py) --
 def _fake_builder(monkeypatch: pytest.MonkeyPatch, inputs, dtypes=None, version="10.99.0-fake"):
     from fake_tensorrt import FakeBuilderState, FakeCudart, add_builder, fake_trt_module
+
     from kbundle.predictors import cuda_device
 
     cudart = FakeCudart()

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+
+from kbundle.errors import EngineLoadError
 from kbundle.predictors.engine import load_engine
 from kbundle.predictors.onnx_engine import (
     GPU_PROVIDERS,
@@ -21,8 +23,6 @@ from kbundle.predictors.onnx_engine import (
     choose_providers,
     provider_options,
 )
-
-from kbundle.errors import EngineLoadError
 from kbundle.settings import ModelSettings
 
 CPU_ONLY = ["CPUExecutionProvider"]

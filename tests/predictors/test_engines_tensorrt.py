@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from kbundle.errors import EngineLoadError, InvalidRequest
 from kbundle.predictors.cuda_device import GpuInfo
 from kbundle.predictors.engine import Engine
 from kbundle.predictors.tensorrt_engine import (
@@ -20,8 +22,6 @@ from kbundle.predictors.tensorrt_engine import (
     shape_ranges_of,
     signature_of,
 )
-
-from kbundle.errors import EngineLoadError, InvalidRequest
 from kbundle.settings import ModelSettings
 
 # What read_io_tensors returns for the digits model built with profile_batch 1,8,32.
@@ -105,6 +105,7 @@ def _gpu_with_tensorrt() -> str | None:
     """None when a GPU and TensorRT are usable, else why not (the skip reason)."""
     try:
         import tensorrt  # noqa: F401
+
         from kbundle.predictors.cuda_device import gpu_info
 
         gpu_info(0)
@@ -194,6 +195,7 @@ def test_build_and_serve_tensorrt_plan_on_gpu(tmp_path: Path) -> None:
 @pytest.fixture()
 def fake_gpu(monkeypatch: pytest.MonkeyPatch):
     from fake_tensorrt import FakeCudart, FakeEngine, fake_trt_module
+
     from kbundle.predictors import cuda_device
 
     cudart = FakeCudart()
@@ -337,7 +339,6 @@ def test_plan_that_does_not_deserialize_names_the_fix(
 
 def test_warm_up_inputs_start_at_the_profile_minimum() -> None:
     from kbundle.predictors.engine import warmup_inputs
-
     from kbundle.specs import Signature, TensorSpec
 
     signature = Signature.of(

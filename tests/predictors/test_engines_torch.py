@@ -12,10 +12,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 
+from kbundle.errors import EngineLoadError, InvalidRequest  # noqa: E402
 from kbundle.predictors.engine import load_engine  # noqa: E402
 from kbundle.predictors.torch_engine import TorchEngine  # noqa: E402
-
-from kbundle.errors import EngineLoadError, InvalidRequest  # noqa: E402
 from kbundle.samples import digits_split  # noqa: E402
 from kbundle.samples_torch import build_torch_digits, digits_model  # noqa: E402
 from kbundle.settings import ModelSettings  # noqa: E402
@@ -189,7 +188,6 @@ def test_aoti_package_compiles_loads_and_matches_eager(
     if "slow" not in markexpr or "not slow" in markexpr:
         pytest.skip("AOTInductor C++ compile takes 1-2 minutes on 2 cores: run with -m slow")
     from kbundle.predictors.torch_export import save_aoti
-
     from kbundle.samples_torch import INPUTS, OUTPUTS
 
     model = digits_model()
@@ -280,7 +278,6 @@ def test_save_aoti_off_cpu_runs_its_check_there_and_leaves_the_model_in_place(
     replaced by a stub; checked is that the package is verified on its own device and that the
     caller's model is not moved there."""
     from kbundle.predictors import torch_export
-
     from kbundle.samples_torch import INPUTS, OUTPUTS
 
     checked = []
@@ -305,7 +302,6 @@ def test_aoti_package_for_cuda_is_checked_on_cuda(tmp_path: Path, held_out) -> N
     if not torch.cuda.is_available():
         pytest.skip(f"needs a CUDA GPU; torch {torch.__version__} sees none")
     from kbundle.predictors.torch_export import save_aoti
-
     from kbundle.samples_torch import INPUTS, OUTPUTS
 
     model = digits_model()

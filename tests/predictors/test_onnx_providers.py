@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from kbundle.predictors.onnx_engine import choose_providers
 
 from kbundle.errors import EngineLoadError
+from kbundle.predictors.onnx_engine import choose_providers
 
 ALL_GPU = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 

@@ -19,7 +19,6 @@ from kbundle.predictors.torch_export import (  # noqa: E402
     compare,
     parse_tensor_arg,
 )
-
 from kbundle.samples_torch import INPUTS, OUTPUTS, build_torch_digits, digits_model  # noqa: E402
 from kbundle.settings import ModelSettings  # noqa: E402
 

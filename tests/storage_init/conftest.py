@@ -28,8 +28,9 @@ def http_server(www: Path):
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):
-    """moto's standalone S3 server on 127.0.0.1 (a real HTTP endpoint boto3 talks to)."""
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """moto's standalone S3 server on 127.0.0.1 (a real HTTP endpoint boto3 talks to):
+    (url, its access log, where every request it served is a line)."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log_path, "wb") as log:
@@ -41,7 +42,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/moto-api/", proc, log_path, timeout=60)
-        yield url
+        yield url, log_path
     finally:
         proc.terminate()
         proc.wait(10)
@@ -51,3 +52,8 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):
 def sandbox(tmp_path: Path) -> Sandbox:
     (tmp_path / "dest").mkdir()
     return Sandbox(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server) -> str:
+    return s3_server[0]

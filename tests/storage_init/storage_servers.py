@@ -1,7 +1,10 @@
 """Real endpoints on 127.0.0.1 for the storage-init tests.
 
 `ModelHTTPServer` serves files from a directory with Range support, plus misbehaving routes:
-  /files/<path>               the file (Content-Length, Accept-Ranges)
+  /files/<path>               the file (Content-Length, Accept-Ranges, ETag, Last-Modified; 304
+                              for a matching If-None-Match)
+  /fail/<code>/<path>         always HTTP <code> (404, 403, 503 ...)
+  /stall/<path>               headers, then nothing for 5 s (a hung transfer)
   /flaky/<key>/<path>         HTTP 500 on the first request for <key>, then the file
   /drop/<path>                always sends the headers and half the body, then closes
   /dropfirst/<key>/<path>     drops mid-file the first time for <key>, then serves (resumable)
@@ -15,7 +18,9 @@ import hashlib
 import os
 import sys
 import threading
+import time
 from collections import Counter
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -51,6 +56,15 @@ class _Handler(BaseHTTPRequestHandler):
         first = self.server.hits[path] == 1
         if route == "files":
             return self._file("/".join(parts[1:]))
+        if route == "fail":
+            return self._status(int(parts[1]))
+        if route == "stall":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.flush()
+            time.sleep(5)
+            return None
         if route == "flaky":
             if first:
                 return self._status(500)
@@ -80,6 +94,13 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.server.root / rel
         if not path.is_file():
             return self._status(404)
+        info = path.stat()
+        etag = f'"{info.st_size:x}-{info.st_mtime_ns:x}"'
+        if self.headers.get("If-None-Match") == etag:
+            self.send_response(304)
+            self.send_header("ETag", etag)
+            self.end_headers()
+            return None
         data = path.read_bytes()
         start = 0
         rng = self.headers.get("Range")
@@ -92,8 +113,11 @@ class _Handler(BaseHTTPRequestHandler):
         body = data[start:]
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", formatdate(info.st_mtime, usegmt=True))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self.server.sent[self.path.split("?")[0]] += len(body)
         if drop:
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
@@ -124,6 +148,7 @@ class ModelHTTPServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = root
         self.hits: Counter[str] = Counter()
+        self.sent: Counter[str] = Counter()  # body bytes served per path (drops count in full)
         self.auth: dict[str, str | None] = {}  # last Authorization header per path
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
@@ -151,3 +176,8 @@ def tree(path: Path) -> dict[str, str]:
             else:
                 out[rel] = hashlib.sha256(full.read_bytes()).hexdigest()
     return out
+
+
+def model_tree(dest: Path) -> dict[str, str]:
+    """`tree(dest)` without storage-init's source record: what the model server gets."""
+    return {k: v for k, v in tree(dest).items() if k != ".kbundle-source.json"}

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
+
 from kbundle.storage_init import engine_step
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from archive_makers import tar_of_dir, zip_of_dir
 from storage_sandbox import Sandbox, install_model
-from storage_servers import tree
+from storage_servers import model_tree, tree
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,11 @@ def test_archive_model_is_unpacked_and_verified(
 ) -> None:
     result = sandbox.run(f"{http_server.url}/files/{name}", str(sandbox.dest))
     assert result.rc == 0, result.log
-    assert tree(sandbox.dest) == tree(published["v1"])  # exactly the model: no archive, no staging
-    assert "SHA256SUMS: 3 files verified" in result.log or "files verified" in result.log
+    assert model_tree(sandbox.dest) == tree(
+        published["v1"]
+    )  # exactly the model: no archive, no staging
+    listed = (published["v1"] / "SHA256SUMS").read_text().splitlines()
+    assert f"SHA256SUMS: {len(listed)} files verified" in result.log, result.log
     assert sandbox.outside_dest() == {}
 
 
@@ -88,9 +91,9 @@ def test_rerun_replaces_previous_model_without_leftovers(
     (sandbox.dest / "stale-extra-file.txt").write_text("from an older model")
     result = sandbox.run(f"{http_server.url}/files/v2.tgz", str(sandbox.dest))
     assert result.rc == 0, result.log
-    assert tree(sandbox.dest) == tree(published["v2"])
+    assert model_tree(sandbox.dest) == tree(published["v2"])
     again = sandbox.run(f"{http_server.url}/files/v2.tgz", str(sandbox.dest))
-    assert again.rc == 0 and tree(sandbox.dest) == tree(published["v2"])
+    assert again.rc == 0 and model_tree(sandbox.dest) == tree(published["v2"])
 
 
 def test_500_then_200_is_retried(sandbox: Sandbox, http_server, published) -> None:
@@ -98,14 +101,14 @@ def test_500_then_200_is_retried(sandbox: Sandbox, http_server, published) -> No
     assert result.rc == 0, result.log
     assert "attempt 1 failed (HTTP 500)" in result.log
     assert http_server.hits["/flaky/t500/v1.tar.gz"] == 2
-    assert tree(sandbox.dest) == tree(published["v1"])
+    assert model_tree(sandbox.dest) == tree(published["v1"])
 
 
 def test_connection_dropped_once_resumes(sandbox: Sandbox, http_server, published) -> None:
     result = sandbox.run(f"{http_server.url}/dropfirst/tdrop/v1.tar.gz", str(sandbox.dest))
     assert result.rc == 0, result.log
     assert "attempt 1 failed" in result.log
-    assert tree(sandbox.dest) == tree(published["v1"])
+    assert model_tree(sandbox.dest) == tree(published["v1"])
 
 
 def test_truncated_download_fails_after_retries(sandbox: Sandbox, http_server, published) -> None:
@@ -141,9 +144,9 @@ def test_headers_secret_is_sent_but_never_logged(sandbox: Sandbox, http_server, 
 
 def test_usage_errors_name_the_contract(sandbox: Sandbox) -> None:
     result = sandbox.run("only-one-arg")
-    assert result.rc == 1 and "SRC_URI DEST_DIR" in result.last_line
+    assert result.rc == 2 and "SRC_URI DEST_DIR" in result.last_line
     result = sandbox.run("ftp://host/model.onnx", str(sandbox.dest))
-    assert result.rc == 1 and "unsupported storage URI" in result.last_line
+    assert result.rc == 2 and "unsupported storage URI" in result.last_line
 
 
 def _start_big_fetch(sandbox: Sandbox, http_server) -> subprocess.Popen:
@@ -194,7 +197,7 @@ def test_sigkill_mid_download_is_cleaned_by_next_run(
     result = sandbox.run(f"{http_server.url}/files/v2.tgz", str(sandbox.dest))
     assert result.rc == 0, result.log
     assert "removing an unfinished download" in result.log  # ...the next run does
-    assert tree(sandbox.dest) == tree(published["v2"])
+    assert model_tree(sandbox.dest) == tree(published["v2"])
 
 
 def test_corrupt_archive_is_refused(sandbox: Sandbox, http_server, published, www: Path) -> None:
@@ -224,5 +227,7 @@ def test_several_pairs_in_one_call(sandbox: Sandbox, http_server, published) -> 
         f"{http_server.url}/files/v2.tgz", str(other),
     )  # fmt: skip
     assert result.rc == 0, result.log
-    assert tree(sandbox.dest) == tree(published["v1"]) and tree(other) == tree(published["v2"])
+    assert model_tree(sandbox.dest) == tree(published["v1"]) and model_tree(other) == tree(
+        published["v2"]
+    )
     assert "2 model(s) ready" in result.last_line

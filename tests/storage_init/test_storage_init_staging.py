@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from kbundle.storage_init import staging as st
 from storage_servers import tree
+
+from kbundle.storage_init import staging as st
 
 
 def _dest_with_old_model(tmp_path: Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+
 from kbundle.storage_init import checksums, delegated, progress, uris
 from kbundle.storage_init.config import StorageSettings
 from kbundle.storage_init.errors import IntegrityError, UsageError
@@ -13,7 +14,7 @@ from kbundle.storage_init.errors import IntegrityError, UsageError
 @pytest.mark.parametrize(
     ("uri", "kind"),
     [
-        ("s3://b/m", "delegated"),
+        ("s3://b/m", "s3"),
         ("gs://b/m", "delegated"),
         ("hf://org/model", "delegated"),
         ("https://acct.blob.core.windows.net/c/m", "delegated"),
@@ -79,3 +80,20 @@ def test_tty_progress_shows_rate_and_eta(monkeypatch: pytest.MonkeyPatch) -> Non
     bar.update(25 * progress.MIB)
     assert "25.0 MiB of 100.0 MiB (25%)" in err.getvalue() and "ETA" in err.getvalue()
     assert err.getvalue().startswith("\r")
+
+
+def test_new_settings_parse_and_refuse_nonsense() -> None:
+    settings = StorageSettings.from_env(
+        {"KBUNDLE_STORAGE_SKIP_UNCHANGED": "false", "KBUNDLE_STORAGE_DEADLINE_S": "2.5"}
+    )
+    assert settings.skip_unchanged is False and settings.retry_policy().deadline_s == 2.5
+    with pytest.raises(UsageError, match="KBUNDLE_STORAGE_SKIP_UNCHANGED"):
+        StorageSettings.from_env({"KBUNDLE_STORAGE_SKIP_UNCHANGED": "maybe"})
+    with pytest.raises(UsageError, match="KBUNDLE_STORAGE_PARALLEL must be at least 1"):
+        StorageSettings.from_env({"KBUNDLE_STORAGE_PARALLEL": "0"})
+
+
+def test_non_utf8_sha256sums_is_an_integrity_error(tmp_path) -> None:
+    (tmp_path / "SHA256SUMS").write_bytes(b"\xff" * 3)
+    with pytest.raises(IntegrityError, match=r"SHA256SUMS is not UTF-8 text \(byte 0"):
+        checksums.verify_model(tmp_path)

@@ -13,13 +13,11 @@ import argparse
 import asyncio
 import json
 import sys
-from http import HTTPStatus
 
-import grpc
 import numpy as np
 from kserve import Model, model_server
 
-from kbundle.errors import InvalidRequest, KbundleError
+from kbundle.errors import InvalidRequest, KBundleError, Status
 from kbundle.serving.arrays import ArrayRequest, ArrayResponse
 from kbundle.serving.server import KbundleModelServer
 from kbundle.specs import Signature, TensorSpec
@@ -34,9 +32,8 @@ SIGNATURE = Signature.of(
 SLOW_S = 4.0  # `authorization: Bearer slow` answers after this long (timeout tests)
 
 
-class Denied(KbundleError):
-    http_status = HTTPStatus.FORBIDDEN
-    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+class Denied(KBundleError):
+    status = Status.PERMISSION_DENIED
 
 
 class RecordingModel(Model):

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kbundle.transformers.__main__ import build_parser, hop_config, resolve_protocol
-from kbundle.transformers.hop import forwardable
-from kbundle.transformers.hop_grpc import grpc_target
-from kbundle.transformers.pipeline import Pipeline
 from PIL import Image
 
 from kbundle.errors import ConfigError, InvalidRequest
 from kbundle.serving.server import check_workers
+from kbundle.transformers.__main__ import build_parser, hop_config, resolve_protocol
+from kbundle.transformers.hop import forwardable
+from kbundle.transformers.hop_grpc import grpc_target
+from kbundle.transformers.pipeline import Pipeline
 
 BASE = ["--model_name", "digits", "--predictor_host", "127.0.0.1:9"]
 

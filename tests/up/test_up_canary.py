@@ -16,6 +16,7 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 from up_harness import HERE, digits_rows, infer_json, kbundle_cmd, revision_of, start_up, wait_for
 
 REQUESTS = 400
@@ -86,8 +87,10 @@ def test_bad_request_keeps_its_4xx_through_the_ingress(up):
     grpc = grpcclient.InferenceServerClient(up.grpc_url)
     tensor = grpcclient.InferInput("input", [1, 5], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 5), np.float32))
-    with pytest.raises(Exception, match="INVALID_ARGUMENT"):
+    with pytest.raises(InferenceServerException) as err:
         grpc.infer("digits", [tensor])
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT", err.value
+    assert "input" in err.value.message() and "[1, 5]" in err.value.message(), err.value
     errors = up.status()["revisions"][0]["totals"]["errors"]
     assert errors == 0  # a client error is not held against the revision
 
@@ -129,8 +132,10 @@ def test_a_tag_pins_a_request_to_the_latest_or_previous_revision(up):
     tensor.set_data_from_numpy(rows)
     result = grpc.infer("digits", [tensor], headers={"x-kbundle-tag": "latest"})
     assert result.get_response().model_version == "digits-00002"
-    with pytest.raises(Exception, match="no revision tagged 'nope'"):
+    with pytest.raises(InferenceServerException) as err:
         grpc.infer("digits", [tensor], headers={"x-kbundle-tag": "nope"})
+    assert err.value.status() == "StatusCode.NOT_FOUND", err.value
+    assert "no revision tagged 'nope'" in err.value.message(), err.value
 
 
 def test_status_and_canary_analyze_report_both_revisions(up):

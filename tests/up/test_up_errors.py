@@ -8,21 +8,11 @@ from pathlib import Path
 
 import pytest
 from procs import free_port
-from up_harness import HERE, kbundle_cmd
+from up_harness import HERE, up_cmd
 
 
 def _up(manifest: Path, state: Path, port: int, grpc_port: int) -> subprocess.CompletedProcess:
-    cmd = kbundle_cmd(
-        "up",
-        str(manifest),
-        "--port",
-        str(port),
-        "--grpc-port",
-        str(grpc_port),
-        "--state-dir",
-        str(state),
-        "--quiet",
-    )
+    cmd = up_cmd(manifest, state, port, grpc_port)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 

@@ -268,12 +268,15 @@ def test_storage_map_longest_prefix_and_local_copy(tmp_path):
     assert cached_fetch(str(tmp_path / "b" / "digits" / "v1"), tmp_path / "cache") == fetched
 
 
-def test_unmapped_bucket_without_storage_init_says_how_to_map_it(tmp_path, monkeypatch):
+def test_a_failed_fetch_names_the_uri_and_storage_inits_reason(tmp_path):
+    """Models are fetched by the real storage initializer (a subprocess, as in the pod)."""
     from kbundle.local import storage
 
-    monkeypatch.setattr(storage, "storage_init_available", lambda: False)
-    with pytest.raises(ConfigError, match="--storage-map"):
-        storage.fetch_model("s3://nowhere/m", tmp_path / "m")
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ConfigError) as err:
+        storage.fetch_model(str(missing), tmp_path / "m")
+    assert f"storage-init failed for {missing} (exit 1)" in str(err.value)
+    assert "does not exist" in str(err.value) and not (tmp_path / "m").exists()
 
 
 def test_request_stats_window_and_percentiles():
@@ -299,3 +302,32 @@ def test_tag_routing_by_host_needs_the_kserve_annotation(tmp_path):
     assert service.tag_from_host("latest-digits.ml.example.com") == "latest"
     assert service.tag_from_host("prev-digits.ml.example.com:8080") == "prev"
     assert service.tag_from_host("digits.ml.example.com") is None
+
+
+@pytest.mark.parametrize(
+    "raw, mode",
+    [
+        ("Serverless", "Knative"),
+        ("Knative", "Knative"),
+        ("RawDeployment", "Standard"),
+        ("Standard", "Standard"),
+        ("serverless", None),
+        ("ModelMesh", None),
+        ("Raw", None),
+    ],
+)
+def test_up_and_validate_read_the_deployment_mode_alike(raw, mode):
+    """One InferenceService model: `up` runs what `validate` accepts, as the same mode."""
+    from kbundle.manifests import isvc, webhook_rules
+
+    doc = _doc()
+    doc["metadata"]["annotations"] = {isvc.MODE_ANNOTATION: raw}
+    flagged = any(
+        i.rule == "webhook/deployment-mode" for i in webhook_rules.check(doc, [], "Knative")
+    )
+    assert flagged == (raw not in isvc.MODES)
+    if mode is None:
+        with pytest.raises(ConfigError, match="cannot run locally"):
+            parse_inference_service(doc)
+    else:
+        assert parse_inference_service(doc).mode == mode == isvc.deployment_mode(doc)

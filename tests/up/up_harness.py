@@ -1,13 +1,12 @@
-"""A real `kbundle up` process for tests: start, read its status, edit its file, send V2 requests."""
+"""A real `kbundle up` process for tests: start, read its status, edit its file, send V2 requests.
+Started and waited for by the one harness, tests/procs.py."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -20,28 +19,23 @@ import yaml
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
 
-from procs import free_port  # noqa: E402
+import procs  # noqa: E402
+from procs import ServerProcess, free_port  # noqa: E402
 
 
-@dataclass
-class UpProcess:
-    proc: subprocess.Popen
-    log_path: Path
+@dataclass(kw_only=True)
+class UpProcess(ServerProcess):
     manifest: Path
     state_root: Path
-    port: int
-    grpc_port: int
+    stop_timeout_s = 60.0
+
+    @property
+    def port(self) -> int:
+        return self.http_port
 
     @property
     def rest_url(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.http_url
 
     def status(self, window: float | None = None) -> dict:
         query = f"?window={window}" if window else ""
@@ -62,19 +56,15 @@ class UpProcess:
     def read(self) -> dict:
         return yaml.safe_load(self.manifest.read_text())
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
 
 def kbundle_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "kbundle.cli", *args]
+
+
+def up_cmd(manifest: Path, state: Path, port: int, grpc_port: int, *extra: str) -> list[str]:
+    """`kbundle up MANIFEST` on the given ports and state folder, component output to log files."""
+    ports = ["--port", str(port), "--grpc-port", str(grpc_port)]
+    return kbundle_cmd("up", str(manifest), *ports, "--state-dir", str(state), "--quiet", *extra)
 
 
 def start_up(manifest_src: Path, tmp: Path, *extra: str, timeout: float = 120) -> UpProcess:
@@ -84,51 +74,26 @@ def start_up(manifest_src: Path, tmp: Path, *extra: str, timeout: float = 120) -
     port, grpc_port = free_port(), free_port()
     state_root = tmp / "state"
     log_path = tmp / "up.log"
-    cmd = kbundle_cmd(
-        "up",
-        str(manifest),
-        "--port",
-        str(port),
-        "--grpc-port",
-        str(grpc_port),
-        "--state-dir",
-        str(state_root),
-        "--quiet",
-        "--watch-interval",
-        "0.2",
-        *extra,
-    )
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    up = UpProcess(proc, log_path, manifest, state_root, port, grpc_port)
+    cmd = up_cmd(manifest, state_root, port, grpc_port, "--watch-interval", "0.2", *extra)
+    proc = procs.launch(cmd, log_path)
+    up = UpProcess(proc, log_path, port, grpc_port, manifest=manifest, state_root=state_root)
     try:
-        wait_for(lambda: _serving(up), timeout, "kbundle up serving", up)
+        procs.wait_until(_serving(up), timeout, "kbundle up serving", proc, log_path)
     except Exception:
         up.stop(signal.SIGKILL)
         raise
     return up
 
 
-def _serving(up: UpProcess) -> bool:
-    if up.proc.poll() is not None:
-        raise RuntimeError(f"kbundle up exited with {up.proc.returncode}:\n{up.log()[-4000:]}")
-    try:
-        up.status()
-        return True
-    except OSError:
-        return False
+def _serving(up: UpProcess) -> Callable[[], bool]:
+    return lambda: procs.http_ok(f"http://{up.rest_url}/kbundle/status")
 
 
 def wait_for(
     check: Callable[[], bool], timeout: float, what: str, up: UpProcess | None = None
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    tail = up.log()[-4000:] if up else ""
-    raise TimeoutError(f"{what}: not reached in {timeout}s\n{tail}")
+    """`procs.wait_until` for a running `kbundle up` (its log tail on failure)."""
+    procs.wait_until(check, timeout, what, None, up.log_path if up else None)
 
 
 def digits_rows(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

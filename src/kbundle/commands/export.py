@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -75,22 +78,53 @@ def run(args: argparse.Namespace) -> int:
     model = factory()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".kbundle-export-", dir=out))
+    try:
+        written = _write_all(torch_export, model, specs, outputs, formats, stage, args)
+        if written is None:
+            return 1
+        for result in written:  # every format passed: only now do files appear in --out
+            os.replace(result.path, out / result.path.name)
+            print(
+                f"{out / result.path.name}: {result.form}, max abs diff vs torch {result.max_abs_diff:.3g}"
+            )
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return 0
+
+
+def _write_all(torch_export, model, specs, outputs, formats, stage: Path, args) -> list | None:
+    """Each format into `stage`; None (after one error line) when any export or check fails."""
     writers = {
         "onnx": lambda: torch_export.save_onnx(
-            model, specs, outputs, out / "model.onnx", atol=args.atol
+            model, specs, outputs, stage / "model.onnx", atol=args.atol
         ),
         "program": lambda: torch_export.save_program(
-            model, specs, outputs, out / "model.pt2", atol=args.atol
+            model, specs, outputs, stage / "model.pt2", atol=args.atol
         ),
         "aoti": lambda: torch_export.save_aoti(
-            model, specs, outputs, out / "model.pt2", device=args.device, atol=args.atol
+            model, specs, outputs, stage / "model.pt2", device=args.device, atol=args.atol
         ),
     }
+    results = []
     for name in formats:
         try:
-            result = writers[name]()
+            results.append(writers[name]())
         except torch_export.ExportMismatch as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"{result.path}: {result.form}, max abs diff vs torch {result.max_abs_diff:.3g}")
-    return 0
+            return None
+        except Exception as exc:  # torch's export errors: one line, the hint, no traceback
+            print(f"error: {name} export failed: {_first_line(exc)}{HINT}", file=sys.stderr)
+            return None
+    return results
+
+
+HINT = (
+    " (if inputs share a dynamic dim, name it in each --input, e.g. "
+    "--input input_ids:INT64:b,s --input attention_mask:INT64:b,s)"
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"

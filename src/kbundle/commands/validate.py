@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE/DIR",
         help="CRD file or folder (default: the cluster's CRDs via kubectl when reachable, "
-        "else ../shared/kserve-crds next to the repository)",
+        "else the KServe and Prometheus Operator CRDs packaged with kbundle)",
     )
     parser.add_argument("--no-cluster", action="store_true", help="never ask kubectl for the CRDs")
     parser.add_argument(

@@ -14,21 +14,13 @@ import time
 import grpc
 from grpc import aio
 
-from kbundle.errors import KbundleError
+from kbundle.errors import KBundleError
 from kbundle.local.service import LocalService
+from kbundle.status import from_grpc, is_server_fault
 
 logger = logging.getLogger("kbundle.up")
 REVISION_KEY = "x-kbundle-revision"
 TAG_KEY = "x-kbundle-tag"
-# Statuses that are the server's fault (count against a revision); the rest are the client's.
-SERVER_FAULTS = {
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.DATA_LOSS,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
 _SKIP_METADATA = {
     "content-type",
     "user-agent",
@@ -57,7 +49,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
     async def _forward(self, method: str, request: bytes, context: aio.ServicerContext) -> bytes:
         try:
             runtime = self._local.pick(_tag(context))
-        except KbundleError as exc:
+        except KBundleError as exc:
             await context.abort(exc.grpc_code, exc.message)
         tag = ((REVISION_KEY, runtime.name),)
         started, code = time.perf_counter(), grpc.StatusCode.OK
@@ -70,12 +62,14 @@ class ProxyHandler(grpc.GenericRpcHandler):
                 response = await call
                 await context.send_initial_metadata(tuple(await call.initial_metadata()) + tag)
                 return response
-            except KbundleError as exc:
+            except KBundleError as exc:
                 code, details = exc.grpc_code, exc.message
             except aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details()
             finally:
-                runtime.stats.record(time.perf_counter() - started, code in SERVER_FAULTS)
+                # The revision's fault or the client's: the one status table decides.
+                fault = code != grpc.StatusCode.OK and is_server_fault(from_grpc(code))
+                runtime.stats.record(time.perf_counter() - started, fault)
         context.set_trailing_metadata(tag)
         await context.abort(code, details or "")
 

@@ -7,6 +7,10 @@ Which component is ours is decided once, here (docs/up.md, "Which containers run
 3. else `spec.predictor.model` with a modelFormat our predictor serves (onnx, tensorrt, pytorch).
 Anything else is refused with a message naming the field, because running a stranger's image
 as our predictor would answer with the wrong model.
+
+The file is read by the one manifest reader (`kbundle.manifests.documents`, with the hostile-YAML
+limits of `yamlguard`), and deployment mode, annotations and "which container serves" come from
+`kbundle.manifests.isvc`, the same code `kbundle validate` and `kbundle canary` use.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kbundle.errors import ConfigError
+from kbundle.manifests import isvc
+from kbundle.manifests.yamlguard import MAX_BYTES
 
 COMPONENT_ANNOTATION = "kbundle.io/component"
 MODULES = {"predictor": "kbundle.predictors", "transformer": "kbundle.transformers"}
@@ -31,13 +35,7 @@ IMAGE_NAMES = {
 }
 MODEL_FORMATS = {"onnx", "tensorrt", "pytorch", "torch", "kbundle"}
 DEFAULT_MOUNT = "/mnt/models"
-KNATIVE, STANDARD = "Knative", "Standard"
-_MODES = {
-    "knative": KNATIVE,
-    "serverless": KNATIVE,
-    "standard": STANDARD,
-    "rawdeployment": STANDARD,
-}
+KNATIVE, STANDARD = isvc.KNATIVE, isvc.STANDARD
 
 
 @dataclass(frozen=True)
@@ -88,13 +86,39 @@ def load_inference_service(path: str | Path) -> InferenceServiceSpec:
     """Parse the first InferenceService in a (multi-document) YAML file; ConfigError on any misfit."""
     path = Path(path)
     try:
-        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    except (OSError, yaml.YAMLError) as exc:
+        from kbundle.manifests.documents import YamlLoadError, read_bounded
+
+        raw = read_bounded(path)
+    except ImportError as exc:  # ruamel.yaml comes with the manifests extra
+        raise ConfigError(f"{exc}; install with: pip install 'kbundle[manifests]'") from None
+    except YamlLoadError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
-    isvcs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "InferenceService"]
-    if not isvcs:
-        raise ConfigError(f"{path}: no InferenceService (kind: InferenceService) in the file")
-    return parse_inference_service(isvcs[0], source=str(path))
+    return parse_inference_service(first_inference_service(raw, path), source=str(path))
+
+
+def first_inference_service(raw: bytes, path: Path) -> dict[str, Any]:
+    """The first InferenceService of a file's bytes as plain values, read by the one guarded
+    manifest reader; ConfigError (one line, file:line) on bad or hostile YAML or when none."""
+    try:
+        from kbundle.manifests.documents import YamlLoadError, load_text, to_plain
+    except ImportError as exc:  # ruamel.yaml comes with the manifests extra
+        raise ConfigError(f"{exc}; install with: pip install 'kbundle[manifests]'") from None
+    try:
+        if len(raw) > MAX_BYTES:
+            raise YamlLoadError(
+                path, 1, f"file is {len(raw)} bytes; manifests are limited to {MAX_BYTES}"
+            )
+        docs = load_text(path, raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    except YamlLoadError as exc:
+        raise ConfigError(str(exc)) from None
+    for doc in docs:
+        if doc.kind == isvc.ISVC_KIND:
+            return to_plain(doc.data)
+    raise ConfigError(f"{path}: no InferenceService (kind: InferenceService) in the file")
 
 
 def parse_inference_service(
@@ -156,11 +180,12 @@ def template_hash(doc: dict[str, Any]) -> str:
 
 
 def _mode(annotations: dict[str, str], source: str) -> str:
-    raw = annotations.get("serving.kserve.io/deploymentMode", "Serverless")
-    mode = _MODES.get(raw.lower())
-    if mode is None:
+    """KServe's names, spelled as KServe spells them (validate flags the same values)."""
+    raw = annotations.get(isvc.MODE_ANNOTATION, "Serverless")
+    mode = isvc.MODES.get(raw)
+    if mode not in (KNATIVE, STANDARD):
         raise ConfigError(
-            f"{source}: metadata.annotations serving.kserve.io/deploymentMode {raw!r} cannot run locally "
+            f"{source}: metadata.annotations {isvc.MODE_ANNOTATION} {raw!r} cannot run locally "
             "(Knative/Serverless or Standard/RawDeployment)"
         )
     return mode
@@ -180,7 +205,7 @@ def _canary_percent(spec: dict[str, Any], source: str) -> int | None:
 
 
 def _standard_canaries(
-    spec: dict[str, Any], transformer: ComponentSpec | None, isvc: str, source: str
+    spec: dict[str, Any], transformer: ComponentSpec | None, isvc_name: str, source: str
 ) -> tuple[tuple[str, Variant, int], ...]:
     out = []
     for i, entry in enumerate(spec.get("canary") or []):
@@ -194,7 +219,7 @@ def _standard_canaries(
             raise ConfigError(
                 f"{source}: {where}.trafficPercent must be an integer 0..100, got {percent!r}"
             )
-        component = _component(predictor, "predictor", f"{where}.predictor", isvc, source)
+        component = _component(predictor, "predictor", f"{where}.predictor", isvc_name, source)
         out.append((str(name), Variant(component, transformer), percent))
     if sum(p for _, _, p in out) > 100:
         raise ConfigError(f"{source}: spec.canary[] trafficPercent values add up to more than 100")
@@ -202,7 +227,7 @@ def _standard_canaries(
 
 
 def _component(
-    part: dict[str, Any], role: str, where: str, isvc: str, source: str
+    part: dict[str, Any], role: str, where: str, isvc_name: str, source: str
 ) -> ComponentSpec:
     annotations = {str(k): str(v) for k, v in (part.get("annotations") or {}).items()}
     common = {
@@ -212,18 +237,14 @@ def _component(
     }
     if part.get("model") is not None and role == "predictor":
         return _model_component(part["model"], part, where, source, common)
-    containers = part.get("containers") or []
-    if not containers:
+    found = isvc.main_container(part, ()) if part.get("containers") else None
+    if found is None or found[0][0] != "containers":
         raise ConfigError(f"{source}: {where} needs containers[] or (predictor only) model")
-    container = containers[0]
-    kind = _recognise(
-        annotations.get(COMPONENT_ANNOTATION),
-        container.get("image", ""),
-        f"{where}.containers[0]",
-        source,
-    )
+    (_, index), container = found
+    at = f"{where}.containers[{index}]"
+    kind = _recognise(annotations.get(COMPONENT_ANNOTATION), container.get("image", ""), at, source)
     if kind != role:
-        raise ConfigError(f"{source}: {where}.containers[0] is a kbundle {kind}, not a {role}")
+        raise ConfigError(f"{source}: {at} is a kbundle {kind}, not a {role}")
     env = _env(container.get("env") or [])
     storage = _storage(part, env, where, source)
     return ComponentSpec(

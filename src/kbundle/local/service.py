@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from kbundle.errors import ConfigError, ModelNotFoundError, ModelUnavailable
@@ -28,6 +27,7 @@ from kbundle.local.autoscale import scale_down_loop
 from kbundle.local.manifest import (
     KNATIVE,
     InferenceServiceSpec,
+    first_inference_service,
     parse_inference_service,
 )
 from kbundle.local.runtime import RevisionRuntime, RuntimeOptions
@@ -72,7 +72,7 @@ class LocalService:
             raw = self.manifest.read_bytes()
             self._file_digest = hashlib.sha256(raw).hexdigest()
             try:
-                doc = _first_isvc(raw, self.manifest)
+                doc = first_inference_service(raw, self.manifest)
                 spec = parse_inference_service(doc, source=str(self.manifest))
                 for warning in spec.warnings:
                     logger.warning("%s: %s", self.manifest, warning)
@@ -265,17 +265,6 @@ class LocalService:
                     )
                 out["revisions"].append(info)
         return out
-
-
-def _first_isvc(raw: bytes, path: Path) -> dict:
-    try:
-        docs = [d for d in yaml.safe_load_all(raw) if isinstance(d, dict)]
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    for doc in docs:
-        if doc.get("kind") == "InferenceService":
-            return doc
-    raise ConfigError(f"{path}: no InferenceService (kind: InferenceService) in the file")
 
 
 async def _predict_count(client: httpx.AsyncClient, ready_url: str) -> int | None:

@@ -2,19 +2,16 @@
 
 `--storage-map s3://bucket=/local/dir` turns `s3://bucket/a/b` into `/local/dir/a/b`, so the file
 that goes to the cluster runs offline unchanged. `fetch_model` is the one place that runs the
-storage initializer (`python -m kbundle.storage_init SRC DEST`, KServe's contract); where that
-module is not installed it copies a local folder itself.
+storage initializer (`python -m kbundle.storage_init SRC DEST`, KServe's contract); it ships in
+the same package, so there is no second copy path.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
-import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -55,26 +52,12 @@ class StorageMap:
         return uri == SAMPLE_BUCKET or uri.startswith(SAMPLE_BUCKET + "/")
 
 
-def storage_init_available() -> bool:
-    return importlib.util.find_spec("kbundle.storage_init.__main__") is not None
-
-
 def fetch_model(uri: str, dest: Path) -> None:
-    """Put the model at `uri` into `dest` (replaced atomically). Raises ConfigError with the reason."""
+    """Put the model at `uri` into `dest` with the storage initializer, as the pod's init container
+    does (kbundle.storage_init ships in the same package). Raises ConfigError with the reason."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if storage_init_available():
-        _run_storage_init(uri, dest)
-        return
-    source = _local_source(uri)
-    staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest.parent))
-    try:
-        shutil.copytree(source, staging / "m", symlinks=False)
-        if dest.exists():
-            shutil.rmtree(dest)
-        (staging / "m").rename(dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    _run_storage_init(uri, dest)
 
 
 def _run_storage_init(uri: str, dest: Path) -> None:
@@ -83,19 +66,6 @@ def _run_storage_init(uri: str, dest: Path) -> None:
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise ConfigError(f"storage-init failed for {uri} (exit {proc.returncode}): {tail[0]}")
-
-
-def _local_source(uri: str) -> Path:
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("", "file"):
-        raise ConfigError(
-            f"storageUri {uri!r}: kbundle.storage_init is not installed and only local paths can be copied "
-            "without it; map the bucket to a folder with --storage-map SCHEME://BUCKET=/local/dir"
-        )
-    path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
-    if not path.is_dir():
-        raise ConfigError(f"storageUri {uri!r}: {path} is not a folder")
-    return path
 
 
 def source_fingerprint(uri: str) -> str:

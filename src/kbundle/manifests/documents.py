@@ -14,7 +14,9 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from kbundle.manifests.yamlguard import MAX_BYTES, YamlLimitError, check_text
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -67,13 +69,19 @@ def round_trip_yaml() -> YAML:
 
 
 def load_text(file: Path, text: str) -> list[Document]:
-    """All non-empty documents of `text`; YamlLoadError with a line on malformed YAML."""
+    """All non-empty documents of `text`; YamlLoadError with a line on malformed or hostile YAML
+    (the limits of `yamlguard` are checked before ruamel builds anything)."""
     try:
+        check_text(text)
         raw = list(round_trip_yaml().load_all(text))
+    except YamlLimitError as exc:
+        raise YamlLoadError(file, exc.line, exc.message) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
         raise YamlLoadError(file, line, f"not valid YAML: {exc.problem or exc}") from exc
+    except (YAMLError, ValueError, RecursionError) as exc:
+        raise YamlLoadError(file, 1, f"not valid YAML: {exc}") from exc
     docs = []
     for index, data in enumerate(raw):
         if data is None:
@@ -83,8 +91,33 @@ def load_text(file: Path, text: str) -> list[Document]:
     return docs
 
 
+def read_bounded(file: Path) -> bytes:
+    """A file's bytes, never more than MAX_BYTES read even from a pipe or a device; YamlLoadError
+    past it (OSError when it cannot be read)."""
+    with open(file, "rb") as stream:
+        raw = stream.read(MAX_BYTES + 1)
+    if len(raw) > MAX_BYTES:
+        raise YamlLoadError(
+            file, 1, f"file is over {MAX_BYTES} bytes; manifests are limited to that"
+        )
+    return raw
+
+
 def load_file(file: Path) -> list[Document]:
-    return load_text(file, file.read_text(encoding="utf-8"))
+    """The documents of one file; YamlLoadError for an oversized, non-UTF-8 or bad YAML file
+    (OSError when it cannot be read). The size is checked before the file is read."""
+    file = Path(file)
+    with open(file, "rb") as stream:  # never more than the limit, even from a pipe or a device
+        raw = stream.read(MAX_BYTES + 1)
+    if len(raw) > MAX_BYTES:
+        raise YamlLoadError(
+            file, 1, f"file is over {MAX_BYTES} bytes; manifests are limited to that"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise YamlLoadError(file, 1, f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    return load_text(file, text)
 
 
 def expand_paths(paths: Iterable[str | Path]) -> Iterator[Path]:

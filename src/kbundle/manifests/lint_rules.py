@@ -1,4 +1,6 @@
-"""Our lint: things the cluster accepts that hurt in production. Warnings only."""
+"""Our lint: things the cluster accepts that hurt in production (warnings), plus the pod rules
+the API server enforces only when it creates the pod (errors: the InferenceService is accepted,
+its pods never start)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from kbundle.manifests import isvc
-from kbundle.manifests.findings import Issue, format_path, warning
+from kbundle.manifests.findings import Issue, error, format_path, warning
 
 PROGRESS_DEADLINE = "serving.knative.dev/progress-deadline"
 KNATIVE_DEFAULT_PROGRESS_DEADLINE_S = 600
@@ -43,18 +45,18 @@ def _gpu_limits(
     ):
         req, lim = requests.get(res), limits.get(res)
         if lim is None:
-            yield warning(
+            yield error(
                 (*path, "resources", "limits"),
                 f"{res} is requested ({req}) without a limit: "
                 "extended resources need limits, and the pod will be rejected",
-                "lint/gpu-limits",
+                "pod/gpu-limits",
             )
         elif req is not None and str(req) != str(lim):
-            yield warning(
+            yield error(
                 (*path, "resources", "requests", res),
                 f"{res} requests ({req}) != limits ({lim}): "
                 "GPUs cannot be overcommitted, the pod will be rejected",
-                "lint/gpu-limits",
+                "pod/gpu-limits",
             )
 
 

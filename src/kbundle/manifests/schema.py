@@ -165,20 +165,19 @@ def check(openapi: dict[str, Any], obj: dict[str, Any]) -> list[Issue]:
     return sorted(issues, key=lambda i: [str(p) for p in i.path])
 
 
+# Checked in order: bool before int (a bool is an int in Python).
+_JSON_TYPES = (
+    (bool, "boolean"),
+    (int, "integer"),
+    (float, "number"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "object"),
+)
+
+
 def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "null"
+    return next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), "null")
 
 
 def _short(value: Any) -> str:

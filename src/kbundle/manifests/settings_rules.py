@@ -34,18 +34,13 @@ def _container(path: isvc.Path_, container: dict[str, Any]) -> Iterator[Issue]:
     if not env:
         return
     from kbundle.errors import ConfigError  # imported only when needed: pulls in grpc
-    from kbundle.settings import ModelSettings, env_name, resolve_settings
+    from kbundle.settings import resolve_settings, unknown_env_vars
 
-    known = {env_name(f) for f in ModelSettings.field_names()}
     for index, item in env:
         var, where = str(item["name"]), (*path, "env", index)
-        if var not in known:
-            yield warning(
-                (*where, "name"),
-                f"{var} is not a kbundle predictor setting and will be ignored; known: "
-                f"{', '.join(sorted(known))}",
-                "lint/kbundle-settings",
-            )
+        unknown = unknown_env_vars({var: ""})
+        if unknown:
+            yield warning((*where, "name"), unknown[0], "lint/kbundle-settings")
         elif "value" in item:
             try:
                 resolve_settings({}, {}, env={var: str(item["value"])})

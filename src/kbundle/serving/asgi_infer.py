@@ -1,33 +1,29 @@
-"""The V2 REST infer route as a bare ASGI middleware, in front of FastAPI.
+"""The V2 REST infer route as a bare ASGI middleware, in front of FastAPI: a thin adapter.
 
 `POST /v2/models/{m}[/versions/{v}]/infer` is the only hot route; FastAPI's routing, request
 object, dependency solving and kserve's timing middleware cost more than our whole codec on a
-small model. This answers that one path directly (same process, port and V2 protocol, same codec
-and error table as the FastAPI route it shadows) and hands every other request to the app.
+small model. This reads the body, hands the request core (kbundle.serving.core) a decoder and an
+encoder, and writes the answer; every other request goes to the app unchanged.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
-from kserve.protocol.dataplane import DataPlane
 
-from kbundle.errors import InvalidRequest, KbundleError, ModelNotFoundError, ModelUnavailable
+from kbundle.errors import InvalidRequest, KBundleError
 from kbundle.serving import v2_rest
-from kbundle.serving.arrays import is_array_model
-from kbundle.serving.kserve_bridge import infer_via_dataplane
-from kbundle.serving.metrics import UNKNOWN_MODEL, count_error, count_request
-from kbundle.serving.status_map import classify
-
-logger = logging.getLogger("kbundle.rest")
+from kbundle.serving.core import CallContext, RequestCore
+from kbundle.status import http_status
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
 PREFIX = "/v2/models/"
 SUFFIX = "/infer"
+# A REST call that reaches the core after the drain began is new: refused (503).
+REST = CallContext(protocol="rest", refuse_when_draining=True)
 
 
 def infer_model_name(path: str) -> str | None:
@@ -43,11 +39,11 @@ def infer_model_name(path: str) -> str | None:
 
 
 class InferFastPath:
-    """ASGI middleware: serves V2 infer for registered models, passes everything else on."""
+    """ASGI middleware: serves V2 infer through the request core, passes everything else on."""
 
-    def __init__(self, app: ASGIApp, dataplane: DataPlane):
+    def __init__(self, app: ASGIApp, core: RequestCore):
         self.app = app
-        self.dataplane = dataplane
+        self.core = core
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -55,47 +51,28 @@ class InferFastPath:
         name = infer_model_name(scope["path"])
         if name is None:
             return await self.app(scope, receive, send)
-        model = self.dataplane.model_registry.get_model(name)
-        # Unknown names share one label: a client must not be able to grow the label set.
-        label = name if model is not None else UNKNOWN_MODEL
-        count_request(label, "rest")
         try:
             body = await _read_body(receive)
-            content, headers = await self._infer(name, model, scope, body)
+            decode = _decoder(scope, body)
+            content, headers = await self.core.infer(name, decode, REST, v2_rest.encode_response)
             status = 200
-        except Exception as exc:
-            status_code, _, message = classify(exc)
-            status = int(status_code)
-            if status >= 500 and not isinstance(exc, KbundleError):
-                logger.error("internal error on %s", scope["path"], exc_info=exc)
-            count_error(label, "rest", status)
-            content = orjson.dumps({"error": message})
+        except KBundleError as exc:
+            status = http_status(exc.status)
+            content = orjson.dumps({"error": exc.message})
             headers = {"content-type": "application/json"}
         raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         raw_headers.append((b"content-length", str(len(content)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": content})
 
-    async def _infer(
-        self, name: str, model: Any, scope: Scope, body: bytes
-    ) -> tuple[bytes, dict[str, str]]:
-        if model is None:
-            raise ModelNotFoundError(f"model '{name}' is not served here")
-        if not model.ready:
-            raise ModelUnavailable(f"model '{name}' is not ready")
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        array_model = is_array_model(model)
-        request = v2_rest.decode_request(
-            body,
-            headers.get(v2_rest.HEADER_LENGTH),
-            model.validator if array_model else None,
-            headers,
-        )
-        if array_model:
-            response = await model.infer_arrays(request)
-        else:
-            response = await infer_via_dataplane(self.dataplane, name, request)
-        return v2_rest.encode_response(name, request, response)
+
+def _decoder(scope: Scope, body: bytes) -> Callable:
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+    def decode(validator):
+        return v2_rest.decode_request(body, headers.get(v2_rest.HEADER_LENGTH), validator, headers)
+
+    return decode
 
 
 async def _read_body(receive: Callable) -> bytes:

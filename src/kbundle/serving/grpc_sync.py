@@ -5,9 +5,10 @@ Why not grpc.aio: on one core grpcio's asyncio server tops out near 3,200 trivia
 batcher never sees a batch; the sync server reaches ~5,000-6,500 on the same core, and its
 handler threads hand requests to the batcher concurrently (docs/benchmarks.md, "gRPC").
 
-ModelInfer for ArrayModels decodes and encodes on the gRPC thread and only the model call runs
-on the event loop. kserve's other RPCs (and component hooks such as ModelConfig) are its async
-methods, run on the loop unchanged. Every error goes through the one table in status_map.
+ModelInfer goes to the request core's blocking entry (kbundle.serving.core): decode and encode on
+the gRPC thread, the model call on the batcher. kserve's other RPCs (and component hooks such as
+ModelConfig) are its async methods, run on the loop unchanged. Every error goes through the one
+status table (kbundle.status).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import grpc
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 
-from kbundle.errors import ModelNotFoundError, ModelUnavailable
-from kbundle.serving.arrays import is_array_model
-from kbundle.serving.metrics import count_error, count_request
-from kbundle.serving.status_map import classify
-from kbundle.serving.v2_grpc import ArrayServicer, decode_request, encode_response
+from kbundle.errors import KBundleError
+from kbundle.serving.core import CallContext, RequestCore, as_error
+from kbundle.serving.status_map import log_if_internal
+from kbundle.serving.v2_grpc import ArrayServicer, encode_response, grpc_decoder
+from kbundle.status import grpc_code
 
 logger = logging.getLogger("kbundle.grpc")
 
@@ -34,11 +35,11 @@ SERVICE = "inference.GRPCInferenceService"
 
 
 def abort_mapped(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoReturn:
-    """End the RPC with the code and client-safe message of the shared exception table."""
-    _, code, message = classify(exc)
-    if code == grpc.StatusCode.INTERNAL:
-        logger.error("internal error in %s", method, exc_info=exc)
-    context.abort(code, message)
+    """End the RPC with the code and client-safe message of the one status table."""
+    if context.is_active():
+        log_if_internal(exc, method)
+    error = as_error(exc)
+    context.abort(grpc_code(error.status), error.message)
     raise AssertionError("context.abort returned")  # grpc always raises; keeps typing honest
 
 
@@ -110,48 +111,35 @@ class _HandlerCapture:
         self.handlers.update(handlers)
 
 
-def model_infer_behavior(servicer: ArrayServicer, bridge: LoopBridge) -> Callable:
-    """ModelInfer: codec on the gRPC thread, only `infer_arrays` on the loop."""
-    registry = servicer._data_plane.model_registry
-    fallback = bridge.unary(servicer.ModelInfer, "ModelInfer")
+def model_infer_behavior(core: RequestCore) -> Callable:
+    """ModelInfer: codec on the gRPC thread, the request core's blocking entry."""
 
     def model_infer(request: pb.ModelInferRequest, context: grpc.ServicerContext):
-        model = registry.get_model(request.model_name)
-        if not is_array_model(model):
-            if model is None:
-                abort_mapped(
-                    context,
-                    ModelNotFoundError(f"model '{request.model_name}' is not served here"),
-                    "ModelInfer",
-                )
-            return fallback(request, context)  # a plain kserve.Model: kserve's path
-        count_request(model.name, "grpc")
+        call = CallContext(
+            protocol="grpc",
+            on_cancel=context.add_callback,
+            client_gone=lambda: not context.is_active(),
+        )
+        decode = grpc_decoder(request, context)
         try:
-            if not model.ready:
-                raise ModelUnavailable(f"model '{request.model_name}' is not ready")
-            headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-            array_request = decode_request(request, model.validator, headers)
-            blocking = getattr(model, "infer_arrays_blocking", None)
-            if blocking is not None:  # the predictor: straight to its batcher, no coroutine
-                array_response = blocking(array_request, bridge.loop, context.add_callback)
-            else:
-                array_response = bridge.run(model.infer_arrays(array_request), context)
-            return encode_response(model.name, array_request, array_response)
-        except Exception as exc:
+            return core.infer_blocking(request.model_name, decode, call, encode_response)
+        except KBundleError as exc:
             error = exc
-        count_error(model.name, "grpc", classify(error)[1].name)
-        abort_mapped(context, error, "ModelInfer")
+        context.abort(grpc_code(error.status), error.message)
 
     return model_infer
 
 
-def v2_handlers(servicer: ArrayServicer, bridge: LoopBridge) -> dict[str, grpc.RpcMethodHandler]:
-    """kserve's GRPCInferenceService handlers, bridged, with our ModelInfer."""
+def v2_handlers(
+    servicer: ArrayServicer, bridge: LoopBridge, core: RequestCore
+) -> dict[str, grpc.RpcMethodHandler]:
+    """kserve's GRPCInferenceService handlers (ours where ArrayServicer overrides), bridged,
+    with ModelInfer on the request core's blocking entry."""
     capture = _HandlerCapture()
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
     handlers = {name: bridge.handler(h, name) for name, h in capture.handlers.items()}
     handlers["ModelInfer"] = capture.handlers["ModelInfer"]._replace(
-        unary_unary=model_infer_behavior(servicer, bridge)
+        unary_unary=model_infer_behavior(core)
     )
     return handlers
 

@@ -1,30 +1,74 @@
-"""Request and error counters by model and protocol, shared by the REST and gRPC routes.
+"""Request metrics by model, revision, protocol and outcome: one definition for both transports.
 
 Counters live in prometheus-client's default registry, which kserve already serves on /metrics.
-Children are cached per (model, protocol) so a request costs one dict lookup and one add.
+The revision label is the Knative revision (env K_REVISION), else KBUNDLE_REVISION (Standard
+mode or `kbundle up`), else "". Label children are cached, so a request costs dict look-ups.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+import functools
+import os
 
-REQUESTS = Counter("kbundle_requests", "V2 inference requests received.", ["model", "protocol"])
-ERRORS = Counter(
-    "kbundle_request_errors", "V2 inference requests that failed.", ["model", "protocol", "code"]
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter(
+    "kbundle_requests",
+    "V2 inference requests by outcome (ok|client_error|server_error|cancelled|dropped).",
+    ["model", "revision", "protocol", "outcome"],
 )
+DURATION = Histogram(
+    "kbundle_request_duration_seconds",
+    "Time from a request's arrival in the request core to its answer.",
+    ["model", "revision", "protocol"],
+    buckets=(
+        0.0005,
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+        30.0,
+    ),  # fmt: skip
+)
+DROPPED = Counter(
+    "kbundle_requests_dropped",
+    "Requests refused by admission (queue_full, deadline, disconnected, too_large).",
+    ["model", "reason"],
+)
+CPU_BUDGET = Gauge("kbundle_cpu_budget", "CPUs this process may use (affinity and cgroup quota).")
 
 UNKNOWN_MODEL = "_unknown"  # the label for requests naming a model that is not served
 
-_requests: dict[tuple[str, str], object] = {}
+
+@functools.cache
+def revision() -> str:
+    return os.environ.get("K_REVISION") or os.environ.get("KBUNDLE_REVISION") or ""
 
 
-def count_request(model: str, protocol: str) -> None:
-    child = _requests.get((model, protocol))
-    if child is None:
-        child = _requests[(model, protocol)] = REQUESTS.labels(model=model, protocol=protocol)
-    child.inc()
+@functools.cache
+def _requests(model: str, protocol: str, outcome: str):
+    return REQUESTS.labels(model=model, revision=revision(), protocol=protocol, outcome=outcome)
 
 
-def count_error(model: str, protocol: str, code: int | str) -> None:
-    """Errors are rare: no caching needed."""
-    ERRORS.labels(model=model, protocol=protocol, code=str(code)).inc()
+@functools.cache
+def _duration(model: str, protocol: str):
+    return DURATION.labels(model=model, revision=revision(), protocol=protocol)
+
+
+def record(model: str, protocol: str, outcome: str, seconds: float) -> None:
+    """The one place a served request is counted (called by the request core only)."""
+    _requests(model, protocol, outcome).inc()
+    _duration(model, protocol).observe(seconds)
+
+
+def count_dropped(model: str, reason: str) -> None:
+    DROPPED.labels(model=model, reason=reason).inc()

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import signal
+import socket
+import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 
@@ -19,23 +23,39 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
 
+from kbundle.cpu_budget import cpu_budget
 from kbundle.serving.asgi_infer import InferFastPath
+from kbundle.serving.core import RequestCore
 from kbundle.serving.grpc_sync import SERVICE, LoopBridge, bridge_generic, v2_handlers
-from kbundle.serving.rest_routes import register_error_handlers, register_infer_routes
+from kbundle.serving.lifecycle import bind_rest_socket, port_in_use, wait_idle
+from kbundle.serving.rest_routes import register_error_handlers
 from kbundle.serving.v2_grpc import ArrayServicer, StatusInterceptor
 
 logger = logging.getLogger("kbundle.server")
 
 # gRPC handler threads: each in-flight ModelInfer holds one while its batch runs, so they cap
-# the formed batch (the MLP's engine limit is flat from batch 8 up). 16 measured at least as
-# fast as 32 and 64 on one core (tiny and MLP, concurrency 32); kserve's --max_threads or
-# KBUNDLE_GRPC_THREADS raise it.
+# the formed batch (the MLP's engine limit is flat from batch 8 up). 16 per CPU of the budget
+# (kbundle.cpu_budget) measured at least as fast as 32 and 64 on one core (tiny and MLP,
+# concurrency 32); kserve's --max_threads or KBUNDLE_GRPC_THREADS raise it.
 GRPC_THREADS_ENV = "KBUNDLE_GRPC_THREADS"
-DEFAULT_GRPC_THREADS = 16
+GRPC_THREADS_PER_CPU = 16
 
 
 def grpc_threads() -> int:
-    return int(os.environ.get(GRPC_THREADS_ENV, DEFAULT_GRPC_THREADS))
+    default = GRPC_THREADS_PER_CPU * cpu_budget().threads
+    return int(os.environ.get(GRPC_THREADS_ENV, default))
+
+
+def loop_executor_workers(max_asyncio_workers: int | None) -> int:
+    """The event loop's default executor (decode work, kserve's sync calls): kserve's flag, else
+    sized from the CPU budget as Python sizes it from the host (cpus + 4)."""
+    return max_asyncio_workers or min(32, cpu_budget().threads + 4)
+
+
+def no_signal_capture() -> contextlib.AbstractContextManager:
+    """uvicorn captures SIGTERM itself and re-raises it after its own shutdown; the model
+    server's drain (KbundleModelServer) owns the signals instead."""
+    return contextlib.nullcontext()
 
 
 # Extra routes/handlers a component adds (e.g. the model-configuration extension).
@@ -45,17 +65,29 @@ GrpcHook = Callable[["KbundleGRPCServer"], Sequence[grpc.GenericRpcHandler]]
 
 class KbundleRESTServer(RESTServer):
     rest_hooks: Sequence[RestHook] = ()
+    core: RequestCore
+    sock: socket.socket  # bound before serving (kbundle.serving.lifecycle.bind_rest_socket)
 
     def create_application(self) -> None:
         from kserve.model_server import app
 
         for hook in self.rest_hooks:
             hook(self)
-        register_infer_routes(app, self.dataplane)
         super().create_application()
         register_error_handlers(app)
         # Added last, so outermost: V2 infer never pays FastAPI routing or middleware.
-        app.add_middleware(InferFastPath, dataplane=self.dataplane)
+        app.add_middleware(InferFastPath, core=self.core)
+
+    async def start(self) -> None:
+        self.create_application()
+        self._server.capture_signals = no_signal_capture
+        await self._server.serve(sockets=[self.sock])
+
+    def stop_accepting(self, timeout_s: float) -> None:
+        """Close the listener and finish: uvicorn waits up to `timeout_s` for open requests
+        (what is left of the drain), then cancels them and runs the app's shutdown."""
+        self._server.config.timeout_graceful_shutdown = max(0.1, timeout_s)
+        self._server.should_exit = True
 
     def _add_middlewares(self, app) -> None:
         """kserve's, minus TimingMiddleware: it logs a line per request (measured hot-path cost)
@@ -68,47 +100,62 @@ class KbundleGRPCServer(GRPCServer):
     """kserve's V2 gRPC service on grpcio's sync server (kbundle.serving.grpc_sync says why)."""
 
     grpc_hooks: Sequence[GrpcHook] = ()
+    core: RequestCore
 
-    async def start(self, max_workers: int) -> None:
-        self._stopped = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        bridge = LoopBridge(loop)
-        servicer = ArrayServicer(self._data_plane, self._model_repository_extension)
-        threads = max(max_workers, grpc_threads())
+    def bind(self, max_workers: int) -> None:
+        """Build the server and bind its port now, before anything serves: a port in use is
+        refused (SO_REUSEPORT off, so a second predictor cannot silently share it)."""
+        self._bridge = LoopBridge(None)  # the loop is set when serving starts
+        servicer = ArrayServicer(self._data_plane, self._model_repository_extension, self.core)
+        self._threads = max(max_workers or 0, grpc_threads())
         # No interceptors: errors are mapped inside each handler (grpc_sync.abort_mapped), and
         # kserve's LoggingInterceptor logs a line per call (~0.45 ms CPU per request,
         # bench/results/transformer_hop.md); errors are still logged.
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
-            options=[
-                ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
-                (
-                    "grpc.max_receive_message_length",
-                    self._kwargs.get("grpc_max_receive_message_length"),
-                ),
-            ],
+            futures.ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="grpc"),
+            options=grpc_options(self._kwargs),
         )
-        handlers = v2_handlers(servicer, bridge)
+        handlers = v2_handlers(servicer, self._bridge, self.core)
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),)
         )
         self._server.add_registered_method_handlers(SERVICE, handlers)
         for hook in self.grpc_hooks:
-            self._server.add_generic_rpc_handlers(bridge_generic(hook(self), bridge))
-        self._server.add_insecure_port(f"[::]:{self._port}")
+            self._server.add_generic_rpc_handlers(bridge_generic(hook(self), self._bridge))
+        add_port(self._server, self._port)
+
+    async def start(self, max_workers: int) -> None:
+        self._stopped = asyncio.Event()
+        self._bridge.loop = asyncio.get_running_loop()
         self._server.start()
-        logger.info("gRPC V2 on port %s (%d threads)", self._port, threads)
+        logger.info("gRPC V2 on port %s (%d threads)", self._port, self._threads)
         await self._stopped.wait()
 
-    async def stop(self, sig: int | None = None) -> None:
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new calls, let accepted ones (running or waiting for a thread) finish."""
         if self._server is None:
             return
-        logger.info("Waiting for gRPC server shutdown")
-        done = self._server.stop(grace=self._grace_period)
+        done = self._server.stop(grace=timeout_s)
         # Handlers still in flight need this loop to finish: wait off the loop.
         await asyncio.get_running_loop().run_in_executor(None, done.wait)
         self._stopped.set()
-        logger.info("gRPC server shutdown complete")
+
+
+def grpc_options(kwargs: dict) -> list[tuple[str, object]]:
+    return [
+        ("grpc.so_reuseport", 0),  # only our own --workers may share a port, on purpose
+        ("grpc.max_send_message_length", kwargs.get("grpc_max_send_message_length")),
+        ("grpc.max_receive_message_length", kwargs.get("grpc_max_receive_message_length")),
+    ]
+
+
+def add_port(server: grpc.Server | aio.Server, port: int) -> None:
+    try:
+        bound = server.add_insecure_port(f"[::]:{port}")
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise port_in_use("gRPC", port, "--grpc_port")
 
 
 class KbundleAioGRPCServer(GRPCServer):
@@ -118,35 +165,39 @@ class KbundleAioGRPCServer(GRPCServer):
 
     grpc_hooks: Sequence[GrpcHook] = ()
 
+    core: RequestCore
+
     async def start(self, max_workers: int) -> None:
-        servicer = ArrayServicer(self._data_plane, self._model_repository_extension)
+        servicer = ArrayServicer(self._data_plane, self._model_repository_extension, self.core)
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             # No kserve LoggingInterceptor: its INFO line per call cost ~0.45 ms CPU per request.
             interceptors=(StatusInterceptor(),),
-            options=[
-                ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
-                (
-                    "grpc.max_receive_message_length",
-                    self._kwargs.get("grpc_max_receive_message_length"),
-                ),
-            ],
+            options=grpc_options(self._kwargs),
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
         for hook in self.grpc_hooks:
             self._server.add_generic_rpc_handlers(tuple(hook(self)))
-        self._server.add_insecure_port(f"[::]:{self._port}")
+        add_port(self._server, self._port)
         logger.info("gRPC V2 on port %s (grpc.aio)", self._port)
         await self._server.start()
         await self._server.wait_for_termination()
+
+    def bind(self, max_workers: int) -> None:
+        """grpc.aio servers belong to the serving loop: bound in `start`."""
+
+    async def drain(self, timeout_s: float) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=timeout_s)
 
 
 GRPC_SERVERS: dict[str, type[GRPCServer]] = {"sync": KbundleGRPCServer, "aio": KbundleAioGRPCServer}
 
 
 class KbundleModelServer(ModelServer):
-    """ModelServer that serves one process: kserve's `--workers > 1` pickles the model into
-    spawned children, which an engine session cannot survive (KSERVE_NOTES §1)."""
+    """ModelServer that serves one process (kserve's `--workers > 1` pickles the model into
+    spawned children, which an engine session cannot survive, KSERVE_NOTES §1), with one
+    request core for both transports and a graceful drain on SIGTERM (kbundle.serving.lifecycle)."""
 
     def __init__(
         self,
@@ -172,9 +223,24 @@ class KbundleModelServer(ModelServer):
         self._args = args
         self._rest_hooks = tuple(rest_hooks)
         self._grpc_hooks = tuple(grpc_hooks)
+        self.drain_timeout_s = float(getattr(args, "drain_timeout_seconds", 25.0))
+        self.grace_period = max(1, int(self.drain_timeout_s))
+        self.core = RequestCore(self.dataplane.model_registry)
+        self._drain_task: asyncio.Task | None = None
 
     def start(self, models: list[Model]) -> None:
         self._register_and_check_atleast_one_model_is_ready(models)
+        rest = self._rest(bind_rest_socket(self.http_port))
+        self._rest_server = rest
+        if self.enable_grpc:
+            self._grpc_server = self._grpc()
+            self._grpc_server.bind(self.max_threads)
+        self.servers.append(rest.start())
+        if self.enable_grpc:
+            self.servers.append(self._grpc_server.start(self.max_threads))
+        asyncio.run(self._serve())
+
+    def _rest(self, sock: socket.socket) -> KbundleRESTServer:
         rest = KbundleRESTServer(
             "kserve.model_server:app",
             self.dataplane,
@@ -186,29 +252,74 @@ class KbundleModelServer(ModelServer):
             event_loop=self.event_loop,
             timeout_keep_alive=self.timeout_keep_alive,
         )
-        rest.rest_hooks = self._rest_hooks
+        rest.rest_hooks, rest.core, rest.sock = self._rest_hooks, self.core, sock
         # uvicorn's per-request access log line is a measured hot-path cost (it decides per
         # connection from `hasHandlers()`); opt back in with kserve's --access_log_format.
         if not self.access_log_format:
             access = logging.getLogger("uvicorn.access")
             access.handlers = []
             access.propagate = False
-        self._rest_server = rest
-        self.servers.append(rest.start())
-        if self.enable_grpc:
-            grpc_server = self._grpc_server_class(
-                self.grpc_port,
-                self.dataplane,
-                self.model_repository_extension,
-                kwargs=vars(self._args),
-                grace_period=self.grace_period,
-            )
-            grpc_server.grpc_hooks = self._grpc_hooks
-            self._grpc_server = grpc_server
-            self.servers.append(grpc_server.start(self.max_threads))
-        self.setup_event_loop()
-        self.register_signal_handler()
-        asyncio.run(self._serve())
+        return rest
+
+    def _grpc(self) -> GRPCServer:
+        server = self._grpc_server_class(
+            self.grpc_port,
+            self.dataplane,
+            self.model_repository_extension,
+            kwargs=vars(self._args),
+            grace_period=self.grace_period,
+        )
+        server.grpc_hooks, server.core = self._grpc_hooks, self.core
+        return server
+
+    def register_signal_handler(self) -> None:
+        """Signals are handled on the serving loop (`_serve`), by the drain."""
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.core.loop = loop
+        loop.set_exception_handler(self.default_exception_handler)
+        loop.set_default_executor(
+            futures.ThreadPoolExecutor(max_workers=loop_executor_workers(self.max_asyncio_workers))
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        await asyncio.gather(*self.servers)
+        self._unload()
+
+    def _on_signal(self, sig: int) -> None:
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain(sig))
+
+    async def _drain(self, sig: int) -> None:
+        deadline = time.monotonic() + self.drain_timeout_s
+        logger.info(
+            "%s: draining (not ready; up to %gs for %d calls in flight)",
+            signal.Signals(sig).name,
+            self.drain_timeout_s,
+            self.core.inflight,
+        )
+        self.core.draining = True
+        for model in self.registered_models.get_models().values():
+            model.ready = False  # readiness probes fail at once; accepted calls still served
+        grpc_drain = None
+        if self._grpc_server is not None:
+            grpc_drain = asyncio.ensure_future(self._grpc_server.drain(self.drain_timeout_s))
+        idle = await wait_idle(lambda: self.core.inflight, deadline)
+        if not idle:
+            self.core.cancel_inflight()
+        if grpc_drain is not None:
+            await grpc_drain
+        logger.info(
+            "drain %s; %d calls left", "complete" if idle else "timed out", self.core.inflight
+        )
+        self._rest_server.stop_accepting(deadline - time.monotonic())
+
+    def _unload(self) -> None:
+        """After both servers stopped: nothing can reach the engines any more."""
+        for name in list(self.registered_models.get_models()):
+            self.registered_models.unload(name)
+        logger.info("models unloaded; exiting")
 
 
 def check_workers(args: argparse.Namespace, component: str, refuse: bool) -> None:

@@ -1,4 +1,4 @@
-"""V2 gRPC: codec (ModelInferRequest <-> ArrayRequest), servicer and error interceptor.
+"""V2 gRPC: codec (ModelInferRequest <-> ArrayRequest), the grpc.aio servicer and error interceptor.
 
 Raw input contents become numpy views; outputs always go back as raw_output_contents, which
 every V2 client reads and which FP16 needs (the typed-contents map has no FP16).
@@ -15,15 +15,17 @@ from grpc_interceptor import AsyncExceptionToStatusInterceptor
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.servicer import InferenceServicer
 
-from kbundle.errors import InvalidRequest, ModelNotFoundError, ModelUnavailable
-from kbundle.serving.arrays import ArrayRequest, ArrayResponse, is_array_model, new_request_id
-from kbundle.serving.metrics import count_error, count_request
-from kbundle.serving.status_map import classify
+from kbundle.errors import InvalidRequest
+from kbundle.serving.arrays import ArrayRequest, ArrayResponse, new_request_id
+from kbundle.serving.core import CallContext, Decoder, RequestCore, as_error
+from kbundle.serving.status_map import log_if_internal
 from kbundle.specs import v2_datatype
+from kbundle.status import grpc_code
 from kbundle.tensors import array_from_list, array_from_raw, check_datatype, raw_from_array
-from kbundle.validation import SignatureValidator
+from kbundle.validation import SignatureValidator, duplicate_name
 
 logger = logging.getLogger("kbundle.grpc")
+GRPC_AIO = CallContext(protocol="grpc")
 
 CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -65,6 +67,8 @@ def decode_request(
             raise InvalidRequest(f"{where}: shape {list(shape)} has a negative dimension")
         if validator is not None:
             validator.check_input(tensor.name, datatype, shape)
+        if tensor.name in arrays:  # found as it arrives: one pass, before decoding any more
+            raise duplicate_name(validator.model_name if validator else "", "input", tensor.name)
         arrays[tensor.name] = _decode_tensor(
             where, datatype, shape, tensor, raw[index] if raw else None
         )
@@ -75,16 +79,12 @@ def decode_request(
     if validator is not None and requested:
         validator.check_outputs(requested)
     return ArrayRequest(
-        id=request.id or _new_id(),
+        id=request.id or new_request_id(),
         inputs=arrays,
         requested_outputs=requested,
         parameters={k: _param_value(v) for k, v in request.parameters.items()},
         headers=headers,
     )
-
-
-def _new_id() -> str:
-    return new_request_id()
 
 
 def _decode_tensor(
@@ -128,37 +128,47 @@ def _set_param(param: pb.InferParameter, value: Any) -> None:
 
 
 class ArrayServicer(InferenceServicer):
-    """kserve's servicer with ModelInfer going straight to ArrayModels (others keep kserve's path)."""
+    """kserve's servicer with ModelInfer going through the request core, on grpc.aio (the
+    transformer's server; the predictor's sync server uses grpc_sync.model_infer_behavior)."""
+
+    def __init__(self, data_plane: Any, model_repository_extension: Any, core: RequestCore):
+        super().__init__(data_plane, model_repository_extension)
+        self.core = core
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.ServicerContext
     ) -> pb.ModelInferResponse:
-        model = self._data_plane.model_registry.get_model(request.model_name)
-        if not is_array_model(model):
-            if model is None:
-                raise ModelNotFoundError(f"model '{request.model_name}' is not served here")
-            return await super().ModelInfer(request, context)
-        count_request(model.name, "grpc")
-        try:
-            if not model.ready:
-                raise ModelUnavailable(f"model '{request.model_name}' is not ready")
-            headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-            array_request = decode_request(request, model.validator, headers)
-            array_response = await model.infer_arrays(array_request)
-            return encode_response(model.name, array_request, array_response)
-        except Exception as exc:
-            count_error(model.name, "grpc", classify(exc)[1].name)
-            raise
+        # Errors leave as KBundleErrors, which StatusInterceptor maps.
+        decode = grpc_decoder(request, context)
+        return await self.core.infer(request.model_name, decode, GRPC_AIO, encode_response)
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        """kserve's, plus the `platform` our REST metadata gives (kserve's dataplane says "")."""
+        response = await super().ModelMetadata(request, context)
+        model = self._data_plane.model_registry.get_model(request.name)
+        response.platform = getattr(model, "platform", "") or response.platform
+        return response
+
+
+def grpc_decoder(request: pb.ModelInferRequest, context: Any) -> Decoder:
+    """The core's decoder for one ModelInferRequest (headers from the call's metadata)."""
+
+    def decode(validator: SignatureValidator | None) -> ArrayRequest:
+        headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        return decode_request(request, validator, headers)
+
+    return decode
 
 
 class StatusInterceptor(AsyncExceptionToStatusInterceptor):
-    """Maps every exception through the shared table (kbundle.serving.status_map), for grpc.aio
-    servers. KbundleGRPCServer (sync server) maps inside its handlers (grpc_sync.abort_mapped)."""
+    """Maps every exception through the shared table (kbundle.status), for grpc.aio servers.
+    KbundleGRPCServer (sync server) maps inside its handlers (grpc_sync.abort_mapped)."""
 
     async def handle_exception(
         self, ex: Exception, request_or_iterator: Any, context: Any, method_name: str
     ) -> None:
-        _, code, message = classify(ex)
-        if code == grpc.StatusCode.INTERNAL:
-            logger.error("internal error in %s", method_name, exc_info=ex)
-        await context.abort(code, message)
+        log_if_internal(ex, method_name)
+        error = as_error(ex)
+        await context.abort(grpc_code(error.status), error.message)

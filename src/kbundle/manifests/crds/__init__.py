@@ -1,8 +1,9 @@
-"""Where CRD schemas come from: the cluster (`kubectl get crd`), a file/folder, or the repo default.
+"""Where CRD schemas come from: the cluster (`kubectl get crd`), a file/folder, or the packaged copy.
 
-Order: an explicit `--crd` wins; else a reachable cluster's installed CRDs; else the copy in
-`../shared/kserve-crds` next to the repository. A 39k-line CRD takes seconds to parse, so parsed
-CRDs are cached as JSON keyed by the file's SHA-256 (the cache is an optimisation only).
+Order: an explicit `--crd` wins; else a reachable cluster's installed CRDs; else the CRDs shipped
+inside this package (`kserve/` from kserve/kserve, `monitoring/` from prometheus-operator; each
+folder has its SOURCE and LICENSE). A 39k-line CRD takes seconds to parse, so parsed CRDs are
+cached as JSON keyed by the file's SHA-256 (the cache is an optimisation only).
 """
 
 from __future__ import annotations
@@ -61,9 +62,24 @@ class CrdSet:
         return sorted(av for (av, k) in self.versions if k == kind)
 
 
-def repo_default_dir() -> Path:
-    """`../shared/kserve-crds` relative to the repository root (src/kbundle/manifests -> root)."""
-    return Path(__file__).resolve().parents[3].parent / "shared" / "kserve-crds"
+PACKAGED_GROUPS = ("kserve", "monitoring")
+
+
+def packaged_dir(group: str) -> Path:
+    """The folder of packaged CRDs for `group` ("kserve" or "monitoring"), in any install."""
+    if group not in PACKAGED_GROUPS:
+        raise ValueError(f"unknown CRD group {group!r}; one of {', '.join(PACKAGED_GROUPS)}")
+    return Path(__file__).resolve().parent / group
+
+
+def load_packaged() -> CrdSet:
+    """KServe and Prometheus Operator CRDs shipped with kbundle; CrdSourceError if a file is gone."""
+    crds = CrdSet()
+    for group in PACKAGED_GROUPS:
+        folder = packaged_dir(group)
+        crds.versions.update(load_crd_path(folder).versions)
+        crds.sources.append(f"packaged {group} CRDs ({folder})")
+    return crds
 
 
 def _cache_dir() -> Path:
@@ -111,7 +127,7 @@ def _add_docs(crds: CrdSet, docs: list[Any], source: str) -> None:
 def load_crd_path(path: Path) -> CrdSet:
     """CRDs from a file or every *.yaml/*.yml/*.json in a folder; CrdSourceError when none found."""
     if not path.exists():
-        raise CrdSourceError(f"--crd {path}: no such file or folder")
+        raise CrdSourceError(f"{path}: no such CRD file or folder")
     files = (
         sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml", ".json"))
         if path.is_dir()
@@ -161,10 +177,4 @@ def resolve_crds(crd_arg: str | None, use_cluster: bool = True) -> CrdSet:
         crds = load_cluster_crds()
         if crds is not None:
             return crds
-    default = repo_default_dir()
-    if default.is_dir():
-        return load_crd_path(default)
-    raise CrdSourceError(
-        "no CRDs to validate against: no cluster reachable with kubectl, no --crd FILE/DIR given, "
-        f"and the default {default} does not exist"
-    )
+    return load_packaged()

@@ -1,0 +1,236 @@
+"""Padding-aware batching vs none, same run: a text encoder, lengths uniform in 8..128.
+
+    .venv/bin/python bench/padding.py [--seconds 10] [--rounds 3] [--concurrency 32] [--write bench/results/padding.md]
+
+The encoder is kbundle.samples_text (4 layers, hidden 256, exported to ONNX by torch, dim_params
+`b` and `s`), served by the real predictor (`max_batch_size: 32`), without padding, with buckets
+16/32/64/128 and with buckets every 16. One gRPC client keeps `--concurrency` batch-1 requests in flight
+(async_infer; a callback sends the next), each of a random length. Reported per mode:
+throughput, p50/p99 latency, mean rows per engine call (kbundle_batch_size) and the padding
+overhead (padded positions / real positions, kbundle_padding_positions_total), with `uptime`
+before and after: the machine may be shared, and the figures move with its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import tritonclient.grpc as grpcclient  # noqa: E402
+from procs import start_module  # noqa: E402
+
+MODEL = "enc"
+BASE = "max_batch_size: 32\nmax_batch_delay_ms: 2\n"
+PADDING = """padding:
+  dim: s
+  buckets: [16, 32, 64, 128]
+  pad_values: {input_ids: 0, attention_mask: 0}
+  mask: attention_mask
+"""
+FINE = PADDING.replace("[16, 32, 64, 128]", "[16, 32, 48, 64, 80, 96, 112, 128]")
+MODES = {
+    "padding off": BASE,
+    "buckets 16/32/64/128": BASE + PADDING,
+    "buckets every 16 up to 128": BASE + FINE,
+}
+
+
+def build_model(cache: Path) -> Path:
+    from kbundle.samples_text import build_text_encoder
+
+    if not (cache / "model.onnx").is_file():
+        build_text_encoder(cache, layers=4, hidden=256)
+    return cache / "model.onnx"
+
+
+def metric(http_url: str, series: str) -> float:
+    text = urllib.request.urlopen(f"http://{http_url}/metrics", timeout=10).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(series))
+
+
+def drive(grpc_url: str, seconds: float, concurrency: int, seed: int) -> tuple[list[float], int]:
+    """Keep `concurrency` requests in flight for `seconds`; latencies of the answered ones."""
+    client = grpcclient.InferenceServerClient(grpc_url)
+    rng = np.random.default_rng(seed)
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors = [0]
+    done = threading.Event()
+    deadline = time.perf_counter() + seconds
+    in_flight = [0]
+
+    def send() -> None:
+        with lock:
+            length = int(rng.integers(8, 129))
+            ids = rng.integers(1, 1000, (1, length)).astype(np.int64)
+            in_flight[0] += 1
+        tensors = []
+        for name, array in (("input_ids", ids), ("attention_mask", np.ones_like(ids))):
+            tensor = grpcclient.InferInput(name, [1, length], "INT64")
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        started = time.perf_counter()
+        client.async_infer(
+            MODEL,
+            tensors,
+            callback=lambda result, error: finish(started, error),
+            outputs=[grpcclient.InferRequestedOutput("sentence_vec")],
+        )
+
+    def finish(started: float, error) -> None:
+        now = time.perf_counter()
+        with lock:
+            in_flight[0] -= 1
+            if error is None:
+                latencies.append(now - started)
+            else:
+                errors[0] += 1
+            more = now < deadline
+            if not more and in_flight[0] == 0:
+                done.set()
+        if more:
+            send()
+
+    for _ in range(concurrency):
+        send()
+    done.wait(seconds + 120)
+    client.close()
+    return latencies, errors[0]
+
+
+def start(name: str, config: str, onnx: Path, tmp: Path):
+    model_dir = tmp / name.replace(" ", "-").replace("/", "-")
+    model_dir.mkdir()
+    shutil.copy(onnx, model_dir / "model.onnx")
+    (model_dir / "kbundle.yaml").write_text(config)
+    return start_module(
+        "kbundle.predictors",
+        ["--model_name", MODEL, "--model_dir", str(model_dir)],
+        tmp / f"{model_dir.name}.log",
+        f"/v2/models/{MODEL}/ready",
+        timeout=180,
+    )
+
+
+def measure(servers: dict, args) -> list[dict]:
+    """Rounds of `--seconds` per mode, the modes taking turns, so a change in the machine's
+    load falls on all of them alike; totals over the rounds."""
+    totals = {name: {"latencies": [], "errors": 0, "elapsed": 0.0} for name in servers}
+    deltas = {name: dict.fromkeys(SERIES, 0.0) for name in servers}
+    for server in servers.values():
+        drive(server.grpc_url, 3, args.concurrency, seed=99)  # warm-up
+    for round_index in range(args.rounds):
+        for name, server in servers.items():
+            before = {s: metric(server.http_url, s) for s in SERIES}
+            started = time.perf_counter()
+            latencies, errors = drive(server.grpc_url, args.seconds, args.concurrency, round_index)
+            totals[name]["elapsed"] += time.perf_counter() - started
+            totals[name]["latencies"] += latencies
+            totals[name]["errors"] += errors
+            for s in SERIES:
+                deltas[name][s] += metric(server.http_url, s) - before[s]
+    return [row(name, totals[name], deltas[name]) for name in servers]
+
+
+def row(name: str, total: dict, delta: dict) -> dict:
+    latencies = total["latencies"]
+    real = delta['kbundle_padding_positions_total{kind="real"']
+    padding = delta['kbundle_padding_positions_total{kind="padding"']
+    return {
+        "mode": name,
+        "requests": len(latencies),
+        "errors": total["errors"],
+        "throughput": len(latencies) / total["elapsed"],
+        "p50_ms": float(np.percentile(latencies, 50) * 1000),
+        "p99_ms": float(np.percentile(latencies, 99) * 1000),
+        "rows_per_call": delta["kbundle_batch_size_sum"]
+        / max(delta["kbundle_batch_size_count"], 1),
+        "padding_overhead": padding / real if real else 0.0,
+    }
+
+
+SERIES = (
+    "kbundle_batch_size_sum",
+    "kbundle_batch_size_count",
+    'kbundle_padding_positions_total{kind="real"',
+    'kbundle_padding_positions_total{kind="padding"',
+)
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def report(rows: list[dict], loads: list[str], args) -> str:
+    lines = [
+        "# Padding-aware batching: text encoder, lengths uniform 8..128 (bench/padding.py)",
+        "",
+        f"Command: `.venv/bin/python bench/padding.py --seconds {args.seconds} --rounds "
+        f"{args.rounds} --concurrency {args.concurrency}`: the modes take turns, {args.seconds:g} s "
+        f"each, {args.rounds} rounds, totals over the rounds. Encoder: 4 layers, hidden 256, ONNX Runtime CPU, "
+        f"`max_batch_size: 32`, `max_batch_delay_ms: 2`; batch-1 gRPC requests, "
+        f"{args.concurrency} in flight. Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+        "shared with other jobs while this ran (8 agents on 2 cores): compare the two rows of "
+        "one run, not runs across machines.",
+        "",
+        f"- load before: `{loads[0]}`",
+        f"- load after: `{loads[1]}`",
+        "",
+        "| mode | infer/s | p50 ms | p99 ms | rows per engine call | padding overhead | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['mode']} | {r['throughput']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{r['rows_per_call']:.2f} | {r['padding_overhead'] * 100:.0f} % | {r['errors']} |"
+        )
+    base = rows[0]["throughput"] or 1.0
+    ratios = ", ".join(f"{r['mode']} {r['throughput'] / base:.2f}x" for r in rows[1:])
+    lines += ["", f"Throughput relative to padding off: {ratios}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10, help="per mode and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--write", type=Path, default=None)
+    args = parser.parse_args()
+    onnx = build_model(Path.home() / ".cache" / "kbundle" / "bench-text-encoder-4x256")
+    loads = [uptime()]
+    with tempfile.TemporaryDirectory() as tmp:
+        servers = {n: start(n, c, onnx, Path(tmp)) for n, c in MODES.items()}
+        try:
+            rows = measure(servers, args)
+        finally:
+            for server in servers.values():
+                server.stop()
+    loads.append(uptime())
+    text = report(rows, loads, args)
+    print(text)
+    if args.write:
+        args.write.write_text(text)
+        args.write.with_suffix(".json").write_text(
+            json.dumps({"rows": rows, "load": loads}, indent=1)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
