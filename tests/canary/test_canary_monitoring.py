@@ -85,3 +85,17 @@ def test_dashboard_has_the_issue_panels():
         "revision_app_request_latencies_bucket",
     ):
         assert metric in exprs
+
+
+def test_plain_kbundle_validate_checks_them_with_the_packaged_crds():
+    packaged = CANDIDATES[0]
+    if not (packaged / "monitoring.coreos.com_podmonitors.yaml").is_file():
+        pytest.skip("monitoring CRDs not packaged in this build (branch infra17)")
+    result = subprocess.run(
+        [sys.executable, "-m", "kbundle.cli", "validate", str(MONITORING)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 object(s) checked" in result.stdout and "monitoring" in result.stdout
