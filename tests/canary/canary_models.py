@@ -1,6 +1,6 @@
 """Model revisions for canary tests, built from the digits sample: a slow one (a heavy MatMul
 chain whose result is multiplied by zero into the input) and one that fails a share of requests
-with a real engine error (a Gather out of range for rows whose pixel is set)."""
+with a real server-side engine error (an allocation ORT cannot make, for rows whose pixel is set)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _rewire(model: onnx.ModelProto, nodes: list, inits: list, new_input: str) ->
     model.graph.initializer.extend(inits)
 
 
-def slow_model(model: onnx.ModelProto, layers: int = 12, width: int = 1536) -> None:
+def slow_model(model: onnx.ModelProto, layers: int = 40, width: int = 1536) -> None:
     rng = np.random.default_rng(0)
     w_in = numpy_helper.from_array(rng.standard_normal((64, width)).astype(np.float32), "w_in")
     w = numpy_helper.from_array(
@@ -45,20 +45,27 @@ def slow_model(model: onnx.ModelProto, layers: int = 12, width: int = 1536) -> N
 
 
 def failing_model(model: onnx.ModelProto) -> None:
-    """Rows with pixel FAIL_PIXEL > 0 index element 7 of a 1-element table: ORT raises."""
+    """Requests with a row whose pixel FAIL_PIXEL is above 10 ask the engine for a 4 TiB buffer:
+    ORT's allocator fails (status FAIL), a server-side fault (500), not the client's."""
     inits = [
         numpy_helper.from_array(np.array([FAIL_PIXEL], np.int64), "pix"),
         numpy_helper.from_array(np.array([10.0], np.float32), "thr"),
-        numpy_helper.from_array(np.array([0.0], np.float32), "table"),
-        numpy_helper.from_array(np.array(7, np.int64), "seven"),
+        numpy_helper.from_array(np.array([1 << 40], np.int64), "huge"),
+        numpy_helper.from_array(np.array([1], np.int64), "one_i"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero_s"),
+        numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
     ]
     nodes = [
         helper.make_node("Gather", ["input", "pix"], ["px"], axis=1),
-        helper.make_node("Greater", ["px", "thr"], ["set"]),
+        helper.make_node("ReduceMax", ["px"], ["pxm"], keepdims=0),
+        helper.make_node("Greater", ["pxm", "thr"], ["set"]),
         helper.make_node("Cast", ["set"], ["set_i"], to=TensorProto.INT64),
-        helper.make_node("Mul", ["set_i", "seven"], ["idx"]),
-        helper.make_node("Gather", ["table", "idx"], ["looked"], axis=0),
-        helper.make_node("Add", ["input", "looked"], ["input_checked"]),
+        helper.make_node("Mul", ["set_i", "huge"], ["n0"]),
+        helper.make_node("Add", ["n0", "one_i"], ["n"]),
+        helper.make_node("Expand", ["zero_s", "n"], ["buffer"]),
+        helper.make_node("ReduceSum", ["buffer"], ["total"], keepdims=1),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("Add", ["input", "nothing"], ["input_checked"]),
     ]
     _rewire(model, nodes, inits, "input_checked")
 

@@ -107,6 +107,24 @@ def analyze(prom, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
+def warm_up(up, prom) -> None:
+    """The canary's first requests, until Prometheus has its series of the source analyze uses
+    (kbundle's appear with the first request, and a new scrape target can take seconds), then
+    past its 1 s --warmup (the window starts then: what came before is the baseline)."""
+    latest = next(r["name"] for r in up.status()["revisions"] if r["tag"] == "latest")
+    ours = prom.query('kbundle_request_duration_seconds_bucket{isvc="digits"}')
+    query = (
+        f'kbundle_request_duration_seconds_bucket{{revision="{latest}"}}'
+        if ours
+        else f'revision_app_request_count{{revision_name="{latest}"}} > 0'
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not prom.query(query):
+        send(up, 4)
+        time.sleep(0.5)
+    time.sleep(2.5)
+
+
 def settle(prom) -> None:
     time.sleep(3)  # two scrapes at 1 s, so the last requests are in Prometheus
 
@@ -116,7 +134,7 @@ def test_good_canary_promotes(stack):
     wait_for_series(prom, 'revision_app_request_count{isvc="digits"}')
     send(up, 60)
     set_canary(up, "--percent", "50", "--storage-uri", f"{BUCKET}/v2")
-    time.sleep(1.5)  # the canary's warm-up second
+    warm_up(up, prom)
     assert send(up, 400) == {200: 400}
     settle(prom)
     result = analyze(prom, "--explain")
@@ -131,7 +149,7 @@ def test_failing_canary_holds_on_few_requests_then_rolls_back(stack):
     up, prom = stack
     send(up, 100)  # the promoted v2 serves everything: the baseline
     set_canary(up, "--percent", "50", "--storage-uri", f"{BUCKET}/failing")
-    time.sleep(1.5)
+    warm_up(up, prom)
     send(up, 16)
     settle(prom)
     few = analyze(prom)
@@ -149,7 +167,7 @@ def test_failing_canary_holds_on_few_requests_then_rolls_back(stack):
 def test_three_times_slower_canary_rolls_back(stack):
     up, prom = stack
     set_canary(up, "--percent", "50", "--storage-uri", f"{BUCKET}/slow")
-    time.sleep(1.5)
+    warm_up(up, prom)
     send(up, 300)
     settle(prom)
     result = analyze(prom)
@@ -187,6 +205,10 @@ def test_dashboard_queries_run_and_answer(stack):
     are required only once the predictor has them)."""
     up, prom = stack
     send(up, 100)
+    bad = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
+    for _ in range(5):  # client errors, for the panel that shows them
+        url = f"http://{up.rest_url}/v2/models/digits/infer"
+        assert requests.post(url, json=bad, timeout=30).status_code == 400
     settle(prom)
     has_contract = bool(prom.query('kbundle_request_duration_seconds_bucket{isvc="digits"}'))
     dash = json.loads((MONITORING / "grafana-dashboard.json").read_text())

@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-STEP_S = 2
+STEP_S = 1  # resolution of the first-seen subquery
 
 
 class PromError(Exception):
