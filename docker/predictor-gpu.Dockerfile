@@ -20,9 +20,13 @@ COPY src ./src
 COPY predictors ./predictors
 COPY transformers ./transformers
 COPY storage-init ./storage-init
-# kbundle[gpu] = onnxruntime-gpu, tensorrt, cuda-python (plus the CPU onnxruntime that the base
-# dependency list names; it is swapped out in the runtime stage).
-RUN python3 -m pip wheel --no-cache-dir --wheel-dir /wheels ".[gpu]"
+COPY locks/predictor-gpu.txt ./locks/
+# locks/predictor-gpu.txt: kbundle's dependencies with onnxruntime-gpu in place of onnxruntime, and
+# cuda-python (Python 3.10, hash-checked). TensorRT is in no lock (its PyPI package fetches the real
+# wheel from NVIDIA's index: locks/README.md): the `gpu` extra's range, resolved here. kbundle: no deps.
+RUN python3 -m pip wheel --no-cache-dir --require-hashes --no-deps --wheel-dir /wheels -r locks/predictor-gpu.txt \
+ && python3 -m pip wheel --no-cache-dir --wheel-dir /wheels/trt "tensorrt-cu12>=10.9,<11" \
+ && python3 -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels/kbundle .
 
 # ---- runtime: CUDA runtime libraries only, no compilers, no sources, no weights -----------
 FROM ${CUDA_RUNTIME}
@@ -33,12 +37,13 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 1000 kbundle \
  && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/kbundle kbundle
+COPY locks/predictor-gpu.txt /usr/local/share/kbundle/lock.txt
 COPY --from=builder /wheels /wheels
-# onnxruntime and onnxruntime-gpu install the same `onnxruntime` module: remove the CPU build
-# and reinstall the GPU one over it, so `import onnxruntime` has the CUDA/TensorRT providers.
-RUN python -m pip install --no-cache-dir --no-index --find-links /wheels "kbundle[gpu]" \
- && python -m pip uninstall -y onnxruntime \
- && python -m pip install --no-cache-dir --no-index --find-links /wheels --force-reinstall --no-deps onnxruntime-gpu \
+# The lock holds onnxruntime-gpu and no CPU onnxruntime (both install the `onnxruntime` module).
+RUN python -m pip install --no-cache-dir --no-index --find-links /wheels --require-hashes --no-deps \
+      -r /usr/local/share/kbundle/lock.txt \
+ && python -m pip install --no-cache-dir --no-index --find-links /wheels/trt "tensorrt-cu12>=10.9,<11" \
+ && python -m pip install --no-cache-dir --no-index --no-deps /wheels/kbundle/kbundle-*.whl \
  && rm -rf /wheels
 # ORT's TensorRT EP dlopens libnvinfer.so.10 by soname; the pip TensorRT wheels keep it under
 # site-packages/tensorrt_libs, off the loader path, and ORT then silently falls back to the CUDA EP

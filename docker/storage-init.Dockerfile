@@ -1,39 +1,44 @@
-# syntax=docker/dockerfile:1
-# kbundle storage initializer: KServe's `SRC_URI DEST_DIR [...]` init container.
-# Build from the repository root:
-#   docker build -f docker/storage-init.Dockerfile -t kbundle/storage-init:0.1.0 .
-# The final image holds Python, kserve-storage's transports and kbundle; no compilers, no root.
+# kbundle storage initializer: KServe's `SRC_URI DEST_DIR [...]` init container (kserve-storage's
+# transports and kbundle installed without its serving dependencies).
+# Build all images with `bash scripts/images.sh build [--offline-base]` (see README), or this one from
+# the repository root (the build context; BuildKit, podman or buildah for RUN --mount):
+#   docker build -f docker/storage-init.Dockerfile -t ghcr.io/kbundle/storage-init:0.1.0 .
+# Installs exactly locks/storage-init.txt (hash-checked) plus kbundle's own wheel. Model weights are never
+# baked in: KServe's storage initializer puts them in /mnt/models.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
+# ---- builder: kbundle's wheel from source, the locked wheels fetched by hash -------------------
 FROM ${PYTHON_IMAGE} AS builder
-# Compilers live only here, for any dependency that ships no wheel for this platform.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential \
- && rm -rf /var/lib/apt/lists/*
-WORKDIR /src
+# 1 = take wheels only from docker/wheelhouse (scripts/images.sh fills it): no index is reached.
+ARG WHEELHOUSE_ONLY=0
+WORKDIR /build
+COPY locks/build.txt locks/storage-init.txt ./locks/
+RUN --mount=type=bind,source=docker/wheelhouse,target=/wheelhouse \
+    index="$([ "$WHEELHOUSE_ONLY" = 1 ] && echo --no-index || true)" \
+ && pip install --no-cache-dir $index --find-links /wheelhouse --require-hashes --no-deps -r locks/build.txt \
+ && pip download --no-cache-dir $index --find-links /wheelhouse --require-hashes --no-deps \
+      --only-binary=:all: --dest /wheels -r locks/storage-init.txt
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY predictors ./predictors
 COPY transformers ./transformers
 COPY storage-init ./storage-init
-# kbundle itself without its serving dependencies (onnxruntime, kserve server, grpc): the
-# initializer needs only kserve-storage's transports, requests and PyYAML.
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
- && pip wheel --no-cache-dir --wheel-dir /wheels "kserve-storage==0.21.*" "requests>=2.31" "pyyaml>=6"
+RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels/kbundle .
 
+# ---- runtime: the lock and kbundle; no compilers, no sources, no weights ------------------------
 FROM ${PYTHON_IMAGE}
-ENV PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PIP_NO_CACHE_DIR=1 \
-    HOME=/home/kbundle
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/home/kbundle
+# The lock travels with the image (and keys the layer cache: a RUN's bind mounts do not).
+COPY locks/storage-init.txt /usr/local/share/kbundle/lock.txt
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-index --find-links /wheels --no-deps /wheels/kbundle-*.whl \
- && pip install --no-index --find-links /wheels "kserve-storage==0.21.*" "requests>=2.31" "pyyaml>=6" \
- && pip uninstall -y pip setuptools wheel \
- && useradd --uid 1000 --user-group --home-dir /home/kbundle --create-home --shell /usr/sbin/nologin kbundle \
- && python -c "import kbundle.storage_init.__main__"
-# KServe mounts the model volume at /mnt/models; as in KServe's own image, UID 1000 owns it.
-RUN mkdir -p /mnt/models && chown 1000:1000 /mnt/models
+    pip install --no-cache-dir --no-index --find-links /wheels --require-hashes --no-deps \
+      -r /usr/local/share/kbundle/lock.txt \
+ && groupadd --gid 1000 kbundle \
+ && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/kbundle --shell /usr/sbin/nologin kbundle \
+ && mkdir -p /mnt/models && chown 1000:1000 /mnt/models
+COPY --from=builder /wheels/kbundle /usr/local/share/kbundle/wheel
+RUN pip install --no-cache-dir --no-index --no-deps /usr/local/share/kbundle/wheel/kbundle-*.whl
+# Numeric user so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
 USER 1000:1000
 WORKDIR /home/kbundle
 ENTRYPOINT ["python", "-m", "kbundle.storage_init"]

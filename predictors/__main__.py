@@ -14,6 +14,7 @@ from kbundle.errors import ConfigError
 from kbundle.predictors import model_config
 from kbundle.predictors.predictor import EnginePredictor
 from kbundle.serving.lifecycle import add_drain_flag
+from kbundle.serving.limits import HttpLimits
 from kbundle.serving.server import (
     KbundleModelServer,
     check_workers,
@@ -90,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     KbundleModelServer(
-        args, rest_hooks=[model_config.rest_hook], grpc_hooks=[model_config.grpc_hook]
+        args,
+        rest_hooks=[model_config.rest_hook],
+        grpc_hooks=[model_config.grpc_hook],
+        http_limits=HttpLimits.from_env(settings.max_request_bytes),
     ).start([predictor])
     return 0
 

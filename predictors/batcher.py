@@ -10,6 +10,9 @@ Policy (decided once per request, no polling thread):
   would otherwise sit idle: a lone request never pays the delay). When peer instances are busy it
   waits until the oldest request has waited `max_batch_delay_ms`, so the batch can fill.
 - While every instance is busy, requests queue up; that queue is what the next batch is cut from.
+- Admission (kbundle.predictors.admission) bounds that queue: a request over `max_queue_size` or
+  `max_request_rows` is refused in `infer`/`submit`, and one whose deadline passed while queued is
+  failed with DeadlineExceeded when a dispatch reaches it, before the engine.
 
 Concatenation, the engine call and the split run on the engine's worker thread; the event loop
 only appends to a deque and resolves futures, one `call_soon_threadsafe` per batch.
@@ -28,7 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kbundle.errors import EngineError, KbundleError
+from kbundle.errors import DeadlineExceeded, EngineError, KbundleError
+from kbundle.predictors.admission import Admission
 from kbundle.predictors.faults import engine_fault
 from kbundle.predictors.metrics import BatchMetrics
 from kbundle.predictors.padding import Padding
@@ -87,6 +91,7 @@ class _Pending:
     future: asyncio.Future | Waiter
     enqueued: float = field(default_factory=time.perf_counter)
     request_id: str = ""
+    deadline: float | None = None  # time.monotonic() after which it is dropped unrun
 
 
 def batch_key(inputs: dict[str, np.ndarray], output_names: Sequence[str]) -> BatchKey:
@@ -108,6 +113,7 @@ class DynamicBatcher:
         max_batch_delay_ms: float,
         metrics: BatchMetrics | None = None,
         padding: Padding | None = None,
+        admission: Admission | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1 for a batcher")
@@ -119,6 +125,7 @@ class DynamicBatcher:
         # With padding, requests of different lengths share a key (their bucket); see padding.py.
         self.padding = padding
         self._key = padding.batch_key if padding is not None else batch_key
+        self.admission = admission
         self._queue: deque[_Pending] = deque()
         self._idle = runner.instances
         self._scheduled = False
@@ -136,11 +143,18 @@ class DynamicBatcher:
         return len(self._queue)
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], output_names: Sequence[str], request_id: str = ""
+        self,
+        inputs: dict[str, np.ndarray],
+        output_names: Sequence[str],
+        request_id: str = "",
+        deadline: float | None = None,
     ) -> list[np.ndarray]:
-        """This request's outputs, in `output_names` order, exactly its own rows."""
+        """This request's outputs, in `output_names` order, exactly its own rows. QueueFull or
+        InvalidRequest (rows) at once when admission refuses it; DeadlineExceeded when
+        `deadline` (time.monotonic()) passes while it is queued."""
         loop = self._loop = asyncio.get_running_loop()
         rows = next(iter(inputs.values())).shape[0] if inputs else 0
+        deadline = self._admit(rows, deadline)
         names = tuple(output_names)
         item = _Pending(
             self._key(inputs, names),
@@ -149,6 +163,7 @@ class DynamicBatcher:
             rows,
             loop.create_future(),
             request_id=request_id,
+            deadline=deadline,
         )
         self._enqueue(item)
         # A cancelled await (client gone) cancels the future: it is skipped when queued and its
@@ -161,15 +176,19 @@ class DynamicBatcher:
         inputs: dict[str, np.ndarray],
         output_names: Sequence[str],
         request_id: str = "",
+        deadline: float | None = None,
     ) -> Waiter:
         """Thread-safe `infer` for transports on their own threads (the gRPC server): a Waiter
         for this request's outputs. The queue stays on `loop`; cancelling the waiter (client
-        gone) drops the request like a cancelled `infer`."""
+        gone) drops the request like a cancelled `infer`. Refusals raise here, on the caller's
+        thread, without touching the loop."""
         rows = next(iter(inputs.values())).shape[0] if inputs else 0
+        deadline = self._admit(rows, deadline)
         names = tuple(output_names)
         waiter = Waiter()
         key = self._key(inputs, names)
-        self._inbox.append(_Pending(key, inputs, names, rows, waiter, request_id=request_id))
+        item = _Pending(key, inputs, names, rows, waiter, request_id=request_id, deadline=deadline)
+        self._inbox.append(item)
         # One loop wake-up per burst, not per request: the drain takes everything queued so far.
         # Safe without a lock: the flag is cleared before the drain reads the inbox, so an item
         # appended after the drain's read sees the flag down and schedules another drain.
@@ -177,6 +196,29 @@ class DynamicBatcher:
             self._drain_scheduled = True
             loop.call_soon_threadsafe(self._drain, loop)
         return waiter
+
+    def _admit(self, rows: int, deadline: float | None) -> float | None:
+        if self.admission is None:
+            return deadline
+        self.admission.admit(rows, len(self._queue) + len(self._inbox))
+        return self.admission.deadline(deadline)
+
+    def _gone(self, item: _Pending, now: float) -> bool:
+        """True for a queued request that must not run: its client left, or its deadline passed
+        (then it is failed here with DeadlineExceeded, before the engine)."""
+        if item.future.done():
+            if self.admission is not None:
+                self.admission.count_disconnected()
+            return True
+        if item.deadline is None or now < item.deadline:
+            return False
+        if self.admission is not None:
+            item.future.set_exception(self.admission.expired_error())
+        else:
+            item.future.set_exception(
+                DeadlineExceeded(f"model '{self.model_name}': deadline passed while queued")
+            )
+        return True
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         self._drain_scheduled = False
@@ -190,6 +232,14 @@ class DynamicBatcher:
         if self._idle and not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._dispatch)
+        elif item.deadline is not None:  # answer it at its deadline, not at the next dispatch
+            self._loop.call_later(item.deadline - time.monotonic(), self._expire)
+
+    def _expire(self) -> None:
+        """Fail the queued requests whose deadline has passed (a timer per queued deadline)."""
+        now = time.monotonic()
+        if any(item.deadline is not None and item.deadline <= now for item in self._queue):
+            self._queue = deque(item for item in self._queue if not self._gone(item, now))
 
     # -- dispatching (event-loop thread) -------------------------------------------------------
     def _dispatch(self) -> None:
@@ -198,8 +248,9 @@ class DynamicBatcher:
             self._timer.cancel()
             self._timer = None
         while self._idle and self._queue:
-            while self._queue and self._queue[0].future.done():
-                self._queue.popleft()  # cancelled while queued
+            now = time.monotonic()
+            while self._queue and self._gone(self._queue[0], now):
+                self._queue.popleft()  # cancelled or expired while queued
             if not self._queue:
                 return
             batch, rows = self._take()
@@ -218,9 +269,10 @@ class DynamicBatcher:
         if rows >= self.max_batch_size or not self._queue:
             return batch, rows
         keep: deque[_Pending] = deque()
+        now = time.monotonic()
         while self._queue:
             item = self._queue.popleft()
-            if item.future.done():
+            if self._gone(item, now):
                 continue
             if item.key == head.key and rows + item.rows <= self.max_batch_size:
                 batch.append(item)

@@ -11,6 +11,7 @@ from pathlib import Path
 from kserve import Model
 
 from kbundle.errors import EngineError, EngineLoadError, InvalidRequest, KBundleError
+from kbundle.predictors.admission import Admission, queue_policy
 from kbundle.predictors.batcher import DynamicBatcher
 from kbundle.predictors.engine import Engine, load_engine, warmup_inputs
 from kbundle.predictors.faults import engine_fault
@@ -69,6 +70,7 @@ class EnginePredictor(Model):
                 self.settings.max_batch_delay_ms,
                 BatchMetrics(self.name),
                 Padding.build(self.name, self.settings.padding, engine),
+                Admission(self.name, queue_policy(self.settings, max_batch)),
             )
         elif self.settings.padding:
             raise EngineLoadError(
@@ -134,7 +136,7 @@ class EnginePredictor(Model):
         self.loaded_engine.check_shapes(self.name, request.inputs)  # per request, before batching
         if self.batcher is not None:
             # The batcher turns engine faults into per-request EngineErrors itself.
-            outputs = await self.batcher.infer(request.inputs, names, request.id)
+            outputs = await self.batcher.infer(request.inputs, names, request.id, request.deadline)
             return self._response(names, outputs)
         try:
             outputs = await self.runner.run(request.inputs, names)
@@ -156,7 +158,7 @@ class EnginePredictor(Model):
         names = request.requested_outputs or self.signature.output_names
         self.loaded_engine.check_shapes(self.name, request.inputs)
         if self.batcher is not None:
-            future = self.batcher.submit(loop, request.inputs, names, request.id)
+            future = self.batcher.submit(loop, request.inputs, names, request.id, request.deadline)
         else:
             future = self.runner.submit(self.loaded_engine.run, request.inputs, names)
         on_done(future.cancel)

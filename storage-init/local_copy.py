@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from kbundle.storage_init.errors import FetchError
+from kbundle.storage_init.errors import FetchError, NotFoundError
 from kbundle.storage_init.progress import Progress
 from kbundle.storage_init.staging import PREVIOUS, STAGING
 
@@ -39,7 +39,7 @@ def copy(path: str, dest_dir: Path, interval_s: float) -> list[Path]:
     """Copy a file or a directory tree into `dest_dir`; returns the files written."""
     src = Path(path)
     if not src.exists():
-        raise FetchError(
+        raise NotFoundError(
             f"local path {path} does not exist",
             hint="Check the path (and that its PVC is mounted).",
         )

@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from kbundle.errors import ConfigError, EngineError, InvalidRequest
 from kbundle.specs import DYNAMIC, TensorSpec, numpy_dtype
+from kbundle.transformers.decode_budget import ByteBudget, pillow_pixel_bytes, shared_budget
 from kbundle.transformers.features import bytes_column, required
 from kbundle.transformers.spec import Entry, read_labels
 
@@ -32,6 +33,20 @@ RESAMPLE = {
     "box": Image.Resampling.BOX,
 }
 LAYOUTS = ("NHWC", "NCHW", "flat")
+# Pillow's resampling support radius per filter: its coefficient tables hold ~2 x support
+# doubles per source column and row (a 39 M-wide image into 8 pixels: 312 MB of tables).
+SUPPORT = {"nearest": 0.0, "box": 0.5, "bilinear": 1.0, "bicubic": 2.0, "lanczos": 3.0}
+# Downscales of more than this factor reduce by an integer factor first (Image.reduce, no
+# tables), then resample what is left; below it the resize is Pillow's exact one.
+REDUCING_GAP = 8.0
+DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024
+_DECODE_ERRORS = (
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+    OSError,
+    SyntaxError,
+    ValueError,
+)
 
 
 def image_bytes(where: str, value: bytes) -> bytes:
@@ -64,11 +79,21 @@ class ImageFeature:
         layout: str,
         datatype: str,
         max_pixels: int,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        budget: ByteBudget | None = None,
     ):
         self.name, self.tensor, self.color = name, tensor, color
         self.size, self.resample = size, RESAMPLE[resample]
+        self._support = SUPPORT[resample]
         self.scale, self.offset, self.mean, self.std = scale, offset, mean, std
         self.layout, self.datatype, self.max_pixels = layout, datatype, max_pixels
+        self.max_image_bytes = max_image_bytes
+        self.budget = budget or shared_budget()
+        # Per output pixel: the converted image, its numpy copy, and `_to_tensor`'s float32
+        # temporaries and cast (measured peak: ~3 float copies alive at once).
+        itemsize = np.dtype(numpy_dtype(datatype)).itemsize
+        channels = COLOR_MODES[color]
+        self._out_pixel_bytes = pillow_pixel_bytes(color) + channels * (1 + 3 * max(itemsize, 4))
 
     @classmethod
     def from_spec(cls, entry: Entry, model_dir: Path) -> ImageFeature:
@@ -92,6 +117,7 @@ class ImageFeature:
             layout=entry.choice("layout", LAYOUTS, "NCHW"),
             datatype=entry.datatype("datatype", "FP32"),
             max_pixels=int(entry.positive("max_pixels", 40_000_000)),
+            max_image_bytes=int(entry.positive("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES)),
         )
 
     def client_inputs(self) -> list[TensorSpec]:
@@ -105,37 +131,86 @@ class ImageFeature:
         values = bytes_column(
             where, required(inputs, self.name, "encoded PNG/JPEG images, BYTES [N]")
         )
-        images = [self._decode(f"{where} element {i}", v) for i, v in enumerate(values)]
-        shapes = {image.shape for image in images}
-        if len(shapes) > 1:
-            raise InvalidRequest(
-                f"{where}: images in one request must share a size when the spec has no 'size' (got {sorted(shapes)})"
-            )
-        return {self.tensor: self._to_tensor(np.stack(images))}
+        opened = [self._open(f"{where} element {i}", v) for i, v in enumerate(values)]
+        try:
+            cost = sum(self._cost(w, image) for w, image in opened)
+            with self.budget.hold(where, cost):
+                images = [self._decode(w, image) for w, image in opened]
+                shapes = {image.shape for image in images}
+                if len(shapes) > 1:
+                    raise InvalidRequest(
+                        f"{where}: images in one request must share a size when the spec has no 'size' (got {sorted(shapes)})"
+                    )
+                return {self.tensor: self._to_tensor(np.stack(images))}
+        finally:
+            for _, image in opened:
+                image.close()
 
-    def _decode(self, where: str, value: bytes) -> np.ndarray:
+    def _open(self, where: str, value: bytes) -> tuple[str, Image.Image]:
+        """The image with only its header read: size and mode, no pixels yet."""
         data = image_bytes(where, value)
         try:
-            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
-                if image.width * image.height > self.max_pixels:
-                    raise InvalidRequest(
-                        f"{where}: {image.width}x{image.height} is over {self.max_pixels} pixels"
-                    )
-                image = image.convert(self.color)
-                if self.size is not None and image.size != (self.size[1], self.size[0]):
-                    image = image.resize((self.size[1], self.size[0]), self.resample)
-                pixels = np.asarray(image)
-        except (
-            UnidentifiedImageError,
-            Image.DecompressionBombError,
-            OSError,
-            SyntaxError,
-            ValueError,
-        ) as exc:
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+        except _DECODE_ERRORS as exc:
             raise InvalidRequest(
                 f"{where}: not a decodable PNG/JPEG image ({_reason(exc)})"
             ) from None
-        return pixels
+        if image.width * image.height > self.max_pixels:
+            image.close()
+            raise InvalidRequest(
+                f"{where}: {image.width}x{image.height} is over {self.max_pixels} pixels"
+            )
+        return where, image
+
+    def _gap(self, width: int, height: int) -> float | None:
+        scale = max(width / self.size[1], height / self.size[0])
+        return REDUCING_GAP if scale > 4 * REDUCING_GAP else None
+
+    def _cost(self, where: str, image: Image.Image) -> int:
+        """Bytes decoding this image holds at its peak, summed as an upper bound: the source
+        pixels plus the decoder's two row buffers, the converted copy, the resize and the
+        tensor steps; 400 over `max_image_bytes`, before a pixel is decoded."""
+        width, height = image.size
+        source = pillow_pixel_bytes(image.mode)
+        cost = width * height * source + 2 * _row_bytes(image)
+        cost += width * height * pillow_pixel_bytes(self.color)
+        out = width * height
+        if self.size is not None:
+            out = self.size[0] * self.size[1]
+            cost += self._resize_cost(width, height)
+        cost += out * self._out_pixel_bytes
+        if cost > self.max_image_bytes:
+            raise InvalidRequest(
+                f"{where}: {width}x{height} {image.mode} needs {cost} bytes to decode, over "
+                f"max_image_bytes {self.max_image_bytes} (width x height x channels x bytes "
+                "per channel, through conversion, resize and the tensor)"
+            )
+        return cost
+
+    def _resize_cost(self, width: int, height: int) -> int:
+        """The reduced copy (when the gap applies) and Pillow's coefficient tables (doubles)."""
+        gap = self._gap(width, height)
+        fx = max(1, int(width / self.size[1] / gap)) if gap else 1
+        fy = max(1, int(height / self.size[0] / gap)) if gap else 1
+        w, h = -(-width // fx), -(-height // fy)
+        reduced = w * h * pillow_pixel_bytes(self.color) if gap else 0
+        return reduced + int(8 * (2 * self._support + 1) * (w + h))
+
+    def _decode(self, where: str, image: Image.Image) -> np.ndarray:
+        try:
+            converted = image.convert(self.color)
+            image.close()  # the source pixels go now, not when the request ends
+            if self.size is not None and converted.size != (self.size[1], self.size[0]):
+                converted = converted.resize(
+                    (self.size[1], self.size[0]),
+                    self.resample,
+                    reducing_gap=self._gap(*converted.size),
+                )
+            return np.asarray(converted)
+        except _DECODE_ERRORS as exc:
+            raise InvalidRequest(
+                f"{where}: not a decodable PNG/JPEG image ({_reason(exc)})"
+            ) from None
 
     def _to_tensor(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W[, C]) uint8 -> scaled, normalised, laid out and cast, in whole-batch numpy ops."""
@@ -150,6 +225,12 @@ class ImageFeature:
         elif self.layout == "flat":
             x = x.reshape(len(x), -1)
         return np.ascontiguousarray(x.astype(numpy_dtype(self.datatype), copy=False))
+
+
+def _row_bytes(image: Image.Image) -> int:
+    """One encoded row as the decoder holds it (PNG keeps the previous row and the current)."""
+    wide = any(";16" in str(tile.args) for tile in image.tile)
+    return image.width * len(image.getbands()) * (2 if wide else 1) + 1
 
 
 def _per_channel(entry: Entry, key: str, channels: int) -> np.ndarray | None:

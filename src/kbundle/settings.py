@@ -95,6 +95,34 @@ class ModelSettings:
         metadata=_doc("Longest the oldest queued request waits for a batch to fill (ms)."),
     )
     instances: int = field(default=1, metadata=_doc("Engine instances (one batch in flight each)."))
+    max_request_bytes: int = field(
+        default=0,
+        metadata=_doc(
+            "Largest REST body / gRPC message (413 / RESOURCE_EXHAUSTED above it, refused while "
+            "reading); 0 = a quarter of the cgroup memory limit (at most 1 GiB), else 64 MiB."
+        ),
+    )
+    max_queue_size: int = field(
+        default=256,
+        metadata=_doc(
+            "Most requests waiting for a batch; one more is refused at once (429 + Retry-After / "
+            "RESOURCE_EXHAUSTED); 0 = unbounded."
+        ),
+    )
+    max_queue_delay_ms: float = field(
+        default=0.0,
+        metadata=_doc(
+            "Longest any request may wait in the queue before it is dropped unrun (504 / "
+            "DEADLINE_EXCEEDED), on top of each request's own deadline; 0 = no cap."
+        ),
+    )
+    max_request_rows: int = field(
+        default=-1,
+        metadata=_doc(
+            "Most rows one request may carry (400 above it); -1 = max_batch_size when batching, "
+            "0 = no limit."
+        ),
+    )
     intra_op_threads: int = field(
         default=0, metadata=_doc("Engine CPU threads per call; 0 = the engine's own default.")
     )
@@ -267,6 +295,12 @@ def _check(settings: ModelSettings) -> ModelSettings:
         raise ConfigError("max_batch_size must be >= 0")
     if settings.max_batch_delay_ms < 0:
         raise ConfigError("max_batch_delay_ms must be >= 0")
+    if settings.max_request_bytes < 0:
+        raise ConfigError("max_request_bytes must be >= 0 (0 = derived from the memory limit)")
+    if settings.max_queue_size < 0 or settings.max_queue_delay_ms < 0:
+        raise ConfigError("max_queue_size and max_queue_delay_ms must be >= 0")
+    if settings.max_request_rows < -1:
+        raise ConfigError("max_request_rows must be -1 (auto), 0 (no limit) or a row count")
     if settings.instances < 1:
         raise ConfigError("instances must be >= 1")
     if settings.profile_batch and (

@@ -43,6 +43,7 @@ def lock_pins() -> dict[str, str]:
     """`name==version` pins of the GPU wheels in any lock/requirements file (branch `images`)."""
     pins: dict[str, str] = {}
     files = [*REPO.glob("*.lock"), *REPO.glob("requirements*.txt"), *REPO.glob("requirements/*")]
+    files += sorted(REPO.glob("locks/*.txt"))  # scripts/lock.sh
     for path in files:
         for line in path.read_text(errors="replace").splitlines():
             found = re.match(

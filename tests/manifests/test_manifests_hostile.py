@@ -1,6 +1,6 @@
 """Hostile manifests (the CVE-2019-11253 class): each is one line, exit 1, under 2 s and 200 MB,
 for `kbundle validate`, `kbundle canary set` and `kbundle up` (real subprocesses; memory is the
-child's own peak RSS and time its CPU seconds, both from wait4: the wall clock of a shared
+child's own peak RSS and time its CPU seconds, both from wait4 in a small launcher: the wall clock of a shared
 2-core machine measures the neighbours, so it only has a loose bound of 10 s)."""
 
 from __future__ import annotations
@@ -46,23 +46,35 @@ COMMANDS = {
 }
 
 
+# A child forked from this (large) pytest process inherits its peak RSS in ru_maxrss, so the
+# command runs under a small launcher whose own child is measured: a fresh process's peak.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(f"{usage.ru_utime + usage.ru_stime} {usage.ru_maxrss * 1024}")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _run(argv: list[str], cwd: Path) -> tuple[int, str, float, float, int]:
     """(exit code, output, wall s, CPU s, peak RSS bytes) of `kbundle ARGV` in a subprocess."""
     env = {**os.environ, "KBUNDLE_CACHE": str(cwd / "cache"), "PYTHONUNBUFFERED": "1"}
+    usage_file = cwd / "usage.txt"
     start = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kbundle.cli", *argv],
+    proc = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, str(usage_file), "-m", "kbundle.cli", *argv],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    cpu = usage.ru_utime + usage.ru_stime
-    return proc.returncode, out, time.monotonic() - start, cpu, usage.ru_maxrss * 1024
+    cpu, rss = usage_file.read_text().split()
+    return proc.returncode, proc.stdout, time.monotonic() - start, float(cpu), int(rss)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -25,7 +25,13 @@ def test_samples_exist():
 
 def test_every_sample_validates_clean():
     result = run_cli(
-        "validate", "--crd", str(CRD_DIR), "--json", *map(str, SAMPLE_FILES), str(FIXTURES)
+        "validate",
+        "--crd",
+        str(CRD_DIR),
+        "--json",
+        *map(str, SAMPLE_FILES),
+        str(SAMPLES / "runtimes"),  # the short-form sample's ServingRuntimes
+        str(FIXTURES),
     )
     report = json.loads(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -44,6 +50,11 @@ def test_samples_are_hardened(sample):
         containers = [c for u in units if u for c in u.get("containers", [])] + (
             [spec["container"]] if "container" in spec else []
         )
+        if any(u and "model" in u for u in units):  # short form: a ServingRuntime's container
+            runtimes = sorted((SAMPLES / "runtimes").glob("*.yaml"))
+            containers += [
+                c for f in runtimes for c in yaml.safe_load(f.read_text())["spec"]["containers"]
+            ]
         assert containers, f"{sample.name}: no containers found"
         for c in containers:
             sc = c.get("securityContext") or {}

@@ -23,7 +23,8 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 MODEL = "batchy"
 OUTPUTS = ("echo", "sum", "row")
-CONFIG = "max_batch_size: 8\nmax_batch_delay_ms: 2\nintra_op_threads: 1\n"
+# max_request_rows 0: requests over max_batch_size (run alone) are part of what is tested here.
+CONFIG = "max_batch_size: 8\nmax_batch_delay_ms: 2\nintra_op_threads: 1\nmax_request_rows: 0\n"
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,7 @@ def test_metrics_counters_move(server):
     before = {
         "rest": metric(server, "kbundle_requests_total", model=MODEL, protocol="rest"),
         "grpc": metric(server, "kbundle_requests_total", model=MODEL, protocol="grpc"),
-        "errors": metric(server, "kbundle_requests_total", model=MODEL, outcome="server_error"),
+        "errors": metric(server, "kbundle_requests_total", model=MODEL, outcome="client_error"),
         "batches": metric(server, "kbundle_batch_size_count", model=MODEL),
         "rows": metric(server, "kbundle_batch_size_sum", model=MODEL),
         "waits": metric(server, "kbundle_queue_wait_seconds_count", model=MODEL),
@@ -177,7 +178,8 @@ def test_metrics_counters_move(server):
         metric(server, "kbundle_requests_total", model=MODEL, protocol="grpc") == before["grpc"] + 2
     )
     assert (
-        metric(server, "kbundle_requests_total", model=MODEL, outcome="server_error")
+        # the bad request's out-of-range index is the client's fault (400), not the revision's
+        metric(server, "kbundle_requests_total", model=MODEL, outcome="client_error")
         == before["errors"] + 1
     )
     assert metric(server, "kbundle_queue_wait_seconds_count", model=MODEL) >= before["waits"] + 3

@@ -52,7 +52,7 @@ def _set_canary(up, percent: int | None, storage: str | None = None) -> None:
 
 
 def test_first_revision_answers_rest_json_binary_and_grpc_correctly(up):
-    rows, labels = digits_rows(64)
+    rows, labels = digits_rows(32)  # the predictor's max_request_rows default (max_batch_size)
     headers, body = infer_json(up, rows)
     assert revision_of(headers, body) == "digits-00001"
     json_labels = np.array(next(o for o in body["outputs"] if o["name"] == "label")["data"])

@@ -275,7 +275,7 @@ def test_a_failed_fetch_names_the_uri_and_storage_inits_reason(tmp_path):
     missing = tmp_path / "no-such-model"
     with pytest.raises(ConfigError) as err:
         storage.fetch_model(str(missing), tmp_path / "m")
-    assert f"storage-init failed for {missing} (exit 1)" in str(err.value)
+    assert f"storage-init failed for {missing} (exit 10)" in str(err.value)
     assert "does not exist" in str(err.value) and not (tmp_path / "m").exists()
 
 

@@ -66,6 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="how often the file is checked for changes (s; 0 = never, default 1)",
     )
+    parser.add_argument(
+        "--runtimes",
+        default=None,
+        metavar="DIR",
+        help="ServingRuntime/ClusterServingRuntime YAML folder (or file): a short-form "
+        "predictor.model runs with the runtime KServe would choose, its args and env "
+        "(e.g. inferenceservices/runtimes)",
+    )
     parser.add_argument("--quiet", action="store_true", help="component output to log files only")
 
 
@@ -108,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
             default_scale_down_delay_s=parse_duration(args.scale_down_delay),
             activation_timeout_s=args.activation_timeout,
             console=not args.quiet,
+            serving_runtimes=_serving_runtimes(args.runtimes),
         )
         options = UpOptions(
             manifest=manifest,
@@ -125,6 +134,17 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _serving_runtimes(folder: str | None) -> tuple:
+    if folder is None:
+        return ()
+    from kbundle.manifests.runtimes import RuntimeResolutionError, load_runtimes
+
+    try:
+        return tuple(load_runtimes(folder))
+    except RuntimeResolutionError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _build_samples_if_needed(spec, storage_map) -> None:

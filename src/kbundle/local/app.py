@@ -26,6 +26,8 @@ from kbundle.local.ingress_grpc import build_server
 from kbundle.local.ingress_rest import RestIngress
 from kbundle.local.runtime import RuntimeOptions
 from kbundle.local.service import LocalService
+from kbundle.serving.http_guard import BodyLimit, apply_to_uvicorn
+from kbundle.serving.limits import HttpLimits, tune_malloc
 
 logger = logging.getLogger("kbundle.up")
 UP_FILE = "up.json"
@@ -119,8 +121,10 @@ async def _serve_ingress(
     signals: list[int],
 ) -> int:
     rest = RestIngress(service)
+    limits = HttpLimits.from_env()  # the same body/header limits as the components
+    tune_malloc()
     config = uvicorn.Config(
-        rest,
+        BodyLimit(rest, limits.max_request_bytes),
         server_header=False,  # the upstream's Server/Date headers pass through instead
         date_header=False,
         lifespan="off",
@@ -128,6 +132,7 @@ async def _serve_ingress(
         timeout_graceful_shutdown=int(options.drain_timeout_s),
         timeout_keep_alive=65,
     )
+    apply_to_uvicorn(config, limits)
     http = _Uvicorn(config)
     grpc_server = build_server(service, options.host, options.grpc_port)
     await grpc_server.start()

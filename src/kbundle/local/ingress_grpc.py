@@ -16,6 +16,7 @@ from grpc import aio
 
 from kbundle.errors import KBundleError
 from kbundle.local.service import LocalService
+from kbundle.serving.limits import max_request_bytes
 from kbundle.status import from_grpc, is_server_fault
 
 logger = logging.getLogger("kbundle.up")
@@ -95,7 +96,7 @@ def build_server(service: LocalService, host: str, port: int) -> aio.Server:
         options=[
             ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
             ("grpc.max_send_message_length", -1),
-            ("grpc.max_receive_message_length", -1),
+            ("grpc.max_receive_message_length", max_request_bytes()),
         ]
     )
     server.add_generic_rpc_handlers((ProxyHandler(service),))

@@ -19,6 +19,9 @@ import orjson
 from kbundle.errors import KbundleError, ModelUnavailable, UpstreamTimeout
 from kbundle.local.scrape import METRICS_PATH, metrics_text
 from kbundle.local.service import LocalService
+from kbundle.serving.limits import TIMEOUT_HEADER, request_deadline
+
+TIMEOUT_HEADER_B = TIMEOUT_HEADER.encode()
 
 REVISION_HEADER = "x-kbundle-revision"
 TAG_HEADER_B = (
@@ -72,8 +75,9 @@ class RestIngress:
             text = metrics_text(self.service).encode()
             await _respond(send, 200, text, [(b"content-type", b"text/plain; version=0.0.4")])
             return
-        body = await _read_body(receive)
         try:
+            deadline = _deadline(scope)  # from arrival: the client's budget covers this hop too
+            body = await _read_body(receive)
             runtime = self.service.pick(self._tag(scope))
         except KbundleError as exc:
             await _error(send, exc, [])
@@ -84,7 +88,9 @@ class RestIngress:
         async with runtime.track():
             try:
                 await runtime.activate()
-                status, headers, content = await self._forward(scope, body, runtime.rest_base)
+                status, headers, content = await self._forward(
+                    scope, body, runtime.rest_base, deadline
+                )
                 await _respond(send, status, content, headers + tag)
             except KbundleError as exc:
                 status = int(exc.http_status)
@@ -99,7 +105,9 @@ class RestIngress:
             return headers[TAG_HEADER_B].decode("latin-1")
         return self.service.tag_from_host(headers.get(b"host", b"").decode("latin-1"))
 
-    async def _forward(self, scope: dict, body: bytes, base: str) -> tuple[int, list, bytes]:
+    async def _forward(
+        self, scope: dict, body: bytes, base: str, deadline: float | None
+    ) -> tuple[int, list, bytes]:
         """One retry when a pooled connection turns out dead before any answer (a component that
         restarted on the same port): inference has no side effects, so sending twice is safe."""
         headers = [
@@ -107,12 +115,23 @@ class RestIngress:
             for k, v in scope["headers"]
             if k.lower() not in _DROP
         ]
+        timeout = None
+        if deadline is not None:  # what is left of the client's budget goes to the revision
+            left = max(deadline - time.monotonic(), 0.001)
+            headers = [(k, v) for k, v in headers if k.lower() != TIMEOUT_HEADER]
+            headers.append((TIMEOUT_HEADER, f"{left * 1000:.0f}"))
+            timeout = aiohttp.ClientTimeout(total=left, sock_connect=5.0)
         query = scope.get("query_string") or b""
         url = base + scope["path"] + (("?" + query.decode()) if query else "")
         for attempt in (1, 2):
             try:
                 async with self.client.request(
-                    scope["method"], url, headers=headers, data=body, allow_redirects=False
+                    scope["method"],
+                    url,
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                    timeout=timeout or self.client.timeout,
                 ) as resp:
                     content = await resp.read()
                     out = [(k, v) for k, v in resp.raw_headers if k.lower() not in _DROP]
@@ -125,6 +144,13 @@ class RestIngress:
             except aiohttp.ClientError as exc:
                 raise ModelUnavailable(f"upstream {base} unreachable: {exc}") from exc
         raise AssertionError("unreachable")
+
+
+def _deadline(scope: dict) -> float | None:
+    for key, value in scope["headers"]:
+        if key == TIMEOUT_HEADER_B:
+            return request_deadline({}, {TIMEOUT_HEADER: value.decode("latin-1")})
+    return None
 
 
 async def _read_body(receive) -> bytes:

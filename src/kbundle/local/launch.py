@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kbundle.local.manifest import ComponentSpec
+from kbundle.serving.limits import BIND_HOST_ENV
 
 REVISION_ENV = "KBUNDLE_MODEL_VERSION"
 # The revision label of the components' metrics (K_REVISION on a Knative pod, else this), and the
@@ -78,6 +79,7 @@ def _base_env(
     env.setdefault(METRICS_REVISION_ENV, revision)
     env.setdefault("K_SERVICE", service)
     env.setdefault("K_CONFIGURATION", service)
+    env.setdefault(BIND_HOST_ENV, "127.0.0.1")  # local components: loopback only
     return env
 
 

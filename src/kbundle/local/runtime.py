@@ -36,6 +36,8 @@ class RuntimeOptions:
     default_scale_down_delay_s: float = 60.0
     activation_timeout_s: float = 120.0
     console: bool = True
+    # `kbundle up --runtimes DIR`: ServingRuntimes that expand a short-form predictor.model.
+    serving_runtimes: tuple = ()
 
 
 def free_port() -> int:

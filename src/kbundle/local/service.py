@@ -72,7 +72,7 @@ class LocalService:
             raw = self.manifest.read_bytes()
             self._file_digest = hashlib.sha256(raw).hexdigest()
             try:
-                doc = first_inference_service(raw, self.manifest)
+                doc = _with_runtime(first_inference_service(raw, self.manifest), self.options)
                 spec = parse_inference_service(doc, source=str(self.manifest))
                 for warning in spec.warnings:
                     logger.warning("%s: %s", self.manifest, warning)
@@ -283,3 +283,15 @@ async def _predict_count(client: httpx.AsyncClient, ready_url: str) -> int | Non
         if family.name == "request_predict_seconds":
             return int(sum(s.value for s in family.samples if s.name.endswith("_count")))
     return None
+
+
+def _with_runtime(doc: dict, options: RuntimeOptions) -> dict:
+    """A short-form predictor expanded with its ServingRuntime (`kbundle up --runtimes DIR`)."""
+    if not options.serving_runtimes:
+        return doc
+    from kbundle.manifests.runtimes import RuntimeResolutionError, with_runtime
+
+    try:
+        return with_runtime(doc, list(options.serving_runtimes))
+    except RuntimeResolutionError as exc:
+        raise ConfigError(str(exc)) from exc

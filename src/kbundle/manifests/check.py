@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kbundle.manifests import isvc, lint_rules, schema, settings_rules, storage_uris, webhook_rules
+from kbundle.manifests import (
+    isvc,
+    lint_rules,
+    runtimes,
+    schema,
+    settings_rules,
+    storage_uris,
+    webhook_rules,
+)
 from kbundle.manifests.crds import CrdSet
 from kbundle.manifests.documents import Document, YamlLoadError, expand_paths, load_file, to_plain
 from kbundle.manifests.findings import ERROR, WARNING, Finding, Issue, error
@@ -48,11 +56,12 @@ def validate_paths(
         if isinstance(obj, dict) and obj.get("kind") == isvc.CSC_KIND
         for f in storage_uris.uri_formats(obj)
     ]
+    served_by = runtimes.runtimes_in(obj for _, obj in plain)
     for doc, obj in plain:
-        report.findings += [
-            _place(doc, i)
-            for i in check_object(obj, crds, formats, default_mode, lint, report, doc)
-        ]
+        issues = check_object(obj, crds, formats, default_mode, lint, report, doc)
+        if isinstance(obj, dict) and obj.get("kind") == isvc.ISVC_KIND:
+            issues += runtimes.check(obj, served_by)
+        report.findings += [_place(doc, i) for i in issues]
     report.findings.sort(key=lambda f: (str(f.file), f.line, f.severity))
     return report
 

@@ -25,6 +25,8 @@ class ArrayRequest:
     headers: dict[str, str] = field(default_factory=dict)
     # REST only: which outputs go back as binary tails (the key "*" holds the request-wide default).
     binary_outputs: dict[str, bool] = field(default_factory=dict)
+    # time.monotonic() after which the request is dropped unrun (gRPC deadline, V2 `timeout`).
+    deadline: float | None = None
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from kbundle.errors import InvalidRequest, KBundleError
-from kbundle.serving import v2_rest
+from kbundle.serving import http_guard, limits, v2_rest
 from kbundle.serving.core import CallContext, RequestCore
 from kbundle.status import http_status
 
@@ -54,12 +54,13 @@ class InferFastPath:
         try:
             body = await _read_body(receive)
             decode = _decoder(scope, body)
-            content, headers = await self.core.infer(name, decode, REST, v2_rest.encode_response)
+            infer = self.core.infer(name, decode, REST, v2_rest.encode_response)
+            content, headers = await http_guard.until_disconnect(receive, infer)
             status = 200
         except KBundleError as exc:
             status = http_status(exc.status)
             content = orjson.dumps({"error": exc.message})
-            headers = {"content-type": "application/json"}
+            headers = {"content-type": "application/json", **http_guard.error_headers(exc)}
         raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         raw_headers.append((b"content-length", str(len(content)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
@@ -70,7 +71,11 @@ def _decoder(scope: Scope, body: bytes) -> Callable:
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
     def decode(validator):
-        return v2_rest.decode_request(body, headers.get(v2_rest.HEADER_LENGTH), validator, headers)
+        request = v2_rest.decode_request(
+            body, headers.get(v2_rest.HEADER_LENGTH), validator, headers
+        )
+        request.deadline = limits.request_deadline(request.parameters, headers)
+        return request
 
     return decode
 

@@ -24,6 +24,7 @@ from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
 
 from kbundle.cpu_budget import cpu_budget
+from kbundle.serving import http_guard, limits
 from kbundle.serving.asgi_infer import InferFastPath
 from kbundle.serving.core import RequestCore
 from kbundle.serving.grpc_sync import SERVICE, LoopBridge, bridge_generic, v2_handlers
@@ -65,6 +66,7 @@ GrpcHook = Callable[["KbundleGRPCServer"], Sequence[grpc.GenericRpcHandler]]
 
 class KbundleRESTServer(RESTServer):
     rest_hooks: Sequence[RestHook] = ()
+    http_limits: limits.HttpLimits | None = None
     core: RequestCore
     sock: socket.socket  # bound before serving (kbundle.serving.lifecycle.bind_rest_socket)
 
@@ -77,6 +79,8 @@ class KbundleRESTServer(RESTServer):
         register_error_handlers(app)
         # Added last, so outermost: V2 infer never pays FastAPI routing or middleware.
         app.add_middleware(InferFastPath, core=self.core)
+        if self.http_limits is not None:  # outermost: a body over the limit is never read
+            app.add_middleware(http_guard.BodyLimit, limit=self.http_limits.max_request_bytes)
 
     async def start(self) -> None:
         self.create_application()
@@ -145,13 +149,17 @@ def grpc_options(kwargs: dict) -> list[tuple[str, object]]:
     return [
         ("grpc.so_reuseport", 0),  # only our own --workers may share a port, on purpose
         ("grpc.max_send_message_length", kwargs.get("grpc_max_send_message_length")),
-        ("grpc.max_receive_message_length", kwargs.get("grpc_max_receive_message_length")),
+        # kbundle's max_request_bytes when set (the same limit as REST bodies), else kserve's flag
+        (
+            "grpc.max_receive_message_length",
+            kwargs.get("max_request_bytes") or kwargs.get("grpc_max_receive_message_length"),
+        ),
     ]
 
 
 def add_port(server: grpc.Server | aio.Server, port: int) -> None:
     try:
-        bound = server.add_insecure_port(f"[::]:{port}")
+        bound = server.add_insecure_port(limits.grpc_address(port))
     except RuntimeError:
         bound = 0
     if bound == 0:
@@ -205,6 +213,7 @@ class KbundleModelServer(ModelServer):
         rest_hooks: Sequence[RestHook] = (),
         grpc_hooks: Sequence[GrpcHook] = (),
         grpc_server: str = "sync",
+        http_limits: limits.HttpLimits | None = None,
     ):
         self._grpc_server_class = GRPC_SERVERS[grpc_server]
         super().__init__(
@@ -221,6 +230,7 @@ class KbundleModelServer(ModelServer):
             timeout_keep_alive=args.timeout_keep_alive,
         )
         self._args = args
+        self._limits = http_limits or limits.HttpLimits.from_env()
         self._rest_hooks = tuple(rest_hooks)
         self._grpc_hooks = tuple(grpc_hooks)
         self.drain_timeout_s = float(getattr(args, "drain_timeout_seconds", 25.0))
@@ -230,7 +240,8 @@ class KbundleModelServer(ModelServer):
 
     def start(self, models: list[Model]) -> None:
         self._register_and_check_atleast_one_model_is_ready(models)
-        rest = self._rest(bind_rest_socket(self.http_port))
+        limits.tune_malloc()
+        rest = self._rest(bind_rest_socket(self.http_port, limits.bind_host() or "0.0.0.0"))
         self._rest_server = rest
         if self.enable_grpc:
             self._grpc_server = self._grpc()
@@ -253,6 +264,8 @@ class KbundleModelServer(ModelServer):
             timeout_keep_alive=self.timeout_keep_alive,
         )
         rest.rest_hooks, rest.core, rest.sock = self._rest_hooks, self.core, sock
+        rest.http_limits = self._limits
+        http_guard.apply_to_uvicorn(rest.config, self._limits)
         # uvicorn's per-request access log line is a measured hot-path cost (it decides per
         # connection from `hasHandlers()`); opt back in with kserve's --access_log_format.
         if not self.access_log_format:
@@ -266,7 +279,7 @@ class KbundleModelServer(ModelServer):
             self.grpc_port,
             self.dataplane,
             self.model_repository_extension,
-            kwargs=vars(self._args),
+            kwargs={**vars(self._args), "max_request_bytes": self._limits.max_request_bytes},
             grace_period=self.grace_period,
         )
         server.grpc_hooks, server.core = self._grpc_hooks, self.core

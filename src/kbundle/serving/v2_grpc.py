@@ -16,6 +16,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.servicer import InferenceServicer
 
 from kbundle.errors import InvalidRequest
+from kbundle.serving import limits
 from kbundle.serving.arrays import ArrayRequest, ArrayResponse, new_request_id
 from kbundle.serving.core import CallContext, Decoder, RequestCore, as_error
 from kbundle.serving.status_map import log_if_internal
@@ -157,7 +158,11 @@ def grpc_decoder(request: pb.ModelInferRequest, context: Any) -> Decoder:
 
     def decode(validator: SignatureValidator | None) -> ArrayRequest:
         headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-        return decode_request(request, validator, headers)
+        decoded = decode_request(request, validator, headers)
+        # The call's own gRPC deadline needs no copy here: grpc cancels the call when it passes,
+        # which drops it from the batcher's queue unrun (counted as cancelled).
+        decoded.deadline = limits.request_deadline(decoded.parameters, headers)
+        return decoded
 
     return decode
 

@@ -1,0 +1,220 @@
+"""Admission control on the real predictor, both protocols (issue 12 items 1-3).
+
+The slow model makes an engine call of 1,024 rows take ~0.1-0.3 s on one thread, so requests
+really queue. `max_batch_size: 1` runs each request alone, so engine calls count requests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from admission_helpers import (
+    MODEL,
+    engine_calls,
+    grpc_burst,
+    metric,
+    rest_infer,
+    rest_output,
+    send_and_leave,
+)
+from procs import start_module
+from queue_model import build_slow_model, expected
+from tritonclient.utils import InferenceServerException
+
+BASE = "max_batch_size: 1\nmax_batch_delay_ms: 0\nintra_op_threads: 1\nwarmup: false\n"
+QUEUE = BASE + "max_queue_size: 2\nmax_request_rows: 16384\n"
+DEADLINE = BASE + "max_queue_size: 64\nmax_request_rows: 0\n"
+
+
+def _server(tmp_path_factory, label: str, config: str):
+    root = Path(tmp_path_factory.mktemp(label))
+    model_dir = build_slow_model(root / MODEL, config)
+    return start_module(
+        "kbundle.predictors",
+        ["--model_name", MODEL, "--model_dir", str(model_dir)],
+        root / "server.log",
+        f"/v2/models/{MODEL}/ready",
+    )
+
+
+@pytest.fixture(scope="module")
+def queue_server(tmp_path_factory):
+    proc = _server(tmp_path_factory, "queue", QUEUE)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def deadline_server(tmp_path_factory):
+    proc = _server(tmp_path_factory, "deadline", DEADLINE)
+    yield proc
+    proc.stop()
+
+
+def rows(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 256)).astype(np.float32)
+
+
+def in_background(fn, *args) -> threading.Thread:
+    thread = threading.Thread(target=fn, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
+def started_batches(url: str) -> float:
+    return metric(url, "kbundle_queue_wait_seconds_count", model=MODEL)
+
+
+def start_blocker(url: str, send=None) -> threading.Thread:
+    """A 4,096-row request (~1 s of engine), returned once its engine call has started."""
+    before = started_batches(url)
+    thread = in_background(send or (lambda: rest_infer(url, rows(4096))))
+    deadline = time.monotonic() + 30
+    while started_batches(url) == before:
+        assert time.monotonic() < deadline, "the blocker never started"
+        time.sleep(0.005)
+    return thread
+
+
+def concurrently(fn, count: int) -> list:
+    out: list = [None] * count
+    threads = [in_background(lambda i=i: out.__setitem__(i, fn(i))) for i in range(count)]
+    for thread in threads:
+        thread.join(120)
+    return out
+
+
+# -- rows ------------------------------------------------------------------------------------
+def test_rest_rows_over_the_limit_is_400_naming_it(queue_server):
+    resp = rest_infer(queue_server.http_url, rows(16385))
+    assert resp.status_code == 400, resp.text
+    assert "16385 rows" in resp.text and "max_request_rows" in resp.text and "16384" in resp.text
+
+
+def test_grpc_rows_over_the_limit_is_invalid_argument_naming_it(queue_server):
+    [error] = grpc_burst(queue_server.grpc_url, [rows(16385)])
+    assert isinstance(error, InferenceServerException)
+    assert error.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "max_request_rows" in error.message() and "16384" in error.message()
+
+
+# -- a full queue ----------------------------------------------------------------------------
+def fill_queue(url: str, x: np.ndarray, out: list) -> list[threading.Thread]:
+    """One request in flight and two queued (max_queue_size 2); returns once two more were
+    refused, i.e. the queue is known full (each call is ~0.3-2 s of engine time)."""
+    refused = metric(url, "kbundle_requests_dropped_total", reason="queue_full")
+    threads = [start_blocker(url, lambda: out.append(rest_infer(url, x)))]
+    for _ in range(4):
+        threads.append(in_background(lambda: out.append(rest_infer(url, x))))
+    deadline = time.monotonic() + 30
+    while metric(url, "kbundle_requests_dropped_total", reason="queue_full") < refused + 2:
+        assert time.monotonic() < deadline, "the queue never filled"
+        time.sleep(0.002)
+    return threads
+
+
+def test_rest_full_queue_is_429_with_retry_after_at_once(queue_server):
+    url, x, answered = queue_server.http_url, rows(8192), []
+    threads = fill_queue(url, x, answered)
+    refusals = []
+    for _ in range(5):
+        started = time.perf_counter()
+        resp = rest_infer(url, rows(1))
+        refusals.append((resp, time.perf_counter() - started))
+    for thread in threads:
+        thread.join(120)
+    for resp, seconds in refusals:
+        assert resp.status_code == 429, resp.text
+        assert int(resp.headers["Retry-After"]) >= 1
+        assert "max_queue_size" in resp.json()["error"]
+        assert seconds < 0.25, seconds  # at once: no queue wait, no engine time (~0.2-1 s)
+    assert sorted(r.status_code for r in answered) == [200] * 3 + [429] * 2
+    for resp in answered:
+        if resp.status_code == 200:
+            np.testing.assert_allclose(rest_output(resp), expected(x), atol=1e-5)
+    assert metric(url, "kbundle_requests_dropped_total", reason="queue_full") >= 7
+
+
+def test_grpc_full_queue_is_resource_exhausted_at_once(queue_server):
+    answered: list = []
+    threads = fill_queue(queue_server.http_url, rows(8192), answered)
+    started = time.perf_counter()
+    refused = grpc_burst(queue_server.grpc_url, [rows(1)] * 5)
+    seconds = time.perf_counter() - started
+    for thread in threads:
+        thread.join(120)
+    for error in refused:
+        assert isinstance(error, InferenceServerException), error
+        assert error.status() == "StatusCode.RESOURCE_EXHAUSTED", error
+        assert "max_queue_size" in error.message()
+    assert seconds < 0.25, seconds
+    assert sorted(r.status_code for r in answered) == [200] * 3 + [429] * 2
+
+
+# -- deadlines ---------------------------------------------------------------------------------
+def test_rest_request_past_its_timeout_parameter_never_reaches_the_engine(deadline_server):
+    url = deadline_server.http_url
+    calls, rows_run = engine_calls(url)
+    blocker = start_blocker(url)
+    late = concurrently(lambda seed: rest_infer(url, rows(64, seed), {"timeout": 50_000}), 3)
+    blocker.join(120)
+    assert [r.status_code for r in late] == [504] * 3, [r.text for r in late]
+    assert "deadline" in late[0].json()["error"]
+    after_calls, after_rows = engine_calls(url)
+    assert (after_calls - calls, after_rows - rows_run) == (1, 4096)
+
+
+def test_rest_timeout_header_is_honoured_too(deadline_server):
+    url = deadline_server.http_url
+    calls, _ = engine_calls(url)
+    blocker = start_blocker(url)
+    late = rest_infer(url, rows(64), headers={"x-request-timeout-ms": "50"})
+    blocker.join(120)
+    assert late.status_code == 504, late.text
+    assert engine_calls(url)[0] - calls == 1
+
+
+def test_grpc_request_past_its_timeout_never_reaches_the_engine(deadline_server):
+    url = deadline_server.http_url
+    calls, rows_run = engine_calls(url)
+    dropped = metric(url, "kbundle_requests_dropped_total", reason="deadline")
+    blocker = start_blocker(url, lambda: grpc_burst(deadline_server.grpc_url, [rows(4096)]))
+    results = grpc_burst(deadline_server.grpc_url, [rows(64)] * 3, timeout=50_000)
+    blocker.join(120)
+    for error in results:
+        assert isinstance(error, InferenceServerException)
+        assert error.status() == "StatusCode.DEADLINE_EXCEEDED", error
+    after_calls, after_rows = engine_calls(url)
+    assert (after_calls - calls, after_rows - rows_run) == (1, 4096)
+    assert metric(url, "kbundle_requests_dropped_total", reason="deadline") - dropped == 3
+
+
+def test_grpc_client_deadline_drops_queued_calls_unrun(deadline_server):
+    url = deadline_server.http_url
+    calls, _ = engine_calls(url)
+    blocker = start_blocker(url, lambda: grpc_burst(deadline_server.grpc_url, [rows(4096)]))
+    results = grpc_burst(deadline_server.grpc_url, [rows(64)] * 5, client_timeout=0.03)
+    blocker.join(120)
+    assert all(r.status() == "StatusCode.DEADLINE_EXCEEDED" for r in results), results
+    time.sleep(0.2)
+    assert engine_calls(url)[0] - calls == 1
+
+
+def test_rest_clients_that_disconnect_while_queued_cost_the_engine_nothing(deadline_server):
+    url = deadline_server.http_url
+    calls, rows_run = engine_calls(url)
+    gone = metric(url, "kbundle_requests_dropped_total", reason="disconnected")
+    blocker = start_blocker(url)
+    leavers = [in_background(send_and_leave, url, rows(64, s), 0.03) for s in range(20)]
+    for thread in leavers:
+        thread.join(30)
+    blocker.join(120)
+    time.sleep(0.3)
+    after_calls, after_rows = engine_calls(url)
+    # the blocker, plus at most a small in-flight share of the burst
+    assert after_rows - rows_run <= 4096 + 2 * 64, (after_calls - calls, after_rows - rows_run)
+    assert metric(url, "kbundle_requests_dropped_total", reason="disconnected") - gone >= 18
