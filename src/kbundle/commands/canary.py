@@ -3,6 +3,8 @@
     kbundle canary set FILE --percent N [--storage-uri URI] [--image IMAGE] [--name ISVC] [--dry-run]
     kbundle canary promote FILE [--name ISVC] [--dry-run]
     kbundle canary rollback FILE [--name ISVC] [--dry-run]
+    kbundle canary analyze [NAME] [--prometheus URL]   (canary_analyze.py)
+    kbundle canary rollout FILE --storage-uri URI ...  (canary_rollout.py)
 
 The file is rewritten atomically and only the intended lines change; `--dry-run` prints the
 unified diff instead. Exit 0 on success (or nothing to do), 1 when the edit is refused.
@@ -67,8 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "rollback", help="the candidate gets 0%% (previous version takes all traffic)"
         )
     )
-    from kbundle.commands import canary_analyze
+    from kbundle.commands import canary_analyze, canary_rollout
 
+    canary_rollout.add_arguments(
+        sub.add_parser(
+            "rollout",
+            help="progressive rollout: set N%%, apply, bake, analyze, advance / hold / roll back",
+        )
+    )
     canary_analyze.add_arguments(
         sub.add_parser(
             "analyze",
@@ -82,14 +90,20 @@ def run(args: argparse.Namespace) -> int:
         from kbundle.commands import canary_analyze
 
         return canary_analyze.run(args)
+    if args.action == "rollout":
+        from kbundle.commands import canary_rollout
+
+        return canary_rollout.run(args)
     try:
         from kbundle.manifests import canary
-        from kbundle.manifests.atomic import atomic_write_text
     except ImportError as exc:
         print(f"error: {exc}; install with: pip install 'kbundle[manifests]'", file=sys.stderr)
         return 2
+    from kbundle.atomic import FileChanged, atomic_write, read_with_digest
+
     try:
-        text = args.file.read_bytes().decode("utf-8")
+        raw, read_digest = read_with_digest(args.file)
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
         return 1
@@ -115,7 +129,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.file}: {plan.target} unchanged")
         return 0
     try:
-        atomic_write_text(args.file, plan.new)
+        atomic_write(args.file, plan.new, expect_digest=read_digest)
+    except FileChanged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"error: could not write {args.file} (left unchanged): {exc}", file=sys.stderr)
         return 1

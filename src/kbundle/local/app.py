@@ -97,6 +97,7 @@ async def serve(options: UpOptions) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = _install_signals(loop, stop, service)
+    service.scrape_ingress = f"{options.host}:{options.port}"  # Prometheus file_sd (docs/canary.md)
     try:
         if not await service.apply():
             print(f"error: {service.last_error}", file=sys.stderr, flush=True)

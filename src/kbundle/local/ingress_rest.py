@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 
 from kbundle.errors import KbundleError, ModelUnavailable, UpstreamTimeout
+from kbundle.local.scrape import METRICS_PATH, metrics_text
 from kbundle.local.service import LocalService
 from kbundle.retry import RetryExhausted, RetryPolicy, retry_async
 from kbundle.serving.limits import TIMEOUT_HEADER, request_deadline
@@ -73,6 +74,10 @@ class RestIngress:
                 orjson.dumps(await self.service.status(window)),
                 [(b"content-type", b"application/json")],
             )
+            return
+        if scope["path"] == METRICS_PATH:  # the queue-proxy's per-revision metrics
+            text = metrics_text(self.service).encode()
+            await _respond(send, 200, text, [(b"content-type", b"text/plain; version=0.0.4")])
             return
         try:
             deadline = _deadline(scope)  # from arrival: the client's budget covers this hop too

@@ -19,6 +19,9 @@ from kbundle.local.manifest import ComponentSpec
 from kbundle.serving.limits import BIND_HOST_ENV
 
 REVISION_ENV = "KBUNDLE_MODEL_VERSION"
+# The revision label of the components' metrics (K_REVISION on a Knative pod, else this), and the
+# Knative-like service/configuration names, so local metrics have the cluster's shape.
+METRICS_REVISION_ENV = "KBUNDLE_REVISION"
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,14 @@ def map_mounts(value: str, mounts: dict[str, str]) -> str:
     return value
 
 
-def _base_env(spec: ComponentSpec, mounts: dict[str, str], revision: str) -> dict[str, str]:
+def _base_env(
+    spec: ComponentSpec, mounts: dict[str, str], revision: str, service: str
+) -> dict[str, str]:
     env = {k: map_mounts(v, mounts) if k != "STORAGE_URI" else v for k, v in spec.env}
     env.setdefault(REVISION_ENV, revision)
+    env.setdefault(METRICS_REVISION_ENV, revision)
+    env.setdefault("K_SERVICE", service)
+    env.setdefault("K_CONFIGURATION", service)
     env.setdefault(BIND_HOST_ENV, "127.0.0.1")  # local components: loopback only
     return env
 
@@ -92,7 +100,7 @@ def predictor_launch(
     args = set_flag(set_flag(args, "--http_port", str(http_port)), "--grpc_port", str(grpc_port))
     return Launch(
         argv=[sys.executable, "-m", spec.module, *args],
-        env=_base_env(spec, mounts, revision),
+        env=_base_env(spec, mounts, revision, f"{isvc}-predictor"),
         model_name=get_flag(args, "--model_name") or "model",
         http_port=http_port,
         grpc_port=grpc_port,
@@ -119,7 +127,7 @@ def transformer_launch(
         args = set_flag(args, "--workers", str(spec.container_concurrency))
     return Launch(
         argv=[sys.executable, "-m", spec.module, *args],
-        env=_base_env(spec, mounts, revision),
+        env=_base_env(spec, mounts, revision, f"{isvc}-transformer"),
         model_name=get_flag(args, "--model_name") or isvc,
         http_port=http_port,
         grpc_port=grpc_port,

@@ -11,12 +11,12 @@ transformer), not one per component: see docs/up.md.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kbundle.atomic import atomic_write
 
 STATE_FILE = "state.json"
 
@@ -113,7 +113,4 @@ def save_state(folder: Path, state: RolloutState) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1, default=str))

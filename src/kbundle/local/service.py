@@ -61,6 +61,7 @@ class LocalService:
         self.targets: list[Target] = []
         self.last_error: str | None = None
         self._file_digest = ""
+        self.scrape_ingress: str | None = None  # host:port: keep a Prometheus file_sd file
         self._apply_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
 
@@ -96,6 +97,10 @@ class LocalService:
                 rv.save_state(self.options.state_dir, self.state)
             logger.info("traffic: %s", ", ".join(f"{t.runtime.name}={t.percent}%" for t in targets))
             await self._stop_unrouted()
+            if self.scrape_ingress:
+                from kbundle.local import scrape
+
+                scrape.write_targets(self, self.scrape_ingress)
             return True
 
     async def _knative(self, spec: InferenceServiceSpec, doc: dict) -> list[Target]:

@@ -221,6 +221,12 @@ def rollback(
 
     def build(doc: Document, mode: str) -> list[Action]:
         if mode == isvc.KNATIVE:
+            if PERCENT_KEY not in (get_path(doc.data, PREDICTOR) or {}):
+                raise CanaryError(
+                    f"{doc.label}: no canary to roll back (no canaryTrafficPercent: the latest "
+                    "revision takes all traffic); to pin the previous revision use "
+                    "`kbundle canary set --percent 0`"
+                )
             return [lambda t, c: set_scalar(t, c, PREDICTOR, PERCENT_KEY, 0, insert=True)]
         index = canary_index(doc, canary_name)
         if index is None:

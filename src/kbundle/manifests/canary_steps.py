@@ -69,7 +69,13 @@ def select_target(docs: list[Document], file: Path, name: str | None) -> Documen
 
 
 def doc_at(text: str, ctx: EditCtx) -> tuple[list[str], Document]:
-    docs = [d for d in parse_docs(text, ctx.file) if d.index == ctx.doc_index]
+    try:
+        parsed = parse_docs(text, ctx.file)
+    except CanaryError as exc:  # the file itself parsed: this is what an earlier step made
+        raise CanaryError(
+            f"internal error: the edited text does not parse ({exc}); file left unchanged"
+        ) from exc
+    docs = [d for d in parsed if d.index == ctx.doc_index]
     return textedit.split_lines(text), docs[0]
 
 
@@ -99,6 +105,7 @@ def set_scalar(
     if isinstance(node, dict | list) and (
         key in node if isinstance(node, dict) else 0 <= key < len(node)
     ):
+        _refuse_anchor(doc, (*path, key), node[key])
         span = textedit.value_span(lines, node, key)
         old = textedit.body(lines[span.line])[span.start : span.end]
         textedit.replace_span(lines, span, textedit.render_like(old, value))
@@ -112,6 +119,18 @@ def set_scalar(
     brk = textedit.line_break(lines[key_line])
     lines.insert(key_line + 1, " " * indent + f"{key}: {textedit.render_like('', value)}{brk}")
     return "".join(lines)
+
+
+def _refuse_anchor(doc: Document, path: Path_, value: Any) -> None:
+    """A value that is a YAML anchor (&name) or an alias (*name) is shared with other places:
+    editing it here would change those too (or leave an alias pointing nowhere)."""
+    anchor = getattr(getattr(value, "anchor", None), "value", None)
+    if anchor:
+        raise CanaryError(
+            f"{doc.label}: {format_path(path)} is the YAML anchor &{anchor} (or an alias of it), "
+            "shared with other fields; write the value out in place of the anchor to let kbundle "
+            "edit it"
+        )
 
 
 def _key_line(doc: Document, path: Path_) -> int:
