@@ -19,6 +19,8 @@ import os
 import shutil
 from pathlib import Path
 
+from kbundle.atomic import atomic_write
+
 log = logging.getLogger("kbundle.storage_init")
 STAGING = ".kbundle-staging"
 PREVIOUS = ".kbundle-previous"
@@ -55,12 +57,7 @@ class Staging:
             return ""
 
     def _set_phase(self, phase: str) -> None:
-        tmp = self.root / "PHASE.tmp"
-        with open(tmp, "w") as out:
-            out.write(phase)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.root / "PHASE")
+        atomic_write(self.root / "PHASE", phase)
 
     def commit(self) -> None:
         """Swap the verified `model/` into DEST; on an OSError put everything back and re-raise."""

@@ -13,12 +13,13 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from kbundle.atomic import atomic_write
 
 CRD_KIND = "CustomResourceDefinition"
 
@@ -106,10 +107,7 @@ def read_documents(path: Path) -> list[Any]:
 def _write_cache(cached: Path, docs: list[Any]) -> None:
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as out:
-            json.dump(docs, out, default=str)
-        os.replace(tmp, cached)
+        atomic_write(cached, json.dumps(docs, default=str))
     except OSError:
         pass  # a read-only home only costs speed
 
