@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import grpc
-from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
+from fastapi import FastAPI, Response
 
 from kbundle.errors import ModelNotFoundError, ModelUnavailable
 from kbundle.predictors.predictor import EnginePredictor
+from kbundle.serving.rest_routes import json_response
 from kbundle.specs import TensorSpec
 
 if TYPE_CHECKING:
@@ -90,14 +90,14 @@ def rest_hook(server: KbundleRESTServer) -> None:
 
 
 def register_rest_routes(app: FastAPI, registry) -> None:
-    async def config(model_name: str) -> ORJSONResponse:
-        return ORJSONResponse(model_config(_served(registry, model_name)))
+    async def config(model_name: str) -> Response:
+        return json_response(model_config(_served(registry, model_name)))
 
-    async def config_version(model_name: str, model_version: str) -> ORJSONResponse:
+    async def config_version(model_name: str, model_version: str) -> Response:
         return await config(model_name)
 
-    async def metadata(model_name: str) -> ORJSONResponse:
-        return ORJSONResponse(model_metadata(_served(registry, model_name)))
+    async def metadata(model_name: str) -> Response:
+        return json_response(model_metadata(_served(registry, model_name)))
 
     app.add_api_route("/v2/models/{model_name}/config", config, methods=["GET"])
     app.add_api_route(

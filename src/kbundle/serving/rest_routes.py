@@ -5,8 +5,10 @@ V2 infer never reaches FastAPI: the middleware in asgi_infer answers it first.
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import ORJSONResponse
 
 from kbundle.errors import KBundleError
 from kbundle.serving.core import as_error
@@ -14,10 +16,15 @@ from kbundle.serving.status_map import KSERVE_EXCEPTIONS, log_if_internal
 from kbundle.status import http_status
 
 
+def json_response(content: Any, status_code: int = 200) -> Response:
+    """JSON bytes from orjson (FastAPI's ORJSONResponse is deprecated and warns on every use)."""
+    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
+
+
 async def error_response(request: Request, exc: Exception) -> Response:
     log_if_internal(exc, request.url.path)
     error = as_error(exc)
-    return ORJSONResponse(status_code=http_status(error.status), content={"error": error.message})
+    return json_response({"error": error.message}, http_status(error.status))
 
 
 def register_error_handlers(app: FastAPI) -> None:

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent import futures
 
@@ -73,6 +74,9 @@ class KbundleRESTServer(RESTServer):
     def create_application(self) -> None:
         from kserve.model_server import app
 
+        # kserve 0.21's app uses FastAPI's deprecated ORJSONResponse as its default response class:
+        # without this, every start logs a FastAPI deprecation warning that is not ours to fix.
+        warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
         for hook in self.rest_hooks:
             hook(self)
         super().create_application()
