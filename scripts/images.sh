@@ -156,8 +156,21 @@ build() {
   done
 }
 
+sizes() {  # a Markdown table of the images present (bench/results/images.md is its output)
+  local tool tag
+  tool="$(builder)"
+  printf '# Image sizes\n\n`bash scripts/images.sh sizes` (%s, %s, %s)\n\n| image | size |\n|---|---|\n' \
+    "$tool" "$(date -u +%Y-%m-%d)" "$(uname -m)"
+  for tag in "$BASE_TAG" "${ALL[@]/#/ghcr.io/kbundle/}"; do
+    [[ "$tag" == ghcr.io/* ]] && tag="$tag:$VERSION"
+    has_image "$tool" "$tag" && printf '| `%s` | %s |\n' "$tag" "$(image_size "$tool" "$tag")"
+  done
+  return 0
+}
+
 case "${1:-}" in
   build) shift; build "$@" ;;
+  sizes) sizes ;;
   base) import_base "$(builder)" && echo "$BASE_TAG" ;;
-  *) echo "usage: bash scripts/images.sh build [--offline-base] [NAME...] | base" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/images.sh build [--offline-base] [NAME...] | base | sizes" >&2; exit 2 ;;
 esac
