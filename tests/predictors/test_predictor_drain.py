@@ -91,11 +91,12 @@ def test_sigterm_with_32_rest_calls_in_flight_answers_all_and_refuses_new_ones(t
 def test_drain_is_bounded_by_its_timeout(tmp_path):
     """More work in flight than the drain timeout allows: the server still exits 0 in time, and
     the calls it could not finish end with an error status instead of hanging."""
-    server = start_slow(tmp_path, "--drain_timeout_seconds", "0.5")
+    # 4 x 32 calls on one engine thread: seconds of work even on a fast, quiet machine.
+    server = start_slow(tmp_path, "--drain_timeout_seconds", "0.5", "--intra_op_threads", "1")
     try:
         with grpc.insecure_channel(server.grpc_url) as channel:
             call = infer_call(channel)
-            futures = [call.future(grpc_message(tag), timeout=60) for tag in range(CALLS)]
+            futures = [call.future(grpc_message(tag), timeout=60) for tag in range(4 * CALLS)]
             time.sleep(0.3)
             sent, _ = signal_and_watch_readiness(server)
             code = server.proc.wait(10)
@@ -104,7 +105,7 @@ def test_drain_is_bounded_by_its_timeout(tmp_path):
     finally:
         server.stop()
     assert code == 0 and elapsed < 0.5 + 3.0, (code, elapsed)
-    assert unfinished, "1.6 s of work cannot finish in a 0.5 s drain"
+    assert unfinished, "128 slow calls on one thread cannot finish in a 0.5 s drain"
     assert {f.code() for f in unfinished} <= {
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.CANCELLED,
