@@ -5,7 +5,9 @@ Policy (decided once per request, no polling thread):
   end of the current event-loop tick, so everything that arrived in the same tick shares it.
 - An idle instance takes the oldest request and every queued request with the same batch key
   (same input names, dtypes, non-batch dims and requested outputs) that still fits in
-  `max_batch_size` rows. A request larger than `max_batch_size` runs alone.
+  `max_batch_size` rows. A request larger than `max_batch_size` runs alone. With padding, the
+  key holds the bucket, and neighbouring buckets may join when the engine's measured cost says
+  one call is cheaper than two (padding.py, padding_plan.py).
 - It dispatches at once when the batch is full or when no batch is in flight anywhere (the engine
   would otherwise sit idle: a lone request never pays the delay). When peer instances are busy it
   waits until the oldest request has waited `max_batch_delay_ms`, so the batch can fill.
@@ -270,11 +272,12 @@ class DynamicBatcher:
             return batch, rows
         keep: deque[_Pending] = deque()
         now = time.monotonic()
+        joins = self._joins(head)
         while self._queue:
             item = self._queue.popleft()
             if self._gone(item, now):
                 continue
-            if item.key == head.key and rows + item.rows <= self.max_batch_size:
+            if joins(item.key) and rows + item.rows <= self.max_batch_size:
                 batch.append(item)
                 rows += item.rows
                 if rows == self.max_batch_size:
@@ -284,6 +287,14 @@ class DynamicBatcher:
         keep.extend(self._queue)
         self._queue = keep
         return batch, rows
+
+    def _joins(self, head: _Pending) -> Callable[[BatchKey], bool]:
+        """Same key only; with padding, also the neighbouring buckets padding merges with it."""
+        if self.padding is None:
+            return head.key.__eq__
+        queued = [(item.key, item.rows) for item in self._queue]
+        queued.append((head.key, head.rows))
+        return self.padding.joins(head.key, queued, self.max_batch_size)
 
     def _start(self, batch: list[_Pending], rows: int) -> None:
         self._idle -= 1
@@ -322,6 +333,9 @@ class DynamicBatcher:
         started = time.perf_counter()
         try:
             results = self._run_rows(batch, rows)
+            if self.padding is not None:  # the engine-cost fit that decides merging
+                lengths = [self.padding.length(item.inputs) for item in batch]
+                self.padding.observe(lengths, rows, time.perf_counter() - started)
         except Exception as exc:
             results = self._run_alone(batch, exc)
         if self.metrics is not None:

@@ -7,6 +7,8 @@ Opt-in per model in kbundle.yaml:
       buckets: [16, 32, 64, 128]
       pad_values: {input_ids: 0, attention_mask: 0}
       mask: attention_mask       # optional; pads with 0 so the model ignores padded positions
+      merge: true                # default; neighbouring buckets share a batch when the engine's
+                                 # measured cost says one call is cheaper (padding_plan.py)
 
 The batcher asks this class for each request's batch key (its bucket instead of its length),
 for the padded inputs of a batch, and for each request's outputs cut back to its own length.
@@ -16,14 +18,15 @@ It never touches the queue. A config that cannot be right is refused when the mo
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from prometheus_client import Counter
 
 from kbundle.errors import EngineLoadError
 from kbundle.predictors.engine import Engine
+from kbundle.predictors.padding_plan import EngineCost, plan
 from kbundle.specs import DYNAMIC, Signature
 
 POSITIONS = Counter(
@@ -32,7 +35,7 @@ POSITIONS = Counter(
     "(padding overhead = padding / real).",
     ["model", "kind"],
 )
-KEYS = {"dim", "buckets", "pad_values", "mask"}
+KEYS = {"dim", "buckets", "pad_values", "mask", "merge"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class Padding:
     buckets: tuple[int, ...]
     pad_values: Mapping[str, object]
     mask: str | None
+    merge: bool = True
+    cost: EngineCost = field(default_factory=EngineCost, compare=False)
 
     # -- what the batcher calls -------------------------------------------------------------
     def length(self, inputs: Mapping[str, np.ndarray]) -> int:
@@ -63,6 +68,31 @@ class Padding:
             for name, a in sorted(inputs.items())
         )
         return (dims, tuple(output_names), bucket)
+
+    def joins(
+        self, head: tuple, queued: Iterable[tuple[tuple, int]], cap: int
+    ) -> Callable[[tuple], bool]:
+        """Which batch keys may share `head`'s batch: its own bucket, plus the neighbouring
+        buckets `plan` merges with it (`queued`: every queued request's key and rows, head's too).
+        Without a cost estimate yet, or with merge off, only head's own key."""
+        estimate = self.cost.estimate() if self.merge else None
+        if estimate is None or not isinstance(head[2], int):
+            return head.__eq__
+        family = head[:2]
+        rows = [0] * len(self.buckets)
+        for key, n in queued:
+            if key[:2] == family and isinstance(key[2], int):
+                rows[self.buckets.index(key[2])] += n
+        first, last = plan(rows, self.buckets, self.buckets.index(head[2]), estimate, cap)
+        allowed = frozenset(self.buckets[first : last + 1])
+        return lambda key: key[:2] == family and key[2] in allowed
+
+    def observe(self, lengths: Sequence[int], rows: int, seconds: float) -> None:
+        """Feed the engine-cost fit with one call: its padded positions (a lone request runs
+        unpadded, at its own length) and its seconds."""
+        longest = max(lengths)
+        target = longest if len(lengths) == 1 else (self.bucket(longest) or longest)
+        self.cost.observe(rows * target, seconds)
 
     def _masked(self, name: str, dims: tuple[int, ...]) -> tuple[int, ...]:
         axis = self.inputs.get(name)
@@ -107,7 +137,10 @@ class Padding:
         pad_values = _pad_values(where, config.get("pad_values"), inputs, signature)
         mask = _mask(where, config.get("mask"), inputs, pad_values)
         outputs = _per_position_outputs(config["dim"], inputs, signature)
-        return cls(model_name, inputs, outputs, buckets, pad_values, mask)
+        merge = config.get("merge", True)
+        if not isinstance(merge, bool):
+            raise EngineLoadError(f"{where}: 'merge' must be true or false, got {merge!r}")
+        return cls(model_name, inputs, outputs, buckets, pad_values, mask, merge)
 
 
 def _padded_inputs(where: str, dim: object, signature: Signature) -> dict[str, int]:

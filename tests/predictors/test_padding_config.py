@@ -33,6 +33,11 @@ def test_a_good_config_pads_both_inputs_and_cuts_the_per_position_output(engine)
     assert (plan.bucket(1), plan.bucket(17), plan.bucket(64), plan.bucket(65)) == (16, 32, 64, None)
 
 
+def test_merge_is_on_unless_turned_off(engine) -> None:
+    assert Padding.build("enc", GOOD, engine).merge is True
+    assert Padding.build("enc", {**GOOD, "merge": False}, engine).merge is False
+
+
 def test_an_axis_number_works_where_the_engine_names_no_dims(engine) -> None:
     plan = Padding.build("enc", {**GOOD, "dim": 1}, engine)
     assert dict(plan.inputs) == {"input_ids": 1, "attention_mask": 1}
@@ -60,6 +65,7 @@ def test_an_axis_number_works_where_the_engine_names_no_dims(engine) -> None:
             "the mask 'attention_mask' must pad with 0",
         ),
         ({"bucket": [8]}, "unknown key(s) ['bucket']"),
+        ({"merge": "yes"}, "'merge' must be true or false, got 'yes'"),
     ],
 )
 def test_configs_that_cannot_be_right_are_refused(engine, change, message) -> None:
