@@ -30,43 +30,48 @@ PADDING = {
 LENGTHS = [5, 20, 9, 100, 30, 16, 40]
 
 
-def test_a_dominant_fixed_cost_merges_every_queued_bucket_into_one_run() -> None:
-    assert plan([2, 3, 5, 10], BUCKETS, 0, (5e-3, 1e-9), 32) == (0, 3)
+# ONNX Runtime on 2 cores, this encoder (ms per call by padded positions, batch 1 to 32).
+CPU_CALLS = [(32, 2.41), (64, 4.69), (128, 8.15), (256, 12.77), (512, 25.05), (1024, 46.84)]
 
 
-def test_a_cost_linear_in_positions_keeps_each_bucket_apart() -> None:
-    cpu_like = (0.6e-3, 45e-6)  # ONNX Runtime on 2 cores: ~0.6 ms a call, 45 us a position
-    assert plan([2, 3, 5, 10], BUCKETS, 0, cpu_like, 32) == (0, 0)
-    assert plan([2, 3, 5, 10], BUCKETS, 2, cpu_like, 32) == (2, 2)
-
-
-def test_a_lone_short_request_joins_the_next_bucket_when_a_call_costs_more_than_its_padding() -> (
-    None
-):
-    # one request in bucket 16 padded to 32 costs 16 positions (16 us) < a call (1 ms)
-    assert plan([1, 6, 0, 0], BUCKETS, 1, (1e-3, 1e-6), 32) == (0, 1)
-    # with ten of them, their padding (160 us) is still cheaper than a call: merged too
-    assert plan([10, 6, 0, 0], BUCKETS, 0, (1e-3, 1e-6), 32) == (0, 1)
-    # ... but not past max_batch_size: 40 rows would need two calls anyway
-    assert plan([30, 10, 0, 0], BUCKETS, 0, (1e-3, 1e-6), 32) == (0, 0)
-
-
-def test_the_fit_recovers_a_linear_engine_cost_and_waits_for_enough_calls() -> None:
+def _fitted(calls: list[tuple[int, float]]) -> EngineCost:
     cost = EngineCost()
-    sizes = [16, 64, 256, 1024, 32, 512]
-    for index in range(MIN_CALLS - 1):
-        cost.observe(sizes[index % len(sizes)], 2e-3 + 1e-5 * sizes[index % len(sizes)])
-    assert cost.estimate() is None
-    cost.observe(128, 2e-3 + 1e-5 * 128)
-    fixed, per_position = cost.estimate()
-    assert fixed == pytest.approx(2e-3) and per_position == pytest.approx(1e-5)
+    for positions, ms in calls:
+        cost.observe(positions, ms / 1000)
+    return cost
+
+
+def test_a_call_costing_the_same_at_any_size_merges_every_queued_bucket() -> None:
+    assert plan([2, 3, 5, 10], BUCKETS, 0, (1e-3, 0.0), 32) == (0, 3)
+
+
+def test_a_cpu_engine_keeps_buckets_apart_where_padding_costs_more_than_a_call() -> None:
+    scale, exponent = _fitted(CPU_CALLS + CPU_CALLS).estimate()
+    assert 0.8 < exponent < 0.95  # nearly linear in positions
+    assert plan([2, 3, 5, 10], BUCKETS, 0, (scale, exponent), 32) == (0, 0)
+    assert plan([2, 3, 5, 10], BUCKETS, 2, (scale, exponent), 32) == (2, 2)
+    # buckets every 16: the few requests of a neighbouring bucket ride along (16 positions each)
+    fine = (16, 32, 48, 64, 80, 96, 112, 128)
+    first, last = plan([1, 2, 3, 3, 3, 4, 4, 4], fine, 6, (scale, exponent), 32)
+    assert 0 < first < 6 and last == 7  # merged with neighbours, not with everything
+
+
+def test_merging_stops_where_the_batch_would_need_a_second_call_anyway() -> None:
+    assert plan([1, 6, 0, 0], BUCKETS, 1, (1e-3, 0.5), 32) == (0, 1)
+    assert plan([10, 6, 0, 0], BUCKETS, 0, (1e-3, 0.5), 32) == (0, 1)
+    assert plan([30, 10, 0, 0], BUCKETS, 0, (1e-3, 0.5), 32) == (0, 0)  # 40 rows: two calls
+
+
+def test_the_fit_recovers_a_power_law_and_waits_for_enough_calls() -> None:
+    sizes = [16, 64, 256, 1024, 32, 512, 128]
+    calls = [(x, 1000 * 2e-4 * x**0.6) for x in sizes]
+    assert _fitted(calls).estimate() is None  # MIN_CALLS - 1 calls
+    scale, exponent = _fitted(calls + calls[:1]).estimate()
+    assert scale == pytest.approx(2e-4) and exponent == pytest.approx(0.6)
 
 
 def test_calls_all_of_one_size_give_no_fit() -> None:
-    cost = EngineCost()
-    for _ in range(3 * MIN_CALLS):
-        cost.observe(64, 1e-3)
-    assert cost.estimate() is None
+    assert _fitted([(64, 1.0)] * (3 * MIN_CALLS)).estimate() is None
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +94,7 @@ def _run(predictor: EnginePredictor, cost: EngineCost, merge: bool = True) -> tu
 
 
 def test_merged_buckets_share_one_batch_and_each_request_gets_its_own_answer(predictor) -> None:
-    sizes, results = _run(predictor, EngineCost(fixed=1.0, per_position=0.0))
+    sizes, results = _run(predictor, EngineCost(scale=1.0, exponent=0.0))
     assert sizes == [6, 1]  # 16, 32 and 64 merged, padded to 64; the 100 alone
     for seed, (length, outputs) in enumerate(zip(LENGTHS, results, strict=True)):
         alone = predictor.runner.run_sync(tokens(length, seed), OUTPUTS)  # never padded
@@ -101,7 +106,7 @@ def test_merged_buckets_share_one_batch_and_each_request_gets_its_own_answer(pre
 
 @pytest.mark.parametrize(
     ("cost", "merge"),
-    [(EngineCost(fixed=0.0, per_position=1.0), True), (EngineCost(fixed=1.0), False)],
+    [(EngineCost(scale=1.0, exponent=1.0), True), (EngineCost(scale=1.0, exponent=0.0), False)],
     ids=["padding-costs-more", "merge-off"],
 )
 def test_buckets_stay_apart_when_padding_costs_more_or_merge_is_off(predictor, cost, merge) -> None:
