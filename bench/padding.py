@@ -306,13 +306,36 @@ def report(rows: list[dict], raw: dict, loads: list[str], args) -> str:
     return "\n".join(lines)
 
 
+DOC = ROOT / "docs" / "batching.md"
+MARKERS = ("<!-- padding-table (bench/padding.py --write) -->", "<!-- /padding-table -->")
+
+
+def splice_docs(result: str) -> None:
+    """docs/batching.md quotes the result's load, table and ratios between its markers, so a
+    rerun never leaves the docs quoting figures the result no longer holds."""
+    lines = result.splitlines()
+    ratios = next(i for i, line in enumerate(lines) if line.startswith("Throughput"))
+    loads = [line for line in lines if line.startswith("- load")]
+    table = [line for line in lines[:ratios] if line.startswith("|")]
+    text = DOC.read_text()
+    head, rest = text.split(MARKERS[0], 1)
+    tail = rest.split(MARKERS[1], 1)[1]
+    block = "\n".join([MARKERS[0], *loads, "", *table, "", lines[ratios], MARKERS[1]])
+    DOC.write_text(head + block + tail)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10, help="per mode and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--clients", type=int, default=2, help="client processes")
-    parser.add_argument("--grpc-threads", type=int, default=None, help="KBUNDLE_GRPC_THREADS")
+    parser.add_argument(
+        "--grpc-threads",
+        type=int,
+        default=64,
+        help="KBUNDLE_GRPC_THREADS: a thread per call in flight, so at least --concurrency",
+    )
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
     onnx = build_model(Path.home() / ".cache" / "kbundle" / "bench-text-encoder-4x256")
@@ -330,6 +353,7 @@ def main() -> int:
     print(text)
     if args.write:
         args.write.write_text(text)
+        splice_docs(text)
         args.write.with_suffix(".json").write_text(
             json.dumps({"rows": rows, "raw_engine": raw, "load": loads}, indent=1)
         )
