@@ -25,4 +25,4 @@ def test_the_docs_padding_table_is_the_committed_result_verbatim() -> None:
 
 
 def test_the_docs_quote_the_table_with_its_load() -> None:
-    assert sum(line.startswith("- load") for line in _block()) == 2
+    assert sum(line.startswith(("- load before", "- load after")) for line in _block()) == 2
