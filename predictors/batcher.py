@@ -292,8 +292,7 @@ class DynamicBatcher:
         """Same key only; with padding, also the neighbouring buckets padding merges with it."""
         if self.padding is None:
             return head.key.__eq__
-        queued = [(item.key, item.rows) for item in self._queue]
-        queued.append((head.key, head.rows))
+        queued = ((item.key, item.rows) for item in (head, *self._queue))  # read only if merging
         return self.padding.joins(head.key, queued, self.max_batch_size)
 
     def _start(self, batch: list[_Pending], rows: int) -> None:
