@@ -253,7 +253,24 @@ def raw_lines(raw: dict[int, dict[int, float]]) -> list[str]:
     for length, by_batch in raw.items():
         cells = " | ".join(f"{by_batch[b]:.0f}" for b in RAW_BATCHES)
         lines.append(f"| {length} | {cells} | {by_batch[RAW_BATCHES[-1]] / by_batch[1]:.2f}x |")
-    return lines
+    scale, exponent = raw_fit(raw)
+    return [
+        *lines,
+        "",
+        "Fitted as the batcher fits its engine (`padding_plan.EngineCost`: seconds = scale x "
+        f"positions^exponent): exponent {exponent:.2f} (0: a call costs the same at any size, "
+        "buckets merge; 1: linear in positions, they stay apart).",
+    ]
+
+
+def raw_fit(raw: dict[int, dict[int, float]]) -> tuple[float, float]:
+    from kbundle.predictors.padding_plan import EngineCost
+
+    cost = EngineCost()
+    for length, by_batch in raw.items():
+        for batch, rows_per_s in by_batch.items():
+            cost.observe(batch * length, batch / rows_per_s)
+    return cost.estimate() or (0.0, 1.0)
 
 
 def ceiling(raw: dict[int, dict[int, float]], overhead: float) -> float:
