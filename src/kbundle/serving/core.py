@@ -150,6 +150,7 @@ class RequestCore:
         started, model, label = self._begin(model_name)
         try:
             model = self._checked(model_name, model, call)
+            _refuse_if_full(model)
             return started, label, model, _decoded(model, request)
         except Exception as exc:
             raise self._failed(label, call, started, exc) from exc
@@ -189,6 +190,14 @@ def as_error(exc: BaseException) -> KBundleError:
         return ClientCancelled("the client cancelled the request")
     status, message = classify(exc)
     return KBundleError(message, status)
+
+
+def _refuse_if_full(model: ArrayModel) -> None:
+    """A model with a bounded queue (the predictor) refuses a request while the queue is full
+    before it is decoded: under overload a refusal must cost microseconds, not a decode."""
+    refuse = getattr(model, "refuse_if_full", None)
+    if refuse is not None:
+        refuse()
 
 
 def _decoded(model: ArrayModel, request: Request) -> ArrayRequest:

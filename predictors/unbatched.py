@@ -1,0 +1,135 @@
+"""The unbatched path's queue (max_batch_size 0, or a model without a batch dim).
+
+Each request runs alone on an engine instance thread (kbundle.predictors.runner). Requests that
+wait for a free instance are this model's queue, under the same admission policy as the
+batcher's (kbundle.predictors.admission): one over `max_queue_size` is refused at once
+(QueueFull), and one whose deadline (its own, capped by `max_queue_delay_ms`) passes before an
+instance takes it is failed at its deadline with DeadlineExceeded and never runs. A request
+already running is let finish, as in the batcher. A cancelled request (client gone) leaves the
+queue at once and is counted `disconnected`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+from kbundle.predictors.admission import Admission
+from kbundle.predictors.metrics import BatchMetrics
+from kbundle.predictors.runner import EngineRunner
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    """One queued request; `future` resolves to its outputs (in `names` order)."""
+
+    inputs: dict[str, np.ndarray] | None
+    names: tuple[str, ...]
+    rows: int
+    deadline: float | None
+    enqueued: float = field(default_factory=time.perf_counter)
+    expired: bool = False  # cancelled by its deadline, not by its client
+    future: concurrent.futures.Future | None = None
+
+
+class UnbatchedQueue:
+    """Requests waiting for an engine instance, bounded and deadline-checked."""
+
+    def __init__(
+        self, runner: EngineRunner, admission: Admission, metrics: BatchMetrics, batchable: bool
+    ):
+        self.runner = runner
+        self.admission = admission
+        self.metrics = metrics
+        self.batchable = batchable  # False: the leading dim is no row count
+        self._waiting = 0
+        self._lock = threading.Lock()
+
+    @property
+    def queued(self) -> int:
+        return self._waiting
+
+    def refuse_if_full(self) -> None:
+        """QueueFull now if the queue is full: the request core asks before decoding a request."""
+        self.admission.check_room(self._waiting)
+
+    def submit(
+        self, inputs: dict[str, np.ndarray], names: Sequence[str], deadline: float | None
+    ) -> Job:
+        """Queue a request for the next free instance, or raise the admission refusal."""
+        rows = _rows(inputs) if self.batchable else 0
+        with self._lock:  # check and take the slot at once: transport threads race here
+            self.admission.admit(rows, self._waiting)
+            self._waiting += 1
+        job = Job(inputs, tuple(names), rows, self.admission.deadline(deadline))
+        job.future = self.runner.submit(self._run, job)
+        job.future.add_done_callback(partial(self._finished, job))
+        return job
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray], names: Sequence[str], deadline: float | None
+    ) -> list[np.ndarray]:
+        """The request's outputs; DeadlineExceeded at its deadline if it is still queued."""
+        job = self.submit(inputs, names, deadline)
+        waiter = asyncio.wrap_future(job.future)
+        try:
+            if job.deadline is not None:
+                await asyncio.wait([waiter], timeout=max(0.0, job.deadline - time.monotonic()))
+                self._expire(job)
+            return await waiter
+        except asyncio.CancelledError:  # client gone: a queued job never runs
+            job.future.cancel()
+            raise
+
+    def wait(self, job: Job) -> list[np.ndarray]:
+        """`infer`'s wait for a transport thread (blocks it, not the loop)."""
+        if job.deadline is not None:
+            try:
+                return job.future.result(max(0.0, job.deadline - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                self._expire(job)
+        return job.future.result()
+
+    def _expire(self, job: Job) -> None:
+        """At the deadline: a job still queued is cancelled and failed; a running one finishes."""
+        if job.future.done():
+            return
+        job.expired = True
+        if job.future.cancel():
+            raise self.admission.expired_error()
+        job.expired = False
+
+    def _run(self, job: Job) -> list[np.ndarray]:
+        """On the engine thread: the job leaves the queue; it runs unless its deadline passed."""
+        self._leave()
+        started = time.perf_counter()
+        if job.deadline is not None and time.monotonic() >= job.deadline:
+            raise self.admission.expired_error()
+        self.metrics.observe_queue([started - job.enqueued])
+        outputs = self.runner.engine.run(job.inputs, job.names)
+        self.metrics.observe_batch(job.rows or 1, time.perf_counter() - started)
+        return outputs
+
+    def _finished(self, job: Job, future: concurrent.futures.Future) -> None:
+        if not future.cancelled():
+            return  # it ran (or failed running): `_run` already left the queue
+        self._leave()
+        job.inputs = None  # the pool keeps the cancelled job until a thread skips it
+        if not job.expired:
+            self.admission.count_disconnected()
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._waiting -= 1
+
+
+def _rows(inputs: dict[str, np.ndarray]) -> int:
+    first = next(iter(inputs.values()), None)
+    return first.shape[0] if first is not None and first.ndim else 0
