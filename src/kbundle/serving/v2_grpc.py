@@ -159,9 +159,10 @@ def grpc_decoder(request: pb.ModelInferRequest, context: Any) -> Decoder:
     def decode(validator: SignatureValidator | None) -> ArrayRequest:
         headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
         decoded = decode_request(request, validator, headers)
-        # The call's own gRPC deadline needs no copy here: grpc cancels the call when it passes,
-        # which drops it from the batcher's queue unrun (counted as cancelled).
-        decoded.deadline = limits.request_deadline(decoded.parameters, headers)
+        # With the call's own gRPC deadline: the batcher answers it at that time, and the
+        # transformer passes what is left of it on to the predictor.
+        remaining = limits.grpc_remaining(context)
+        decoded.deadline = limits.request_deadline(decoded.parameters, headers, remaining)
         return decoded
 
     return decode
