@@ -181,8 +181,8 @@ class EnginePredictor(Model):
             future = self.batcher.submit(loop, request.inputs, names, request.id, request.deadline)
             wait = future.result
         else:
-            job = self.unbatched.submit(request.inputs, names, request.deadline)
-            future, wait = job.future, partial(self.unbatched.wait, job)
+            job, future = self.unbatched.submit(request.inputs, names, request.deadline)
+            wait = partial(self.unbatched.wait, job, future)
         on_done(future.cancel)
         try:
             outputs = wait()

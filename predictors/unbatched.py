@@ -16,6 +16,7 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -28,7 +29,8 @@ from kbundle.predictors.runner import EngineRunner
 
 @dataclass(eq=False, slots=True)
 class Job:
-    """One queued request; `future` resolves to its outputs (in `names` order)."""
+    """One queued request. It holds no reference to its future (whose done-callback holds the
+    job): a cycle would keep the request's arrays alive until the next garbage collection."""
 
     inputs: dict[str, np.ndarray] | None
     names: tuple[str, ...]
@@ -36,7 +38,6 @@ class Job:
     deadline: float | None
     enqueued: float = field(default_factory=time.perf_counter)
     expired: bool = False  # cancelled by its deadline, not by its client
-    future: concurrent.futures.Future | None = None
 
 
 class UnbatchedQueue:
@@ -62,47 +63,48 @@ class UnbatchedQueue:
 
     def submit(
         self, inputs: dict[str, np.ndarray], names: Sequence[str], deadline: float | None
-    ) -> Job:
-        """Queue a request for the next free instance, or raise the admission refusal."""
+    ) -> tuple[Job, Future]:
+        """Queue a request for the next free instance (the future of its outputs), or raise
+        the admission refusal."""
         rows = _rows(inputs) if self.batchable else 0
         with self._lock:  # check and take the slot at once: transport threads race here
             self.admission.admit(rows, self._waiting)
             self._waiting += 1
         job = Job(inputs, tuple(names), rows, self.admission.deadline(deadline))
-        job.future = self.runner.submit(self._run, job)
-        job.future.add_done_callback(partial(self._finished, job))
-        return job
+        future = self.runner.submit(self._run, job)
+        future.add_done_callback(partial(self._finished, job))
+        return job, future
 
     async def infer(
         self, inputs: dict[str, np.ndarray], names: Sequence[str], deadline: float | None
     ) -> list[np.ndarray]:
         """The request's outputs; DeadlineExceeded at its deadline if it is still queued."""
-        job = self.submit(inputs, names, deadline)
-        waiter = asyncio.wrap_future(job.future)
+        job, future = self.submit(inputs, names, deadline)
+        waiter = asyncio.wrap_future(future)
         try:
             if job.deadline is not None:
                 await asyncio.wait([waiter], timeout=max(0.0, job.deadline - time.monotonic()))
-                self._expire(job)
+                self._expire(job, future)
             return await waiter
         except asyncio.CancelledError:  # client gone: a queued job never runs
-            job.future.cancel()
+            future.cancel()
             raise
 
-    def wait(self, job: Job) -> list[np.ndarray]:
+    def wait(self, job: Job, future: Future) -> list[np.ndarray]:
         """`infer`'s wait for a transport thread (blocks it, not the loop)."""
         if job.deadline is not None:
             try:
-                return job.future.result(max(0.0, job.deadline - time.monotonic()))
+                return future.result(max(0.0, job.deadline - time.monotonic()))
             except concurrent.futures.TimeoutError:
-                self._expire(job)
-        return job.future.result()
+                self._expire(job, future)
+        return future.result()
 
-    def _expire(self, job: Job) -> None:
+    def _expire(self, job: Job, future: Future) -> None:
         """At the deadline: a job still queued is cancelled and failed; a running one finishes."""
-        if job.future.done():
+        if future.done():
             return
         job.expired = True
-        if job.future.cancel():
+        if future.cancel():
             raise self.admission.expired_error()
         job.expired = False
 
@@ -117,7 +119,7 @@ class UnbatchedQueue:
         self.metrics.observe_batch(job.rows or 1, time.perf_counter() - started)
         return outputs
 
-    def _finished(self, job: Job, future: concurrent.futures.Future) -> None:
+    def _finished(self, job: Job, future: Future) -> None:
         if not future.cancelled():
             return  # it ran (or failed running): `_run` already left the queue
         self._leave()
