@@ -1,7 +1,10 @@
 """Admission control on the real predictor, both protocols (issue 12 items 1-3).
 
 The slow model makes an engine call of 1,024 rows take ~0.1-0.3 s on one thread, so requests
-really queue. `max_batch_size: 1` runs each request alone, so engine calls count requests.
+really queue. Every test runs twice: with the batcher (`max_batch_size: 1` runs each request
+alone, so engine calls count requests) and with batching off (`max_batch_size: 0`: requests wait
+for the engine instance), which must have the same bounds, deadlines and errors. Engine calls
+and rows are read from `kbundle_batch_size`, observed on both paths.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from procs import start_predictor
 from queue_model import build_slow_model, expected
 from tritonclient.utils import InferenceServerException
 
-BASE = "max_batch_size: 1\nmax_batch_delay_ms: 0\nintra_op_threads: 1\nwarmup: false\n"
+BASE = "max_batch_delay_ms: 0\nintra_op_threads: 1\nwarmup: false\n"
 QUEUE = BASE + "max_queue_size: 2\nmax_request_rows: 16384\n"
 DEADLINE = BASE + "max_queue_size: 64\nmax_request_rows: 0\n"
+PATHS = {"batched": "max_batch_size: 1\n", "unbatched": "max_batch_size: 0\n"}
 
 
 def _server(tmp_path_factory, label: str, config: str):
@@ -42,16 +46,16 @@ def _server(tmp_path_factory, label: str, config: str):
     return start_predictor(MODEL, model_dir, root / "server.log")
 
 
-@pytest.fixture(scope="module")
-def queue_server(tmp_path_factory):
-    proc = _server(tmp_path_factory, "queue", QUEUE)
+@pytest.fixture(scope="module", params=list(PATHS))
+def queue_server(tmp_path_factory, request):
+    proc = _server(tmp_path_factory, f"queue-{request.param}", PATHS[request.param] + QUEUE)
     yield proc
     proc.stop()
 
 
-@pytest.fixture(scope="module")
-def deadline_server(tmp_path_factory):
-    proc = _server(tmp_path_factory, "deadline", DEADLINE)
+@pytest.fixture(scope="module", params=list(PATHS))
+def deadline_server(tmp_path_factory, request):
+    proc = _server(tmp_path_factory, f"deadline-{request.param}", PATHS[request.param] + DEADLINE)
     yield proc
     proc.stop()
 
