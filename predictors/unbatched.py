@@ -40,18 +40,16 @@ class Job:
     expired: bool = False  # cancelled by its deadline, not by its client
 
 
+@dataclass(eq=False)
 class UnbatchedQueue:
     """Requests waiting for an engine instance, bounded and deadline-checked."""
 
-    def __init__(
-        self, runner: EngineRunner, admission: Admission, metrics: BatchMetrics, batchable: bool
-    ):
-        self.runner = runner
-        self.admission = admission
-        self.metrics = metrics
-        self.batchable = batchable  # False: the leading dim is no row count
-        self._waiting = 0
-        self._lock = threading.Lock()
+    runner: EngineRunner
+    admission: Admission
+    metrics: BatchMetrics
+    batchable: bool  # False: the leading dim is no row count
+    _waiting: int = 0  # submitted, not yet taken by an instance (nor cancelled)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def queued(self) -> int:
