@@ -104,7 +104,9 @@ class EnginePredictor(Model):
 
     def refuse_if_full(self) -> None:
         """QueueFull now if this model's queue is full (the request core asks before decoding)."""
-        (self.batcher or self.unbatched).refuse_if_full()
+        queue = self.batcher or self.unbatched
+        if queue is not None:  # None: no engine loaded, and the core refuses the call anyway
+            queue.refuse_if_full()
 
     def _warm_up(self) -> None:
         inputs = warmup_inputs(self.signature, ranges=self.loaded_engine.shape_ranges)
