@@ -9,6 +9,7 @@ and rows are read from `kbundle_batch_size`, observed on both paths.
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from admission_helpers import (
 )
 from procs import start_predictor
 from queue_model import build_slow_model, expected
+from raw_http import CHUNK, read_response
 from tritonclient.utils import InferenceServerException
 
 BASE = "max_batch_delay_ms: 0\nintra_op_threads: 1\nwarmup: false\n"
@@ -134,6 +136,28 @@ def test_full_queue_refuses_before_decoding_on_both_protocols(queue_server):
     assert grpc_error.value.status() == "StatusCode.RESOURCE_EXHAUSTED", grpc_error.value
     # the same requests with room in the queue: refused by the decoder, naming the fault
     assert requests.post(f"http://{url}/v2/models/{MODEL}/infer", data=garbage).status_code == 400
+
+
+def test_rest_full_queue_is_refused_before_the_body_is_sent(queue_server):
+    """A 48 MB body announced, not one byte of it sent: with the queue full the 429 comes at
+    once (before, it waited for a body that never came). The connection stays usable: the body
+    sent afterwards is skipped and the next request on it is answered."""
+    url, answered = queue_server.http_url, []
+    threads = fill_queue(url, rows(8192), answered)
+    host, port = url.split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        head = f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: {url}\r\n"
+        sock.sendall(f"{head}Content-Length: {len(CHUNK) * 48}\r\n\r\n".encode())
+        status, response = read_response(sock, timeout=5)
+        for _ in range(48):
+            sock.sendall(CHUNK)
+        sock.sendall(f"GET /v2/health/live HTTP/1.1\r\nHost: {url}\r\n\r\n".encode())
+        after, _ = read_response(sock, timeout=10)
+    for thread in threads:
+        thread.join(120)
+    assert status == 429, response[:300]
+    assert b"max_queue_size" in response and b"retry-after" in response.lower()
+    assert after == 200
 
 
 # -- deadlines ---------------------------------------------------------------------------------
