@@ -1,0 +1,129 @@
+"""The gRPC handler pool: what grpcio's sync server runs each accepted call on.
+
+grpcio's server thread accepts every call at once and submits it to its `thread_pool`; with a
+stock ThreadPoolExecutor the calls beyond the busy handler threads wait in that executor's FIFO.
+Under overload (a closed loop of 256 clients with 100 ms deadlines against ~16 handler threads)
+that FIFO makes every call wait behind ~200 older ones, so nearly every call that reaches a
+handler has spent its deadline already: ~1 % goodput (bench/results/overload.md, before).
+
+`HandlerPool` keeps that queue itself and changes two things:
+- Adaptive LIFO (as in Facebook's "Fail at scale"): FIFO while the oldest queued call has waited
+  less than `lifo_after_s`; beyond that, the newest call is served first, so under overload fresh
+  calls are answered within their deadline and the stale ones give up instead of all of them.
+- A queued call whose gRPC deadline has passed is dropped unrun: grpc core already ended it with
+  DEADLINE_EXCEEDED (the client's own timer fires at the same moment), so running its handler
+  would only spend the core on an answer nobody reads. Its future is cancelled so grpcio's
+  concurrent-RPC count goes down. Calls without a deadline are never dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+from prometheus_client import Counter
+
+EXPIRED = Counter(
+    "kbundle_grpc_calls_expired",
+    "gRPC calls dropped unrun by the handler pool: their deadline passed while they queued.",
+)
+_NO_DEADLINE = float("inf")
+Item = tuple[futures.Future, Callable, tuple, dict, float, float]
+
+
+def call_deadline(args: tuple) -> float:
+    """The call's deadline (time.time()) from grpcio's submit arguments
+    (`context.run, handler_fn, rpc_event, ...`), or inf when it has none / is not a call."""
+    event = args[1] if len(args) > 1 else None
+    details = getattr(event, "call_details", None)
+    deadline = getattr(details, "deadline", None)
+    return _NO_DEADLINE if deadline is None else float(deadline)
+
+
+class HandlerPool(futures.Executor):
+    """A fixed set of handler threads over one adaptive-LIFO queue (see the module docstring)."""
+
+    def __init__(self, threads: int, lifo_after_s: float = 0.02, name: str = "grpc"):
+        self.threads = threads
+        self.lifo_after_s = lifo_after_s
+        self.expired = 0  # calls dropped unrun (their deadline passed while queued)
+        self._items: deque[Item] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        for index in range(threads):
+            threading.Thread(target=self._work, name=f"{name}_{index}", daemon=True).start()
+
+    @property
+    def queued(self) -> int:
+        return len(self._items)
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> futures.Future:
+        future: futures.Future = futures.Future()
+        item = (future, fn, args, kwargs, time.monotonic(), call_deadline(args))
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("cannot schedule new calls after shutdown")
+            self._items.append(item)
+            self._cond.notify()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._cond:
+            self._closed = True
+            dropped = list(self._items) if cancel_futures else []
+            if cancel_futures:
+                self._items.clear()
+            self._cond.notify_all()
+        for item in dropped:
+            item[0].cancel()
+
+    # -- handler threads -------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            item, expired = self._next()
+            for old in expired:  # outside our lock: grpcio's done-callback takes its own
+                old[0].cancel()
+            if item is None:
+                if self._closed and not self._items:
+                    return
+                continue
+            _run(item)
+
+    def _next(self) -> tuple[Item | None, list[Item]]:
+        """The call to run next and the expired ones dropped on the way."""
+        with self._cond:
+            while not self._items and not self._closed:
+                self._cond.wait()
+            expired = self._drop_expired()
+            if not self._items:
+                return None, expired
+            oldest_wait = time.monotonic() - self._items[0][4]
+            if oldest_wait > self.lifo_after_s:
+                return self._items.pop(), expired
+            return self._items.popleft(), expired
+
+    def _drop_expired(self) -> list[Item]:
+        """Pop queued calls from the old end while their deadline has passed."""
+        now, items, expired = time.time(), self._items, []
+        while items and items[0][5] <= now:
+            expired.append(items.popleft())
+        if expired:
+            self.expired += len(expired)
+            EXPIRED.inc(len(expired))
+        return expired
+
+
+def _run(item: Item) -> None:
+    future, fn, args, kwargs = item[:4]
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:  # the future carries it, as ThreadPoolExecutor's does
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
