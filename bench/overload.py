@@ -215,7 +215,9 @@ def batch_figures(text: str) -> dict:
             line.rsplit(" ", 1)[0].removeprefix("kbundle_"): float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
             if line.startswith("kbundle_requests_dropped_total{")
-            or line.startswith("kbundle_grpc_calls_expired_total")
+            or line.startswith(
+                ("kbundle_grpc_calls_expired_total", "kbundle_grpc_calls_shed_total")
+            )
         },
     }
 

@@ -10,6 +10,11 @@ handler has spent its deadline already: ~1 % goodput (bench/results/overload.md,
 - Adaptive LIFO (as in Facebook's "Fail at scale"): FIFO while the oldest queued call has waited
   less than `lifo_after_s`; beyond that, the newest call is served first, so under overload fresh
   calls are answered within their deadline and the stale ones give up instead of all of them.
+- Under congestion, a call with less than `shed_below_s` of its deadline left is taken from the
+  old end and refused at once (`shedding()` tells its handler to answer RESOURCE_EXHAUSTED
+  before decoding): its caller learns now, while it can still back off, instead of at its
+  deadline; callers that back off are what lets the queue drain (a caller that sees
+  DEADLINE_EXCEEDED retries at once, so an overloaded server would stay overloaded).
 - A queued call whose gRPC deadline has passed is dropped unrun: grpc core already ended it with
   DEADLINE_EXCEEDED (the client's own timer fires at the same moment), so running its handler
   would only spend the core on an answer nobody reads. Its ticket is finished so grpcio's
@@ -35,6 +40,19 @@ EXPIRED = Counter(
     "kbundle_grpc_calls_expired",
     "gRPC calls dropped unrun by the handler pool: their deadline passed while they queued.",
 )
+SHED = Counter(
+    "kbundle_grpc_calls_shed",
+    "gRPC calls refused with RESOURCE_EXHAUSTED before decoding: the pool was congested and "
+    "too little of their deadline was left.",
+)
+_current = threading.local()
+
+
+def shedding() -> bool:
+    """True on a handler thread whose current call the pool chose to refuse (see HandlerPool)."""
+    return getattr(_current, "shed", False)
+
+
 _NO_DEADLINE = float("inf")
 
 
@@ -89,9 +107,16 @@ class HandlerPool(futures.Executor):
     threading.Condition: that allocates a lock per wait and notifies in Python, measured as ~18 %
     of the GIL time of a tiny model's gRPC call (bench/profile_grpc.py)."""
 
-    def __init__(self, threads: int, lifo_after_s: float = 0.02, name: str = "grpc"):
+    def __init__(
+        self,
+        threads: int,
+        lifo_after_s: float = 0.02,
+        shed_below_s: float = 0.03,
+        name: str = "grpc",
+    ):
         self.threads = threads
         self.lifo_after_s = lifo_after_s
+        self.shed_below_s = shed_below_s
         self.expired = 0  # calls dropped unrun (their deadline passed while they queued)
         self._items: deque[Item] = deque()
         self._lock = threading.Lock()  # held only to choose and pop the next call
@@ -126,21 +151,30 @@ class HandlerPool(futures.Executor):
     # -- handler threads -------------------------------------------------------------------------
     def _work(self) -> None:
         while self._tokens.get():
-            item, expired = self._next()
+            item, shed, expired = self._next()
             for old in expired:  # outside our lock: grpcio's done-callback takes its own
                 old[0].finish()
-            if item is not None:
+            if item is None:
+                continue
+            _current.shed = shed
+            try:
                 _run(item)
+            finally:
+                _current.shed = False
 
-    def _next(self) -> tuple[Item | None, list[Item]]:
-        """The call to run next and the expired ones dropped on the way."""
+    def _next(self) -> tuple[Item | None, bool, list[Item]]:
+        """The call to run next, whether to refuse it, and the expired ones dropped."""
         with self._lock:
             expired = self._drop_expired()
             if not self._items:
-                return None, expired
-            if time.monotonic() - self._items[0][4] > self.lifo_after_s:
-                return self._items.pop(), expired
-            return self._items.popleft(), expired
+                return None, False, expired
+            oldest = self._items[0]
+            if time.monotonic() - oldest[4] <= self.lifo_after_s:
+                return self._items.popleft(), False, expired
+            if oldest[5] - time.time() < self.shed_below_s:
+                SHED.inc()
+                return self._items.popleft(), True, expired
+            return self._items.pop(), False, expired
 
     def _drop_expired(self) -> list[Item]:
         """Pop queued calls from the old end while their deadline has passed."""

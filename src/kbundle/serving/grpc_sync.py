@@ -25,6 +25,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 
 from kbundle.errors import KBundleError
 from kbundle.serving.core import CallContext, RequestCore, as_error
+from kbundle.serving.grpc_pool import shedding
 from kbundle.serving.status_map import log_if_internal
 from kbundle.serving.v2_grpc import ArrayServicer, encode_response, grpc_decoder
 from kbundle.status import grpc_code
@@ -32,6 +33,9 @@ from kbundle.status import grpc_code
 logger = logging.getLogger("kbundle.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
+SHED_MESSAGE = (
+    "server overloaded: too little of this call's deadline was left after queueing; retry after 1 s"
+)
 
 
 def abort_mapped(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoReturn:
@@ -115,6 +119,8 @@ def model_infer_behavior(core: RequestCore) -> Callable:
     """ModelInfer: codec on the gRPC thread, the request core's blocking entry."""
 
     def model_infer(request: pb.ModelInferRequest, context: grpc.ServicerContext):
+        if shedding():  # before decoding: the pool is congested and this call is nearly late
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, SHED_MESSAGE)
         call = CallContext(
             protocol="grpc",
             on_cancel=context.add_callback,
