@@ -1,9 +1,12 @@
 """V2 gRPC on grpcio's thread-pool (sync) server, with the async handlers bridged to the loop.
 
-Why not grpc.aio: on one core grpcio's asyncio server tops out near 3,200 trivial unary RPCs/s
-(an echo handler, no model) and serves ModelInfer one RPC at a time into the event loop, so the
-batcher never sees a batch; the sync server reaches ~5,000-6,500 on the same core, and its
-handler threads hand requests to the batcher concurrently (docs/benchmarks.md, "gRPC").
+Why not grpc.aio: on one core grpcio's asyncio server costs more server CPU per trivial unary
+RPC than the sync server, and serves ModelInfer one RPC at a time into the event loop, while
+the sync server's handler threads hand requests to the batcher concurrently. bench/grpc_ab.py
+measures both (echo and ModelInfer, same run, one pinned core): bench/results/grpc_ab.md.
+The handler threads run on kbundle.serving.grpc_pool.HandlerPool (adaptive LIFO, expired calls
+dropped, congested late calls shed), and grpcio's own concurrent-RPC cap refuses calls beyond
+threads + max_queue_size before anything is read (kbundle.serving.server.grpc_max_calls).
 
 ModelInfer goes to the request core's blocking entry (kbundle.serving.core): decode and encode on
 the gRPC thread, the model call on the batcher. kserve's other RPCs (and component hooks such as
