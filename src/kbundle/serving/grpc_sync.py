@@ -127,7 +127,8 @@ def model_infer_behavior(core: RequestCore) -> Callable:
         call = CallContext(
             protocol="grpc",
             on_cancel=context.add_callback,
-            client_gone=lambda: not context.is_active(),
+            # its own deadline passed = the client gave up, as when grpc cancels the call
+            client_gone=lambda: context.time_remaining() <= 0 or not context.is_active(),
         )
         decode = grpc_decoder(request, context)
         try:
