@@ -30,13 +30,6 @@ def test_the_earliest_deadline_counts():
     assert request_deadline({}, {}) is None
 
 
-def test_a_grpc_deadline_joins_the_others_and_the_earliest_counts():
-    now = time.monotonic()
-    assert now + 0.09 < request_deadline({}, {}, 0.1) < now + 0.2
-    assert request_deadline({"timeout": 5_000_000}, {TIMEOUT_HEADER: "3000"}, 0.1) < now + 0.2
-    assert now + 0.04 < request_deadline({"timeout": 50_000}, {}, 10.0) < now + 0.2
-
-
 @pytest.mark.parametrize("bad", [-5, 0, "soon", 1.5, True])
 def test_a_bad_timeout_parameter_is_400(bad):
     with pytest.raises(InvalidRequest, match="microseconds"):

@@ -79,10 +79,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(parents=[model_server.parser], conflict_handler="resolve")
     parser.add_argument("--record", required=True)
     args = parser.parse_args()
-    # grpc.aio, as the transformer: its requests carry the call's gRPC deadline (budget_s)
-    KbundleModelServer(args, grpc_server="aio").start(
-        [RecordingModel(args.model_name, args.record)]
-    )
+    KbundleModelServer(args).start([RecordingModel(args.model_name, args.record)])
     return 0
 
 

@@ -26,7 +26,6 @@ MAX_DERIVED_REQUEST_BYTES = 1024 * 1024 * 1024
 TIMEOUT_HEADER = "x-request-timeout-ms"
 TIMEOUT_PARAMETER = "timeout"  # V2 request parameter, microseconds
 _NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a huge number
-_NO_DEADLINE_S = 1e7  # longer than any real deadline (115 days): grpc's "none"
 
 
 def cgroup_memory_limit(root: str | None = None) -> int | None:
@@ -118,20 +117,11 @@ class HttpLimits:
 
 
 # -- deadlines ---------------------------------------------------------------------------------
-def grpc_remaining(context: Any) -> float | None:
-    """Seconds left before a gRPC call's own deadline, or None without one (grpc.aio says None;
-    the sync server reports a far-future deadline as a huge number)."""
-    remaining = context.time_remaining()
-    return None if remaining is None or remaining > _NO_DEADLINE_S else remaining
-
-
-def request_deadline(
-    parameters: Mapping[str, Any], headers: Mapping[str, str], remaining_s: float | None = None
-) -> float | None:
-    """The earliest of the V2 `timeout` parameter (µs), the timeout header (ms) and
-    `remaining_s` (a gRPC call's deadline), as an absolute time.monotonic(); None when the
-    request has none. The transformer passes what is left of it on to its predictor hop."""
-    budgets: list[float] = [] if remaining_s is None else [remaining_s]
+def request_deadline(parameters: Mapping[str, Any], headers: Mapping[str, str]) -> float | None:
+    """The earlier of the V2 `timeout` parameter (µs) and the timeout header (ms), as an absolute
+    time.monotonic(); None when the request has neither. (The gRPC codec adds the call's own
+    deadline: kbundle.serving.v2_grpc.grpc_deadline.)"""
+    budgets: list[float] = []
     micros = parameters.get(TIMEOUT_PARAMETER) if parameters else None
     if micros is not None:
         if isinstance(micros, bool) or not isinstance(micros, int) or micros <= 0:
