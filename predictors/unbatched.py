@@ -113,7 +113,8 @@ class UnbatchedQueue:
         if job.deadline is not None and time.monotonic() >= job.deadline:
             raise self.admission.expired_error()
         self.metrics.observe_queue([started - job.enqueued])
-        outputs = self.runner.engine.run(job.inputs, job.names)
+        inputs, job.inputs = job.inputs, None  # asyncio.wrap_future's future<->future cycle
+        outputs = self.runner.engine.run(inputs, job.names)  # keeps the job until gc otherwise
         self.metrics.observe_batch(job.rows or 1, time.perf_counter() - started)
         return outputs
 
