@@ -6,8 +6,7 @@ Policy (decided once per request, no polling thread):
 - An idle instance takes the oldest request and every queued request with the same batch key
   (same input names, dtypes, non-batch dims and requested outputs) that still fits in
   `max_batch_size` rows. A request larger than `max_batch_size` runs alone. With padding, the
-  key holds the bucket, and neighbouring buckets may join when the engine's measured cost says
-  one call is cheaper than two (padding.py, padding_plan.py).
+  key holds the bucket, and neighbouring buckets may join when that is cheaper (padding_plan.py).
 - It dispatches at once when the batch is full or when no batch is in flight anywhere (the engine
   would otherwise sit idle: a lone request never pays the delay). When peer instances are busy it
   waits until the oldest request has waited `max_batch_delay_ms`, so the batch can fill.
@@ -294,8 +293,7 @@ class DynamicBatcher:
         return batch, rows
 
     def _joins(self, head: _Pending) -> Callable[[BatchKey], bool]:
-        """Same key only; with padding, also the neighbouring buckets padding merges with it."""
-        if self.padding is None:
+        if self.padding is None:  # same key only; padding may merge neighbouring buckets
             return head.key.__eq__
         queued = ((item.key, item.rows) for item in (head, *self._queue))  # read only if merging
         return self.padding.joins(head.key, queued, self.max_batch_size)
@@ -338,8 +336,7 @@ class DynamicBatcher:
         try:
             results = self._run_rows(batch, rows)
             if self.padding is not None:  # the engine-cost fit that decides merging
-                lengths = [self.padding.length(item.inputs) for item in batch]
-                self.padding.observe(lengths, rows, time.perf_counter() - started)
+                self.padding.observe([i.inputs for i in batch], rows, time.perf_counter() - started)
         except Exception as exc:
             results = self._run_alone(batch, exc)
         if self.metrics is not None:

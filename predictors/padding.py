@@ -87,11 +87,11 @@ class Padding:
         allowed = frozenset(self.buckets[first : last + 1])
         return lambda key: key[:2] == family and key[2] in allowed
 
-    def observe(self, lengths: Sequence[int], rows: int, seconds: float) -> None:
-        """Feed the engine-cost fit with one call: its padded positions (a lone request runs
-        unpadded, at its own length) and its seconds."""
-        longest = max(lengths)
-        target = longest if len(lengths) == 1 else (self.bucket(longest) or longest)
+    def observe(self, batch: Sequence[Mapping[str, np.ndarray]], rows: int, seconds: float) -> None:
+        """Feed the engine-cost fit with one call (each request's inputs): its padded positions
+        (a lone request runs unpadded, at its own length) and its seconds."""
+        longest = max(self.length(inputs) for inputs in batch)
+        target = longest if len(batch) == 1 else (self.bucket(longest) or longest)
         self.cost.observe(rows * target, seconds)
 
     def _masked(self, name: str, dims: tuple[int, ...]) -> tuple[int, ...]:
