@@ -129,7 +129,10 @@ class Supervisor:
         return True
 
     def _on_signal(self, sig: int, frame: object) -> None:
+        """Forwarded at once: every worker turns not-ready and stops taking calls together."""
         self.stopping = sig
+        for proc in self.workers:
+            _signal(proc, signal.SIGTERM)
 
     # -- running -------------------------------------------------------------------------------
     def _watch(self) -> int:
