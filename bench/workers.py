@@ -18,10 +18,12 @@ import csv
 import io
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -65,6 +67,32 @@ def start(
     return proc, http, grpc
 
 
+def tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (the supervisor, the owner, the workers)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *(p for child in children for p in tree(int(child)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the server's process tree: less load-sensitive than throughput."""
+    total = 0
+    for member in tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def requests_served(http: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(r"^kbundle_requests_total\{.*\} (\S+)$", text, re.M))
+
+
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -74,7 +102,8 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def measure(args, model: str, http: int, grpc: int, protocol: str, shape: str) -> dict | None:
+def measure(args, server: tuple, model: str, protocol: str, shape: str) -> dict | None:
+    proc, http, grpc = server
     out = Path(args.work) / "pa.csv"
     out.unlink(missing_ok=True)
     port = grpc if protocol == "grpc" else http
@@ -85,9 +114,10 @@ def measure(args, model: str, http: int, grpc: int, protocol: str, shape: str) -
     ]  # fmt: skip
     if protocol == "http":
         cmd += ["--input-tensor-format", "binary", "--output-tensor-format", "binary"]
-    before = batch_stats(http, model)
+    before, cpu, served = batch_stats(http, model), cpu_seconds(proc.pid), requests_served(http)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=args.env)
-    after = batch_stats(http, model)
+    after, cpu = batch_stats(http, model), cpu_seconds(proc.pid) - cpu
+    served = requests_served(http) - served
     if result.returncode != 0 or not out.exists():
         print(f"  perf_analyzer failed: {result.stdout[-800:]}{result.stderr[-800:]}", flush=True)
         return None
@@ -97,6 +127,7 @@ def measure(args, model: str, http: int, grpc: int, protocol: str, shape: str) -
         "throughput": float(row["Inferences/Second"]),
         "p50_us": float(row["p50 latency"]),
         "mean_batch": (after[0] - before[0]) / batches if batches else 0.0,
+        "cpu_ms_per_request": 1000 * cpu / served if served else 0.0,
     }
 
 
@@ -106,24 +137,25 @@ def run_cells(args, dirs: dict[str, Path]) -> list[dict]:
         for model in args.models:
             for workers in args.workers_list:
                 log = Path(args.work) / f"workers-{model}-{workers}.log"
-                proc, http, grpc = start(model, dirs[model], workers, log)
-                shape = model_shape(http, model, bench_models.INPUT_WIDTH[model])
+                server = start(model, dirs[model], workers, log)
+                shape = model_shape(server[1], model, bench_models.INPUT_WIDTH[model])
                 try:
                     for protocol in PROTOCOLS:
-                        got = measure(args, model, http, grpc, protocol, shape)
+                        got = measure(args, server, model, protocol, shape)
                         if got:
                             cells.append({"round": round_, "model": model, "workers": workers,
                                           "protocol": protocol, **got})  # fmt: skip
                             print(f"{model} {protocol} workers {workers}: {got}", flush=True)
                 finally:
-                    stop(proc)
+                    stop(server[0])
     return cells
 
 
 def summary(cells: list[dict], workers_list: list[int]) -> list[str]:
     lines = [
-        "| model | protocol | workers | infer/s (median of rounds) | x workers 1 | p50 ms | mean batch |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | protocol | workers | infer/s (median of rounds) | x workers 1 | p50 ms | mean batch "
+        "| server CPU ms / request |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     keys = sorted({(c["model"], c["protocol"]) for c in cells})
     for model, protocol in keys:
@@ -140,8 +172,10 @@ def summary(cells: list[dict], workers_list: list[int]) -> list[str]:
             base = base or tput
             p50 = statistics.median(c["p50_us"] for c in mine) / 1000
             batch = statistics.median(c["mean_batch"] for c in mine)
+            cpu = statistics.median(c["cpu_ms_per_request"] for c in mine)
             lines.append(
-                f"| {model} | {protocol} | {workers} | {tput:,.0f} | {tput / base:.2f} | {p50:.2f} | {batch:.1f} |"
+                f"| {model} | {protocol} | {workers} | {tput:,.0f} | {tput / base:.2f} | {p50:.2f} "
+                f"| {batch:.1f} | {cpu:.3f} |"
             )
     return lines
 
@@ -165,7 +199,9 @@ def write(args, cells: list[dict], load_before: str, load_after: str) -> None:
         f"{args.concurrency}, REST in binary form) runs on the same cores, so the client's own CPU "
         "is part of every figure. Worker counts are interleaved in each round; the median of "
         f"{args.rounds} rounds is shown. Mean batch: rows per engine call from kbundle_batch_size "
-        "(the engine owner's batcher) over the measurement.",
+        "(the engine owner's batcher) over the measurement. Server CPU: user + system time of the "
+        "predictor's whole process tree (supervisor, engine owner, workers) per request served, "
+        "which moves less with the machine's load than throughput does.",
         "",
         *summary(cells, args.workers_list),
         "",

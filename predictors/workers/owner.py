@@ -34,6 +34,7 @@ class WorkerLink:
         self.predictor, self.reader, self.writer = predictor, reader, writer
         self.slab: Slab | None = None
         self.tasks: set[asyncio.Task] = set()
+        self._replies: list[bytes] = []
 
     async def serve(self) -> None:
         path, slot_bytes, slots = await wire.receive_async(self.reader)
@@ -67,8 +68,15 @@ class WorkerLink:
             reply = (seq, False, error.status.value, error.message, error.outcome)
         else:
             reply = self._answer(seq, slot, descs, response)
+        if not self._replies:  # the first reply of this loop tick: flush them all at its end
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._replies.append(wire.frame(reply))
+
+    def _flush(self) -> None:
+        """One write (one syscall) for every reply of a batch, not one per request."""
+        replies, self._replies = self._replies, []
         if not self.writer.is_closing():
-            self.writer.write(wire.frame(reply))
+            self.writer.write(b"".join(replies))
 
     def _answer(self, seq: int, slot: int | None, descs, response) -> tuple:
         """Outputs into the rest of the request's slot; inline when there is none or no room."""
