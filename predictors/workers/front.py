@@ -21,7 +21,7 @@ from kbundle.predictors import model_config
 from kbundle.predictors.batcher import Waiter
 from kbundle.predictors.predictor import EnginePredictor
 from kbundle.predictors.workers import wire
-from kbundle.predictors.workers.link import OwnerLink
+from kbundle.predictors.workers.link import LoopReply, OwnerLink
 from kbundle.predictors.workers.pod_metrics import pod_metrics_hook
 from kbundle.predictors.workers.shm import SHM_DIR, Slab, SlabSize
 from kbundle.serving.arrays import ArrayRequest, ArrayResponse
@@ -73,11 +73,7 @@ class RemotePredictor(EnginePredictor):
     async def infer_arrays(self, request: ArrayRequest) -> ArrayResponse:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-
-        def reply(ok: bool, value: object) -> None:
-            loop.call_soon_threadsafe(_settle, future, ok, value)
-
-        self.link.call(request, reply)
+        self.link.call(request, LoopReply(loop, future))
         outputs, version = await future
         return ArrayResponse(outputs=outputs, model_version=version)
 
@@ -94,15 +90,6 @@ class RemotePredictor(EnginePredictor):
         on_done(waiter.cancel)
         outputs, version = waiter.result()
         return ArrayResponse(outputs=outputs, model_version=version)
-
-
-def _settle(future: asyncio.Future, ok: bool, value: object) -> None:
-    if future.done():  # the client left; the slot was still released on the reply
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
 
 
 class WorkerModelServer(KbundleModelServer):

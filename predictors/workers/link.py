@@ -8,11 +8,13 @@ fails at once with UNAVAILABLE (503), never a hang.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from kbundle.errors import KBundleError, ModelUnavailable, Status
 from kbundle.predictors.workers import wire
@@ -20,8 +22,29 @@ from kbundle.predictors.workers.shm import Slab
 from kbundle.serving.arrays import ArrayRequest
 
 logger = logging.getLogger("kbundle.worker")
-# ok, value: (outputs, model version) when ok, else the KBundleError
-Reply = Callable[[bool, object], None]
+READ_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class LoopReply:
+    """A reply for a coroutine on `loop` (REST): settled on the loop, with its batch-mates."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+
+# A blocking caller's reply (gRPC threads): ok, value: (outputs, model version) | KBundleError
+Reply = Callable[[bool, object], None] | LoopReply
+
+
+def settle_futures(settled: list[tuple[asyncio.Future, bool, object]]) -> None:
+    for future, ok, value in settled:
+        if future.done():  # the client left; the slot was still released on the reply
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 def owner_lost() -> ModelUnavailable:
@@ -44,7 +67,7 @@ class OwnerLink:
         """(signature, engine kind, device, batched) of the owner's loaded engine."""
         size = self.slab.size
         self.sock.sendall(wire.frame((str(self.slab.path), size.slot_bytes, size.slots)))
-        answer = wire.receive(self._file)
+        answer = wire.receive(self._file)  # nothing else arrives before our first call
         threading.Thread(target=self._read, name="owner-link", daemon=True).start()
         return answer
 
@@ -74,27 +97,33 @@ class OwnerLink:
             self.slab.release(slot)
 
     def _read(self) -> None:
+        frames = wire.Frames()
         try:
-            while True:
-                self._settle(wire.receive(self._file))
-        except (EOFError, OSError):
+            while data := self.sock.recv(READ_BYTES):
+                loops: dict[asyncio.AbstractEventLoop, list] = {}
+                for message in frames.feed(data):
+                    self._settle(message, loops)
+                for loop, settled in loops.items():  # one loop wake-up per read, not per reply
+                    loop.call_soon_threadsafe(settle_futures, settled)
+        except OSError:
             pass
         self._lose()
 
-    def _settle(self, message: tuple) -> None:
+    def _settle(self, message: tuple, loops: dict) -> None:
         seq, ok, *rest = message
         slot, reply = self._pending.pop(seq)
         if ok:
             descs, inline, version = rest
-            outputs = self.slab.copies(descs) if descs is not None else inline
-            self._free(slot)
-            reply(True, (outputs, version))
-            return
+            value = (self.slab.copies(descs) if descs is not None else inline, version)
+        else:
+            status, text, outcome = rest
+            value = KBundleError(text, Status(status))
+            value.outcome = outcome
         self._free(slot)
-        status, text, outcome = rest
-        error = KBundleError(text, Status(status))
-        error.outcome = outcome
-        reply(False, error)
+        if isinstance(reply, LoopReply):
+            loops.setdefault(reply.loop, []).append((reply.future, ok, value))
+        else:
+            reply(ok, value)
 
     def _lose(self) -> None:
         with self._send_lock:
@@ -103,7 +132,12 @@ class OwnerLink:
         logger.error("engine owner gone: %d calls in flight fail with UNAVAILABLE", len(pending))
         self.on_lost()
         for _, reply in pending.values():
-            reply(False, owner_lost())
+            if isinstance(reply, LoopReply):
+                reply.loop.call_soon_threadsafe(
+                    settle_futures, [(reply.future, False, owner_lost())]
+                )
+            else:
+                reply(False, owner_lost())
 
     def close(self) -> None:
         self.sock.close()

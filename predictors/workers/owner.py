@@ -25,6 +25,7 @@ from kbundle.serving.core import as_error
 from kbundle.serving.status_map import log_if_internal
 
 logger = logging.getLogger("kbundle.owner")
+READ_BYTES = 1 << 20
 
 
 class WorkerLink:
@@ -37,25 +38,29 @@ class WorkerLink:
         self._replies: list[bytes] = []
 
     async def serve(self) -> None:
-        path, slot_bytes, slots = await wire.receive_async(self.reader)
-        self.slab = Slab(Path(path), SlabSize(slot_bytes, slots), create=False)
-        engine = self.predictor.loaded_engine
-        batched = self.predictor.batcher is not None
-        self.writer.write(
-            wire.frame((self.predictor.signature, engine.kind, engine.device, batched))
-        )
-        loop = asyncio.get_running_loop()
+        self._hello(await wire.receive_async(self.reader))
+        loop, frames = asyncio.get_running_loop(), wire.Frames()
         try:
-            while True:
-                message = await wire.receive_async(self.reader)
-                task = loop.create_task(self.one(*message))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError):
+            # Every message that arrived in one read is started in the same tick, so they reach
+            # the batcher together.
+            while data := await self.reader.read(READ_BYTES):
+                for message in frames.feed(data):
+                    task = loop.create_task(self.one(*message))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+        except ConnectionError:
             pass
         finally:
             # A worker that exits normally unlinks its slab; one killed cannot.
             self.slab.unlink()
+
+    def _hello(self, hello: tuple) -> None:
+        path, slot_bytes, slots = hello
+        self.slab = Slab(Path(path), SlabSize(slot_bytes, slots), create=False)
+        engine = self.predictor.loaded_engine
+        batched = self.predictor.batcher is not None
+        signature = self.predictor.signature
+        self.writer.write(wire.frame((signature, engine.kind, engine.device, batched)))
 
     async def one(self, seq, request_id, slot, descs, inline, outputs, deadline) -> None:
         inputs = inline if inline is not None else self.slab.views(descs)

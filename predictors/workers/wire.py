@@ -25,6 +25,27 @@ def frame(message: Any) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+class Frames:
+    """Splits a byte stream into messages: every complete one in what has arrived so far, so a
+    batch's replies that came in one read are handled together."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        self._buf += data
+        messages, start, buf = [], 0, self._buf
+        while len(buf) - start >= HEADER.size:
+            (size,) = HEADER.unpack_from(buf, start)
+            end = start + HEADER.size + size
+            if len(buf) < end:
+                break
+            messages.append(pickle.loads(buf[start + HEADER.size : end]))
+            start = end
+        del buf[:start]
+        return messages
+
+
 def read_exact(sock_file, size: int) -> bytes:
     data = sock_file.read(size)
     if data is None or len(data) < size:
