@@ -35,6 +35,17 @@ class Cell:
     mean_batch: list[float] = field(default_factory=list)
 
 
+def load_note(info: dict) -> str:
+    """Say when other jobs shared the cores: the pinned server then did not have its core alone."""
+    # The run itself keeps about one runnable task per CPU (server + perf_analyzer).
+    busy = float(info["loadavg"][0]) > int(info["cpus"]) + 1
+    return (
+        ": other jobs shared both cores, so the pinned server did not have its core to itself"
+        if busy
+        else ""
+    )
+
+
 def portable_arg(arg: str) -> str:
     """A command-line argument as the results file shows it: no absolute path of this machine
     (inside the repository relative to it, elsewhere only the file name)."""
@@ -130,12 +141,12 @@ def write_results(
         "",
         f"Machine: {info['cpu']}, {info['cpus']} vCPUs ({info['hypervisor']} guest), kernel {info['kernel']}, "
         f"Python {info['python']}. CPU steal during the run: {steal_pct:.1f}% of all CPU time; load average "
-        f"at the end {' / '.join(info['loadavg'])} (1/5/15 min) on {info['cpus']} CPUs: other jobs shared both "
-        "cores, so the pinned server did not have its core to itself. "
-        f"Server pinned to CPU {args.server_cpu}, perf_analyzer to CPU {args.client_cpu}; ONNX Runtime "
-        f"with 1 intra-op thread everywhere. Run took {elapsed / 60:.1f} min; "
+        f"at the end {' / '.join(info['loadavg'])} (1/5/15 min) on {info['cpus']} CPUs{load_note(info)}. "
+        f"Server pinned to CPU {args.server_cpu}, perf_analyzer to CPU {args.client_cpu}. kbundle started "
+        "with no tuning flags (its CPU-budget defaults: one intra-op thread on the pinned core); stock "
+        f"KServe with `--intra_op_threads 1`. Run took {elapsed / 60:.1f} min; "
         f"each cell repeated {args.repeats}× (perf_analyzer -p {args.window_ms}, batch-1 requests, binary "
-        "tensors over HTTP). Shared, noisy machine: read the spread (min–max) next to each median.",
+        "tensors over HTTP, raw contents over gRPC). Read the spread (min–max) next to each median.",
         "",
         "Command: `bash bench/run.sh` " + " ".join(map(portable_arg, sys.argv[1:])),
         "",

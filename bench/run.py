@@ -122,9 +122,7 @@ def server_command(server: str, model: str, model_dir: Path, http: int, grpc: in
         "--model_dir",
         str(model_dir),
         *common,
-        "--intra_op_threads",
-        "1",
-        *extra,
+        *extra,  # no tuning flags: the defaults a manifest without tuning gets (issue 11)
     ]
 
 
