@@ -45,11 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def budget_settings(settings: ModelSettings, args: argparse.Namespace) -> ModelSettings:
-    """Core-dependent defaults from the CPU budget (explicit settings win), logged once."""
+def budget_settings(
+    settings: ModelSettings, args: argparse.Namespace, front_ends: int = 0
+) -> ModelSettings:
+    """Core-dependent defaults from the CPU budget (explicit settings win), logged once.
+    `front_ends`: CPUs the `--workers` front ends take from the engine owner's share."""
     budget = cpu_budget.cpu_budget()
     if not settings.intra_op_threads:  # 0: not set; the engine's own default counts host cores
-        per_instance = max(1, budget.threads // max(1, settings.instances))
+        engine_cpus = max(1, budget.threads - front_ends)
+        per_instance = max(1, engine_cpus // max(1, settings.instances))
         settings = dataclasses.replace(settings, intra_op_threads=per_instance)
     child_env = cpu_budget.apply_child_thread_env(budget)
     derived = {
@@ -80,10 +84,10 @@ def setup_process(argv: list[str] | None, role: str) -> argparse.Namespace:
     return args
 
 
-def load_predictor(args: argparse.Namespace) -> EnginePredictor | int:
+def load_predictor(args: argparse.Namespace, front_ends: int = 0) -> EnginePredictor | int:
     """The loaded, warmed-up predictor, or the exit code after a one-line error."""
     try:
-        settings = budget_settings(settings_for(args), args)
+        settings = budget_settings(settings_for(args), args, front_ends)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

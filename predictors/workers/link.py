@@ -22,7 +22,7 @@ from kbundle.predictors.workers.shm import Slab
 from kbundle.serving.arrays import ArrayRequest
 
 logger = logging.getLogger("kbundle.worker")
-READ_BYTES = 1 << 20
+READ_BYTES = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +97,13 @@ class OwnerLink:
             self.slab.release(slot)
 
     def _read(self) -> None:
-        frames = wire.Frames()
+        frames, buffer = wire.Frames(), bytearray(READ_BYTES)
+        view = memoryview(buffer)
         try:
-            while data := self.sock.recv(READ_BYTES):
+            # recv_into one buffer: recv(n) would allocate n bytes per call (an mmap at 1 MiB)
+            while size := self.sock.recv_into(buffer):
                 loops: dict[asyncio.AbstractEventLoop, list] = {}
-                for message in frames.feed(data):
+                for message in frames.feed(view[:size]):
                     self._settle(message, loops)
                 for loop, settled in loops.items():  # one loop wake-up per read, not per reply
                     loop.call_soon_threadsafe(settle_futures, settled)

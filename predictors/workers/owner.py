@@ -117,9 +117,12 @@ async def serve(predictor: EnginePredictor, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from kbundle.predictors.__main__ import load_predictor, setup_process
+    from kbundle.predictors.workers.flag import resolve_workers
 
     args = setup_process(argv, "owner")
-    predictor = load_predictor(args)
+    # The front ends need CPU too: ONNX Runtime's intra-op threads spin between batches, so a
+    # pool as wide as the budget takes the workers' cores (an explicit setting still wins).
+    predictor = load_predictor(args, front_ends=resolve_workers(args.workers))
     if isinstance(predictor, int):
         return predictor
     try:
