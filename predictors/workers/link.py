@@ -60,6 +60,7 @@ class OwnerLink:
         self._send_lock = threading.Lock()
         self._pending: dict[int, tuple[int | None, Reply]] = {}
         self._seq = itertools.count()
+        self._outbox: list[bytes] = []
         self.lost = False
         self.on_lost: Callable[[], None] = lambda: None
 
@@ -76,21 +77,27 @@ class OwnerLink:
         descs = self.slab.write(slot, request.inputs) if slot is not None else None
         inline = request.inputs if descs is None else None
         seq = next(self._seq)
-        message = (
-            seq,
-            request.id,
-            slot,
-            descs,
-            inline,
-            request.requested_outputs,
-            request.deadline,
-        )
+        outputs, deadline = request.requested_outputs, request.deadline
+        data = wire.frame((seq, request.id, slot, descs, inline, outputs, deadline))
         with self._send_lock:
             if self.lost:
                 self._free(slot)
                 raise owner_lost()
             self._pending[seq] = (slot, reply)
-            self.sock.sendall(wire.frame(message))
+            if not isinstance(reply, LoopReply):
+                self.sock.sendall(data)
+                return
+            # REST calls decoded in one loop tick leave in one send at its end, so the owner
+            # reads them together and batches them as the single process would.
+            self._outbox.append(data)
+            if len(self._outbox) == 1:
+                reply.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        with self._send_lock:
+            data, self._outbox = b"".join(self._outbox), []
+            if data and not self.lost:
+                self.sock.sendall(data)
 
     def _free(self, slot: int | None) -> None:
         if slot is not None:
