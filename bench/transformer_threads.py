@@ -34,6 +34,9 @@ from procs import start_predictor, start_transformer  # noqa: E402
 from kbundle import samples  # noqa: E402
 
 BATCH = 8
+# OS thread names: Python's own threads keep the process name (the loop's executor, which runs
+# decode and resize); grpcio's are "event_engine".
+THREAD_KINDS = {"python": "Python threads (the executor: decode, resize)", "event_engine": "grpcio"}
 
 
 def pngs(side: int, count: int) -> np.ndarray:
@@ -57,7 +60,8 @@ def thread_cpu(pid: int) -> Counter:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        kind = "event loop (main thread)" if task.name == str(pid) else name.rstrip("0123456789_-")
+        kind = THREAD_KINDS.get(name.rstrip("0123456789_-"), name)
+        kind = "event loop (main thread)" if task.name == str(pid) else kind
         ticks[kind] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return ticks
 

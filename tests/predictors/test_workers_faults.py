@@ -32,6 +32,7 @@ from workers_helpers import owner_pid, requests_by_pid, start_workers, worker_pi
 
 CONFIG = "max_batch_size: 1024\nmax_batch_delay_ms: 1\n"
 DRAIN_S = 20.0
+ROWS = 64  # 32 calls of 64 rows: seconds of engine work, so most are still queued at the signal
 
 
 @pytest.fixture(scope="module")
@@ -93,22 +94,22 @@ def test_sigterm_with_32_calls_in_flight_on_both_workers_answers_all_and_exits_0
 
     def one(tag: int) -> None:
         if tag % 2:
-            results[tag] = grpc_one(server.grpc_url, tag, 16)
+            results[tag] = grpc_one(server.grpc_url, tag, ROWS)
         else:
-            status, rows = rest_infer(server.http_url, tag, 60, 16)
+            status, rows = rest_infer(server.http_url, tag, 60, ROWS)
             results[tag] = rows if status == 200 else status
 
     threads = [threading.Thread(target=one, args=(tag,)) for tag in range(32)]
     for thread in threads:
         thread.start()
-    time.sleep(0.5)  # all 32 received, most queued behind the engine
+    time.sleep(0.3)  # all 32 received, most queued behind the engine
     assert len(results) < 32
     sent, ready = signal_and_watch_readiness(server)
     code, elapsed = drained(server, sent, DRAIN_S + 10, threads, join_s=60)
     assert ready == 503
     assert sorted(results) == list(range(32))
     for tag, rows in results.items():
-        np.testing.assert_array_equal(rows, expected_rows(tag, 16))
+        np.testing.assert_array_equal(rows, expected_rows(tag, ROWS))
     assert code == 0 and elapsed < DRAIN_S, (code, elapsed, server.log()[-3000:])
     assert "Traceback" not in server.log()
 
