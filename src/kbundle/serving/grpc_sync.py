@@ -1,9 +1,12 @@
 """V2 gRPC on grpcio's thread-pool (sync) server, with the async handlers bridged to the loop.
 
-Why not grpc.aio: on one core grpcio's asyncio server tops out near 3,200 trivial unary RPCs/s
-(an echo handler, no model) and serves ModelInfer one RPC at a time into the event loop, so the
-batcher never sees a batch; the sync server reaches ~5,000-6,500 on the same core, and its
-handler threads hand requests to the batcher concurrently (docs/benchmarks.md, "gRPC").
+Why not grpc.aio: on one core grpcio's asyncio server costs more server CPU per trivial unary
+RPC than the sync server, and serves ModelInfer one RPC at a time into the event loop, while
+the sync server's handler threads hand requests to the batcher concurrently. bench/grpc_ab.py
+measures both (echo and ModelInfer, same run, one pinned core): bench/results/grpc_ab.md.
+The handler threads run on kbundle.serving.grpc_pool.HandlerPool (adaptive LIFO, expired calls
+dropped, congested late calls shed), and grpcio's own concurrent-RPC cap refuses calls beyond
+threads + max_queue_size before anything is read (kbundle.serving.server.grpc_max_calls).
 
 ModelInfer goes to the request core's blocking entry (kbundle.serving.core): decode and encode on
 the gRPC thread, the model call on the batcher. kserve's other RPCs (and component hooks such as
@@ -25,6 +28,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 
 from kbundle.errors import KBundleError
 from kbundle.serving.core import CallContext, RequestCore, as_error
+from kbundle.serving.grpc_pool import shedding
 from kbundle.serving.status_map import log_if_internal
 from kbundle.serving.v2_grpc import ArrayServicer, encode_response, grpc_decoder
 from kbundle.status import grpc_code
@@ -32,6 +36,9 @@ from kbundle.status import grpc_code
 logger = logging.getLogger("kbundle.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
+SHED_MESSAGE = (
+    "server overloaded: too little of this call's deadline was left after queueing; retry after 1 s"
+)
 
 
 def abort_mapped(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoReturn:
@@ -115,10 +122,13 @@ def model_infer_behavior(core: RequestCore) -> Callable:
     """ModelInfer: codec on the gRPC thread, the request core's blocking entry."""
 
     def model_infer(request: pb.ModelInferRequest, context: grpc.ServicerContext):
+        if shedding():  # before decoding: the pool is congested and this call is nearly late
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, SHED_MESSAGE)
         call = CallContext(
             protocol="grpc",
             on_cancel=context.add_callback,
-            client_gone=lambda: not context.is_active(),
+            # its own deadline passed = the client gave up, as when grpc cancels the call
+            client_gone=lambda: context.time_remaining() <= 0 or not context.is_active(),
         )
         decode = grpc_decoder(request, context)
         try:

@@ -119,8 +119,8 @@ class HttpLimits:
 # -- deadlines ---------------------------------------------------------------------------------
 def request_deadline(parameters: Mapping[str, Any], headers: Mapping[str, str]) -> float | None:
     """The earlier of the V2 `timeout` parameter (µs) and the timeout header (ms), as an absolute
-    time.monotonic(); None when the request has neither. (A gRPC deadline is grpc's own: the
-    call is cancelled when it passes, which drops it from the queue.)"""
+    time.monotonic(); None when the request has neither. (The gRPC codec adds the call's own
+    deadline: kbundle.serving.v2_grpc.grpc_deadline.)"""
     budgets: list[float] = []
     micros = parameters.get(TIMEOUT_PARAMETER) if parameters else None
     if micros is not None:

@@ -7,6 +7,7 @@ every V2 client reads and which FP16 needs (the typed-contents map has no FP16).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -27,6 +28,8 @@ from kbundle.validation import SignatureValidator, duplicate_name
 
 logger = logging.getLogger("kbundle.grpc")
 GRPC_AIO = CallContext(protocol="grpc")
+NO_DEADLINE_S = 10**8  # about three years: grpcio reports "no deadline" as a far future
+GRPC_DEADLINE_GRACE_S = 0.005
 
 CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -159,12 +162,24 @@ def grpc_decoder(request: pb.ModelInferRequest, context: Any) -> Decoder:
     def decode(validator: SignatureValidator | None) -> ArrayRequest:
         headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
         decoded = decode_request(request, validator, headers)
-        # The call's own gRPC deadline needs no copy here: grpc cancels the call when it passes,
-        # which drops it from the batcher's queue unrun (counted as cancelled).
-        decoded.deadline = limits.request_deadline(decoded.parameters, headers)
+        # The call's own gRPC deadline is copied too: grpc cancels the call when it passes, but
+        # that cancel reaches the batcher only when grpcio's poll thread gets to it (late on a
+        # busy core), while the batcher checks a deadline itself before every dispatch.
+        own = [limits.request_deadline(decoded.parameters, headers), grpc_deadline(context)]
+        decoded.deadline = min((d for d in own if d is not None), default=None)
         return decoded
 
     return decode
+
+
+def grpc_deadline(context: Any) -> float | None:
+    """The call's gRPC deadline as a time.monotonic() plus a grace, or None when it has none.
+    The grace lets grpc end the call itself first (the client then reads DEADLINE_EXCEEDED);
+    the batcher's check only catches calls whose cancel has not reached it yet."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > NO_DEADLINE_S:  # grpcio: a far-future deadline = none
+        return None
+    return time.monotonic() + remaining + GRPC_DEADLINE_GRACE_S
 
 
 class StatusInterceptor(AsyncExceptionToStatusInterceptor):

@@ -1,0 +1,131 @@
+"""What bench/overload.py writes: the Markdown report with its targets table, and the figures it
+reads from the server's /metrics page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def metric_sum(text: str, name: str) -> float:
+    """Sum of a metric's samples over its label sets in a Prometheus text page."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def batch_figures(text: str) -> dict:
+    """Mean engine time per batch and mean rows per batch over the whole run."""
+    batches = metric_sum(text, "kbundle_engine_seconds_count") or 1.0
+    return {
+        "mean_batch_ms": round(metric_sum(text, "kbundle_engine_seconds_sum") / batches * 1000, 2),
+        "mean_batch_rows": round(metric_sum(text, "kbundle_batch_size_sum") / batches, 1),
+        "dropped": {
+            line.rsplit(" ", 1)[0].removeprefix("kbundle_"): float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("kbundle_requests_dropped_total{")
+            or line.startswith(
+                ("kbundle_grpc_calls_expired_total", "kbundle_grpc_calls_shed_total")
+            )
+        },
+    }
+
+
+def targets(result: dict) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for each issue-12 target."""
+    o, batch = result["overload"], result["batches"]["mean_batch_ms"]
+    limit = result["deadline_ms"] + batch
+    re_p99 = o["resource_exhausted_p99_ms"]
+    re_p99 = 0.0 if re_p99 != re_p99 else re_p99  # nan: none refused
+    de_p99 = o["refused_p99_ms"].get("DEADLINE_EXCEEDED", 0.0)
+    return [
+        ("every answer correct", f"{o['wrong_answers']} wrong", o["wrong_answers"] == 0),
+        (
+            f"answered p99 <= deadline + one batch ({limit:.1f} ms)",
+            f"{o['p99_ms']} ms",
+            o["answered"] > 0 and o["p99_ms"] <= limit,
+        ),
+        ("RESOURCE_EXHAUSTED p99 <= 5 ms", f"{re_p99} ms", re_p99 <= 5),
+        ("DEADLINE_EXCEEDED p99 lateness <= 5 ms", f"{de_p99} ms", de_p99 <= 5),
+        ("no other status code", str(o["other_codes"] or "none"), not o["other_codes"]),
+        (
+            "goodput >= 90 % of saturation",
+            f"{o['goodput_vs_saturation'] * 100:.1f} %",
+            o["goodput_vs_saturation"] >= 0.9,
+        ),
+    ]
+
+
+def write_markdown(path: Path, result: dict, config: str) -> None:
+    s, o, b = result["saturation"], result["overload"], result["batches"]
+    eager = result["overload_eager"]
+    deadline = f"{result['deadline_ms']:g} ms deadlines"
+    lines = [
+        "# Overload: MLP predictor on one core, gRPC, deadlines",
+        "",
+        f"`python bench/overload.py --duration {result['duration_s']:g} --clients "
+        f"{result['clients']}`, {result['machine']}; load while measured: `{result['uptime']}`.",
+        "",
+        f"The server (no flags; the model's kbundle.yaml: `{config.strip().replace(chr(10), ', ')}`"
+        f") is pinned to one core, {result['clients']} client processes (grpc.aio, one event loop "
+        "each, the callers split between them) to the other. A RESOURCE_EXHAUSTED refusal is "
+        "timed from the call's start to its status; a DEADLINE_EXCEEDED one as its lateness, from "
+        "the call's deadline to the status. In the overload phase a caller refused with "
+        f"RESOURCE_EXHAUSTED waits {result['backoff_ms']:g} ms (the server's Retry-After for a "
+        "full queue) before its next call, as a well-behaved client does; the last phase has "
+        "callers that retry at once, for comparison. Targets are judged on the overload phase. "
+        "`RESOURCE_EXHAUSTED` = refused by grpcio's concurrent-call cap before the call is read "
+        "(or by a full model queue); `RESOURCE_EXHAUSTED shed` = refused by the handler pool "
+        "after queueing, before decoding, once too little of its deadline was left.",
+        "",
+        "| phase | answered/s | p50 / p99 ms | refused (p99 ms) | other | server CPU | client CPU |",
+        "|---|---:|---|---|---|---:|---:|",
+        _phase_row(f"saturation c={result['saturation_concurrency']}, no deadline", s),
+        _phase_row(f"overload c={result['concurrency']}, {deadline}", o),
+    ]
+    if eager:
+        lines.append(_phase_row(f"overload c={result['concurrency']}, retry at once", eager))
+    lines += [
+        "",
+        f"Goodput (answers within the deadline): overload {o['goodput_per_s']}/s = "
+        f"{o['goodput_vs_saturation'] * 100:.1f} % of saturation"
+        + (
+            f"; retry at once {eager['goodput_per_s']}/s = "
+            f"{eager['goodput_vs_saturation'] * 100:.1f} %"
+            if eager
+            else ""
+        )
+        + f". Mean batch {b['mean_batch_rows']} rows in {b['mean_batch_ms']} ms (whole run). "
+        f"Server peak RSS {result['server_peak_rss_mb']} MB. Right after: "
+        f"{result['recovery_ok']} correct.",
+        f"Server-side drops (`/metrics`, whole run): {b['dropped'] or 'none'}.",
+        *client_note(result),
+        "",
+        "| target (issue 12) | measured | met |",
+        "|---|---|---|",
+        *(f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in targets(result)),
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def client_note(result: dict) -> list[str]:
+    """A warning when the client core was the limit of a phase (then the client is measured)."""
+    phases = [result["saturation"], result["overload"], result["overload_eager"] or {}]
+    busiest = max(p.get("client_cpu_pct", 0) for p in phases)
+    if busiest < 90:
+        return []
+    return [
+        "",
+        f"**The client core was busy ({busiest} % in the busiest phase):** latencies and "
+        "goodput include the client's own event-loop delay there, not only the server's.",
+    ]
+
+
+def _phase_row(name: str, p: dict) -> str:
+    refused = ", ".join(f"{k} {n} ({p['refused_p99_ms'][k]})" for k, n in p["refused"].items())
+    return (
+        f"| {name} | {p['answers_per_s']} | {p['p50_ms']} / {p['p99_ms']} | {refused or 'none'} "
+        f"| {p['other_codes'] or 'none'} | {p['server_cpu_pct']} % | {p['client_cpu_pct']} % |"
+    )
