@@ -188,7 +188,9 @@ class Supervisor:
         for proc in self.workers:
             _signal(proc, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        return [_wait(proc, deadline) for proc in self.workers]
+        # -SIGTERM: a worker still starting (no drain handler yet) had no call in flight.
+        codes = [_wait(proc, deadline) for proc in self.workers]
+        return [0 if code == -signal.SIGTERM else code for code in codes]
 
     def _stop_owner(self) -> int:
         _signal(self.owner, signal.SIGTERM)

@@ -18,6 +18,7 @@ from workers_helpers import requests_by_pid, start_workers, wait_gone, wait_repl
 
 MODEL = "batchy"
 CONFIG = "max_batch_size: 8\nmax_batch_delay_ms: 2\nintra_op_threads: 1\n"
+NEW_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +108,20 @@ def test_kill_9_of_one_worker_the_other_keeps_serving_and_it_comes_back(server):
     victim = worker_pids(server)[0]
     os.kill(victim, signal.SIGKILL)
     wait_gone(victim)
-    requests = mixed(24, seed=2000)  # new connections: only the live worker can take them
-    for (_, arrays), result in zip(requests, fire(server, requests), strict=True):
+    # New connections (grpcio otherwise reuses a connection of an earlier channel in this
+    # process, which may be the dead worker's): only the live worker can take them.
+    requests = mixed(24, seed=2000)
+    results = fire(server, requests, NEW_CONNECTION)
+    # Open issue (docs/workers.md): now and then the gRPC connection made right after the kill
+    # is reset during its handshake, before any call is sent ("failed to connect"); resending
+    # a call that never reached a server on a new connection is safe, and all that is allowed.
+    unsent = [i for i, r in enumerate(results) if isinstance(r, Exception)]
+    for i in unsent:
+        assert requests[i][0] == "grpc" and "failed to connect" in results[i].message()
+    retried = fire(server, [requests[i] for i in unsent], NEW_CONNECTION)
+    for i, result in zip(unsent, retried, strict=True):
+        results[i] = result
+    for (_, arrays), result in zip(requests, results, strict=True):
         check_rows(arrays, result)
     replacement = wait_replaced(server, 0, victim)
     requests = mixed(48, seed=3000)

@@ -22,8 +22,13 @@ def start_workers(
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics), "KBUNDLE_WORKERS": "1"}
     log = root / "server.log"
     server = start_predictor(model, model_dir, log, "--workers", str(workers), *flags, env=env)
-    wait_until(lambda: len(connected(server)) >= workers, 60, "workers connected", server.proc, log)
+    wait_until(lambda: serving(server) >= workers, 60, "workers serving", server.proc, log)
     return server
+
+
+def serving(server: ServerProcess) -> int:
+    """Workers whose gRPC server started (REST is served from the shared socket already)."""
+    return server.log().count("[worker]: gRPC V2 on port")
 
 
 def worker_pids(server: ServerProcess) -> dict[int, int]:

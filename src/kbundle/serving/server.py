@@ -191,8 +191,7 @@ class KbundleGRPCServer(GRPCServer):
 
 def grpc_options(kwargs: dict) -> list[tuple[str, object]]:
     return [
-        # Only our own --workers front ends share a port, on purpose (kbundle.predictors.workers)
-        ("grpc.so_reuseport", 1 if kwargs.get("share_ports") else 0),
+        ("grpc.so_reuseport", 1 if kwargs.get("share_ports") else 0),  # only our --workers share
         ("grpc.max_send_message_length", kwargs.get("grpc_max_send_message_length")),
         # kbundle's max_request_bytes when set (the same limit as REST bodies), else kserve's flag
         (
