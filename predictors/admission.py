@@ -50,6 +50,11 @@ class Admission:
                 f"model '{self.model}': request has {rows} rows, over the limit of {limit} "
                 f"(setting max_request_rows); split it into requests of at most {limit} rows"
             )
+        self.check_room(queued)
+
+    def check_room(self, queued: int) -> None:
+        """Raise QueueFull when `queued` requests already fill the queue. Needs nothing of the
+        request, so the request core calls it before decoding one (a refusal costs no decode)."""
         size = self.policy.max_queue_size
         if size and queued >= size:
             self._dropped["queue_full"].inc()

@@ -12,13 +12,13 @@ from prometheus_client import Histogram
 
 QUEUE_WAIT = Histogram(
     "kbundle_queue_wait_seconds",
-    "Time a request waited in the batcher queue before its batch started.",
+    "Time a request waited in the queue before its engine call started (batched or not).",
     ["model"],
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 BATCH_SIZE = Histogram(
     "kbundle_batch_size",
-    "Rows per engine call formed by the dynamic batcher.",
+    "Rows per engine call: a dynamic batch, or one request when batching is off.",
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )

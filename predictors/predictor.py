@@ -6,6 +6,8 @@ import asyncio
 import concurrent.futures
 import logging
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from kserve import Model
@@ -18,6 +20,7 @@ from kbundle.predictors.faults import engine_fault
 from kbundle.predictors.metrics import BatchMetrics
 from kbundle.predictors.padding import Padding
 from kbundle.predictors.runner import EngineRunner
+from kbundle.predictors.unbatched import UnbatchedQueue
 from kbundle.serving.arrays import ArrayRequest, ArrayResponse
 from kbundle.settings import ModelSettings
 from kbundle.specs import Signature
@@ -37,6 +40,7 @@ class EnginePredictor(Model):
         self.loaded_engine: Engine | None = None
         self.runner: EngineRunner | None = None
         self.batcher: DynamicBatcher | None = None
+        self.unbatched: UnbatchedQueue | None = None  # the queue when not batching
         self.load_error: str | None = None
         self._validator: SignatureValidator | None = None
 
@@ -77,6 +81,8 @@ class EnginePredictor(Model):
                 f"model '{self.name}': padding needs the batcher (max_batch_size > 0 and a "
                 "dynamic batch dim on every input and output)"
             )
+        else:
+            self.unbatched = self._unbatched_queue(engine)
         logger.info(
             "model '%s': dynamic batching %s",
             self.name,
@@ -85,6 +91,22 @@ class EnginePredictor(Model):
             if self.batcher
             else "off",
         )
+
+    def _unbatched_queue(self, engine: Engine) -> UnbatchedQueue:
+        """The same queue bounds and deadlines without a batcher; rows are limited only when
+        the leading dim is a batch dim and max_request_rows is set explicitly."""
+        batchable = engine.signature.batchable
+        policy = queue_policy(self.settings, 0)
+        if not batchable:
+            policy = replace(policy, max_request_rows=0)
+        admission = Admission(self.name, policy)
+        return UnbatchedQueue(self.runner, admission, BatchMetrics(self.name), batchable)
+
+    def refuse_if_full(self) -> None:
+        """QueueFull now if this model's queue is full (the request core asks before decoding)."""
+        queue = self.batcher or self.unbatched
+        if queue is not None:  # None: no engine loaded, and the core refuses the call anyway
+            queue.refuse_if_full()
 
     def _warm_up(self) -> None:
         inputs = warmup_inputs(self.signature, ranges=self.loaded_engine.shape_ranges)
@@ -139,7 +161,7 @@ class EnginePredictor(Model):
             outputs = await self.batcher.infer(request.inputs, names, request.id, request.deadline)
             return self._response(names, outputs)
         try:
-            outputs = await self.runner.run(request.inputs, names)
+            outputs = await self.unbatched.infer(request.inputs, names, request.deadline)
         except KBundleError:
             raise
         except Exception as exc:
@@ -159,11 +181,13 @@ class EnginePredictor(Model):
         self.loaded_engine.check_shapes(self.name, request.inputs)
         if self.batcher is not None:
             future = self.batcher.submit(loop, request.inputs, names, request.id, request.deadline)
+            wait = future.result
         else:
-            future = self.runner.submit(self.loaded_engine.run, request.inputs, names)
+            job, future = self.unbatched.submit(request.inputs, names, request.deadline)
+            wait = partial(self.unbatched.wait, job, future)
         on_done(future.cancel)
         try:
-            outputs = future.result()
+            outputs = wait()
         except (KBundleError, concurrent.futures.CancelledError):
             raise
         except Exception as exc:

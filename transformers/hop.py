@@ -6,11 +6,17 @@ extension), never as JSON lists. Connect failures and UNAVAILABLE/503 are retrie
 number of times (an inference is idempotent); the predictor's own answer keeps its status: a 4xx
 comes back as the same 4xx with the predictor's message, an outage is a 503, a timeout a 504,
 and no predictor fault becomes a bare 500.
+
+A request's deadline (its gRPC deadline, V2 `timeout` parameter or x-request-timeout-ms header,
+see kbundle.serving.limits) travels on: each try's timeout is what is left of it (at most the
+configured hop timeout), sent as the gRPC deadline or the timeout header, so the predictor drops
+the request unrun when it expires in its queue; a hop past it is a 504 / DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +25,7 @@ from typing import TypeVar
 import numpy as np
 
 from kbundle.errors import (
+    DeadlineExceeded,
     InvalidRequest,
     KBundleError,
     ModelUnavailable,
@@ -90,6 +97,7 @@ class HopRequest:
     inputs: Mapping[str, np.ndarray]
     outputs: list[str]
     headers: dict[str, str]
+    deadline: float | None = None  # time.monotonic() after which no one waits for the answer
 
 
 class Hop(ABC):
@@ -107,10 +115,24 @@ class Hop(ABC):
         inputs: Mapping[str, np.ndarray],
         outputs: list[str],
         headers: Mapping[str, str],
+        deadline: float | None = None,
     ) -> dict[str, np.ndarray]:
         """The predictor's outputs for `inputs`; `headers` are the client's (only the forwardable
-        ones travel)."""
-        return await self._send(HopRequest(request_id, inputs, outputs, forwardable(headers)))
+        ones travel); `deadline` (time.monotonic()) bounds the hop and travels with it."""
+        sent = HopRequest(request_id, inputs, outputs, forwardable(headers), deadline)
+        return await self._send(sent)
+
+    def budget_s(self, request: HopRequest) -> float:
+        """Seconds one try may take: the configured timeout, or what is left of the request's
+        deadline when that is less. DeadlineExceeded when nothing is left (not sent at all)."""
+        if request.deadline is None:
+            return self.config.timeout_s
+        left = request.deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded(
+                f"{self.config.where}: the request's deadline passed before the predictor answered"
+            )
+        return min(left, self.config.timeout_s)
 
     @abstractmethod
     async def _send(self, request: HopRequest) -> dict[str, np.ndarray]: ...

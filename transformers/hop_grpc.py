@@ -57,6 +57,7 @@ class GrpcHop(Hop):
         return self._stub
 
     async def _send(self, request: HopRequest) -> dict[str, np.ndarray]:
+        budget = self.budget_s(request)
         stub = self._connect()
         message = pb.ModelInferRequest(model_name=self.config.model_name, id=request.request_id)
         for name, array in request.inputs.items():
@@ -69,7 +70,9 @@ class GrpcHop(Hop):
         metadata = tuple(request.headers.items())
 
         async def call() -> pb.ModelInferResponse:
-            return await stub.ModelInfer(message, timeout=self.config.timeout_s, metadata=metadata)
+            # The gRPC deadline travels with the call: the predictor drops it unrun at expiry.
+            left = self.budget_s(request)  # less on each retry: the deadline does not move
+            return await stub.ModelInfer(message, timeout=left, metadata=metadata)
 
         try:
             response = await self._with_retries(
@@ -79,16 +82,14 @@ class GrpcHop(Hop):
                 ),
             )
         except aio.AioRpcError as exc:
-            raise self._error(exc) from None
+            raise self._error(exc, budget) from None
         self.model_version = response.model_version
         return checked_decode(self.config.where, lambda: _grpc_outputs(self.config.where, response))
 
-    def _error(self, exc: aio.AioRpcError) -> KBundleError:
+    def _error(self, exc: aio.AioRpcError, budget: float) -> KBundleError:
         code = exc.code()
         status = from_grpc(code)
-        return upstream_error(
-            self.config.where, status, exc.details() or code.name, self.config.timeout_s
-        )
+        return upstream_error(self.config.where, status, exc.details() or code.name, budget)
 
     async def close(self) -> None:
         if self._channel is not None:

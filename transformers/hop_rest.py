@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 
 from kbundle.errors import KBundleError, ModelUnavailable, UpstreamTimeout
+from kbundle.serving.limits import TIMEOUT_HEADER
 from kbundle.serving.v2_rest import HEADER_LENGTH
 from kbundle.specs import v2_datatype
 from kbundle.status import from_http
@@ -62,6 +63,7 @@ class RestHop(Hop):
         return self._session
 
     async def _send(self, request: HopRequest) -> dict[str, np.ndarray]:
+        budget = self.budget_s(request)
         session = self._connect()
         body, json_length = encode_binary_request(
             request.request_id, request.inputs, request.outputs
@@ -74,7 +76,12 @@ class RestHop(Hop):
         }
 
         async def call() -> _Answer:
-            async with session.post(self.url, data=body, headers=send_headers) as response:
+            left = self.budget_s(request)  # less on each retry: the deadline does not move
+            headers = {**send_headers, TIMEOUT_HEADER: f"{left * 1e3:.1f}"}
+            timeout = aiohttp.ClientTimeout(total=left)
+            async with session.post(
+                self.url, data=body, headers=headers, timeout=timeout
+            ) as response:
                 answer = _Answer(
                     response.status, await response.read(), response.headers.get(HEADER_LENGTH)
                 )
@@ -88,28 +95,28 @@ class RestHop(Hop):
             answer = exc.answer
         except asyncio.TimeoutError:
             raise UpstreamTimeout(
-                f"{self.config.where} did not answer within {self.config.timeout_s:g} s"
+                f"{self.config.where} did not answer within {budget:g} s"
             ) from None
         except aiohttp.ClientError as exc:
             raise ModelUnavailable(
                 f"{self.config.where} is unavailable: {exc or type(exc).__name__}"
             ) from None
         if answer.status >= 400:
-            raise self._error(answer)
+            raise self._error(answer, budget)
         outputs, self.model_version = checked_decode(
             self.config.where,
             lambda: decode_binary_response(self.config.where, answer.body, answer.header_length),
         )
         return outputs
 
-    def _error(self, answer: _Answer) -> KBundleError:
+    def _error(self, answer: _Answer, budget: float) -> KBundleError:
         text = answer.body.decode("utf-8", "replace")
         try:
             message = orjson.loads(answer.body).get("error") or text
         except (orjson.JSONDecodeError, AttributeError):
             message = text or HTTPStatus(answer.status).phrase
         status = from_http(answer.status)
-        return upstream_error(self.config.where, status, message, self.config.timeout_s)
+        return upstream_error(self.config.where, status, message, budget)
 
     async def close(self) -> None:
         if self._session is not None:

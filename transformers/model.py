@@ -82,7 +82,7 @@ class TransformerModel(Model):
     async def infer_arrays(self, request: ArrayRequest) -> ArrayResponse:
         wanted = self._requested(request.requested_outputs)
         sent = await self.preprocess(request)
-        outputs = await self.predict(sent, request.headers, request_id=request.id)
+        outputs = await self.predict(sent, request.headers, request.id, request.deadline)
         result = await self.postprocess(outputs, sent)
         return ArrayResponse(
             outputs={name: result[name] for name in wanted}, model_version=self.hop.model_version
@@ -107,10 +107,11 @@ class TransformerModel(Model):
         payload: Mapping[str, np.ndarray],
         headers: Mapping[str, str] | None = None,
         request_id: str = "",
+        deadline: float | None = None,
     ) -> dict[str, np.ndarray]:
-        return await self.hop.infer(
-            request_id, payload, self.pipeline.predictor_outputs(), headers or {}
-        )
+        """The hop; `deadline` (time.monotonic(), the client's) bounds it and travels with it."""
+        names = self.pipeline.predictor_outputs()
+        return await self.hop.infer(request_id, payload, names, headers or {}, deadline)
 
     async def postprocess(
         self, result: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray] | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import queue
 import socket
+import threading
 import time
 
 import numpy as np
@@ -105,3 +106,51 @@ def engine_calls(url: str) -> tuple[float, float]:
         metric(url, "kbundle_batch_size_count", model=MODEL),
         metric(url, "kbundle_batch_size_sum", model=MODEL),
     )
+
+
+# -- queueing: a busy engine, a full queue ------------------------------------------------------
+def rows(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 256)).astype(np.float32)
+
+
+def in_background(fn, *args) -> threading.Thread:
+    thread = threading.Thread(target=fn, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
+def started_batches(url: str) -> float:
+    return metric(url, "kbundle_queue_wait_seconds_count", model=MODEL)
+
+
+def start_blocker(url: str, send=None) -> threading.Thread:
+    """A 4,096-row request (~1 s of engine), returned once its engine call has started."""
+    before = started_batches(url)
+    thread = in_background(send or (lambda: rest_infer(url, rows(4096))))
+    deadline = time.monotonic() + 30
+    while started_batches(url) == before:
+        assert time.monotonic() < deadline, "the blocker never started"
+        time.sleep(0.005)
+    return thread
+
+
+def concurrently(fn, count: int) -> list:
+    out: list = [None] * count
+    threads = [in_background(lambda i=i: out.__setitem__(i, fn(i))) for i in range(count)]
+    for thread in threads:
+        thread.join(120)
+    return out
+
+
+def fill_queue(url: str, x: np.ndarray, out: list) -> list[threading.Thread]:
+    """One request in flight and two queued (max_queue_size 2); returns once two more were
+    refused, i.e. the queue is known full (each call is ~0.3-2 s of engine time)."""
+    refused = metric(url, "kbundle_requests_dropped_total", reason="queue_full")
+    threads = [start_blocker(url, lambda: out.append(rest_infer(url, x)))]
+    for _ in range(4):
+        threads.append(in_background(lambda: out.append(rest_infer(url, x))))
+    deadline = time.monotonic() + 30
+    while metric(url, "kbundle_requests_dropped_total", reason="queue_full") < refused + 2:
+        assert time.monotonic() < deadline, "the queue never filled"
+        time.sleep(0.002)
+    return threads

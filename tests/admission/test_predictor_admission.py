@@ -1,33 +1,45 @@
 """Admission control on the real predictor, both protocols (issue 12 items 1-3).
 
 The slow model makes an engine call of 1,024 rows take ~0.1-0.3 s on one thread, so requests
-really queue. `max_batch_size: 1` runs each request alone, so engine calls count requests.
+really queue. Every test runs twice: with the batcher (`max_batch_size: 1` runs each request
+alone, so engine calls count requests) and with batching off (`max_batch_size: 0`: requests wait
+for the engine instance), which must have the same bounds, deadlines and errors. Engine calls
+and rows are read from `kbundle_batch_size`, observed on both paths.
 """
 
 from __future__ import annotations
 
-import threading
+import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
+import tritonclient.grpc as grpcclient
 from admission_helpers import (
     MODEL,
+    concurrently,
     engine_calls,
+    fill_queue,
     grpc_burst,
+    in_background,
     metric,
     rest_infer,
     rest_output,
+    rows,
     send_and_leave,
+    start_blocker,
 )
 from procs import start_predictor
 from queue_model import build_slow_model, expected
+from raw_http import CHUNK, read_response
 from tritonclient.utils import InferenceServerException
 
-BASE = "max_batch_size: 1\nmax_batch_delay_ms: 0\nintra_op_threads: 1\nwarmup: false\n"
+BASE = "max_batch_delay_ms: 0\nintra_op_threads: 1\nwarmup: false\n"
 QUEUE = BASE + "max_queue_size: 2\nmax_request_rows: 16384\n"
 DEADLINE = BASE + "max_queue_size: 64\nmax_request_rows: 0\n"
+PATHS = {"batched": "max_batch_size: 1\n", "unbatched": "max_batch_size: 0\n"}
 
 
 def _server(tmp_path_factory, label: str, config: str):
@@ -36,51 +48,18 @@ def _server(tmp_path_factory, label: str, config: str):
     return start_predictor(MODEL, model_dir, root / "server.log")
 
 
-@pytest.fixture(scope="module")
-def queue_server(tmp_path_factory):
-    proc = _server(tmp_path_factory, "queue", QUEUE)
+@pytest.fixture(scope="module", params=list(PATHS))
+def queue_server(tmp_path_factory, request):
+    proc = _server(tmp_path_factory, f"queue-{request.param}", PATHS[request.param] + QUEUE)
     yield proc
     proc.stop()
 
 
-@pytest.fixture(scope="module")
-def deadline_server(tmp_path_factory):
-    proc = _server(tmp_path_factory, "deadline", DEADLINE)
+@pytest.fixture(scope="module", params=list(PATHS))
+def deadline_server(tmp_path_factory, request):
+    proc = _server(tmp_path_factory, f"deadline-{request.param}", PATHS[request.param] + DEADLINE)
     yield proc
     proc.stop()
-
-
-def rows(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, 256)).astype(np.float32)
-
-
-def in_background(fn, *args) -> threading.Thread:
-    thread = threading.Thread(target=fn, args=args, daemon=True)
-    thread.start()
-    return thread
-
-
-def started_batches(url: str) -> float:
-    return metric(url, "kbundle_queue_wait_seconds_count", model=MODEL)
-
-
-def start_blocker(url: str, send=None) -> threading.Thread:
-    """A 4,096-row request (~1 s of engine), returned once its engine call has started."""
-    before = started_batches(url)
-    thread = in_background(send or (lambda: rest_infer(url, rows(4096))))
-    deadline = time.monotonic() + 30
-    while started_batches(url) == before:
-        assert time.monotonic() < deadline, "the blocker never started"
-        time.sleep(0.005)
-    return thread
-
-
-def concurrently(fn, count: int) -> list:
-    out: list = [None] * count
-    threads = [in_background(lambda i=i: out.__setitem__(i, fn(i))) for i in range(count)]
-    for thread in threads:
-        thread.join(120)
-    return out
 
 
 # -- rows ------------------------------------------------------------------------------------
@@ -98,20 +77,6 @@ def test_grpc_rows_over_the_limit_is_invalid_argument_naming_it(queue_server):
 
 
 # -- a full queue ----------------------------------------------------------------------------
-def fill_queue(url: str, x: np.ndarray, out: list) -> list[threading.Thread]:
-    """One request in flight and two queued (max_queue_size 2); returns once two more were
-    refused, i.e. the queue is known full (each call is ~0.3-2 s of engine time)."""
-    refused = metric(url, "kbundle_requests_dropped_total", reason="queue_full")
-    threads = [start_blocker(url, lambda: out.append(rest_infer(url, x)))]
-    for _ in range(4):
-        threads.append(in_background(lambda: out.append(rest_infer(url, x))))
-    deadline = time.monotonic() + 30
-    while metric(url, "kbundle_requests_dropped_total", reason="queue_full") < refused + 2:
-        assert time.monotonic() < deadline, "the queue never filled"
-        time.sleep(0.002)
-    return threads
-
-
 def test_rest_full_queue_is_429_with_retry_after_at_once(queue_server):
     url, x, answered = queue_server.http_url, rows(8192), []
     threads = fill_queue(url, x, answered)
@@ -148,6 +113,51 @@ def test_grpc_full_queue_is_resource_exhausted_at_once(queue_server):
         assert "max_queue_size" in error.message()
     assert seconds < 0.25, seconds
     assert sorted(r.status_code for r in answered) == [200] * 3 + [429] * 2
+
+
+def test_full_queue_refuses_before_decoding_on_both_protocols(queue_server):
+    """While the queue is full, requests that decoding would refuse with 400 / INVALID_ARGUMENT
+    (a 16 MB REST body that is no V2 request; a gRPC tensor the model does not have) are
+    refused 429 / RESOURCE_EXHAUSTED: admission ran first, the body was never decoded."""
+    url, answered = queue_server.http_url, []
+    threads = fill_queue(url, rows(8192), answered)
+    garbage = b"{" + b"7" * (16 * 1024 * 1024)
+    rest = requests.post(f"http://{url}/v2/models/{MODEL}/infer", data=garbage, timeout=60)
+    client = grpcclient.InferenceServerClient(queue_server.grpc_url)
+    wrong = grpcclient.InferInput("no_such_input", [1, 3], "INT32")
+    wrong.set_data_from_numpy(np.zeros((1, 3), np.int32))
+    with pytest.raises(InferenceServerException) as grpc_error:
+        client.infer(MODEL, [wrong])
+    client.close()
+    for thread in threads:
+        thread.join(120)
+    assert rest.status_code == 429, rest.text[:300]
+    assert "max_queue_size" in rest.json()["error"] and "Retry-After" in rest.headers
+    assert grpc_error.value.status() == "StatusCode.RESOURCE_EXHAUSTED", grpc_error.value
+    # the same requests with room in the queue: refused by the decoder, naming the fault
+    assert requests.post(f"http://{url}/v2/models/{MODEL}/infer", data=garbage).status_code == 400
+
+
+def test_rest_full_queue_is_refused_before_the_body_is_sent(queue_server):
+    """A 48 MB body announced, not one byte of it sent: with the queue full the 429 comes at
+    once (before, it waited for a body that never came). The connection stays usable: the body
+    sent afterwards is skipped and the next request on it is answered."""
+    url, answered = queue_server.http_url, []
+    threads = fill_queue(url, rows(8192), answered)
+    host, port = url.split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        head = f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: {url}\r\n"
+        sock.sendall(f"{head}Content-Length: {len(CHUNK) * 48}\r\n\r\n".encode())
+        status, response = read_response(sock, timeout=5)
+        for _ in range(48):
+            sock.sendall(CHUNK)
+        sock.sendall(f"GET /v2/health/live HTTP/1.1\r\nHost: {url}\r\n\r\n".encode())
+        after, _ = read_response(sock, timeout=10)
+    for thread in threads:
+        thread.join(120)
+    assert status == 429, response[:300]
+    assert b"max_queue_size" in response and b"retry-after" in response.lower()
+    assert after == 200
 
 
 # -- deadlines ---------------------------------------------------------------------------------

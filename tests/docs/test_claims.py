@@ -101,7 +101,7 @@ def test_every_setting_the_readme_lists_exists():
     from kbundle.settings import ModelSettings
 
     text = (ROOT / "README.md").read_text()
-    table = text[text.index("| setting | default | meaning |") :].split("\n\n", 1)[0]
+    table = text[text.index("| setting (`kbundle.yaml` key) |") :].split("\n\n", 1)[0]
     listed = re.findall(r"^\| `(\w+)` \|", table, re.M)
     assert len(listed) > 5
     assert set(listed) <= set(ModelSettings.field_names()), set(listed) - set(

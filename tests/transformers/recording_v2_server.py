@@ -1,5 +1,6 @@
 """A stand-in predictor for the hop tests: our real V2 server (REST + gRPC) serving a model with
-the digits signature that appends the headers of every request to a JSON-lines file.
+the digits signature that appends the headers of every request to a JSON-lines file, with the
+seconds left before the request's deadline as the server read it (`budget_s`, null: none).
 
 It answers like the digits model (label 7 for every row) and, to exercise error forwarding,
 refuses `authorization: Bearer invalid` with a 400 and `Bearer denied` with a 403 (and answers
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 
 import numpy as np
 from kserve import Model, model_server
@@ -53,7 +55,9 @@ class RecordingModel(Model):
 
     async def infer_arrays(self, request: ArrayRequest) -> ArrayResponse:
         with open(self.record, "a") as out:
-            out.write(json.dumps({"id": request.id, "headers": request.headers}) + "\n")
+            budget = None if request.deadline is None else request.deadline - time.monotonic()
+            entry = {"id": request.id, "headers": request.headers, "budget_s": budget}
+            out.write(json.dumps(entry) + "\n")
         auth = request.headers.get("authorization", "")
         if auth == "Bearer invalid":
             raise InvalidRequest(

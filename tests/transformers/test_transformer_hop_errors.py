@@ -9,17 +9,16 @@ us which headers reached it).
 from __future__ import annotations
 
 import base64
-import json
 import uuid
 
 import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
-from transformer_helpers import bytes_array, png, start_recording_predictor, start_transformer
+from transformer_helpers import HOP_TIMEOUT_S as TIMEOUT_S
+from transformer_helpers import HOPS, bytes_array, png, recorded
 from tritonclient.utils import InferenceServerException
 
-HOPS = ("grpc-v2", "v2")
 TRACE = {
     "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
     "x-b3-traceid": "80f198ee56343ba864fe8b2a57d3eff7",
@@ -28,35 +27,6 @@ TRACE = {
     "authorization": "Bearer ok",
 }
 IMAGE = png(np.eye(8) * 16)
-TIMEOUT_S = 2  # the transformers' predictor timeout; the recording server's "slow" answer takes 4 s
-
-
-@pytest.fixture(scope="module")
-def setup(sample_models, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hop")
-    record = tmp / "headers.jsonl"
-    predictor = start_recording_predictor(tmp, "digits", record)
-    spec_dir = sample_models / "digits-transformer" / "v1"
-    started = [predictor]
-    try:
-        for hop in HOPS:
-            host = predictor.grpc_url if hop == "grpc-v2" else predictor.http_url
-            timeout = ["--predictor_request_timeout_seconds", str(TIMEOUT_S)]
-            started.append(
-                start_transformer(tmp, "digits", spec_dir, host, hop, f"t-{hop}", timeout)
-            )
-        yield {"predictor": predictor, "record": record, "grpc-v2": started[1], "v2": started[2]}
-    finally:
-        for server in reversed(started):
-            server.stop()
-
-
-def _recorded(record, request_id: str) -> dict[str, str]:
-    for line in record.read_text().splitlines():
-        entry = json.loads(line)
-        if entry["headers"].get("x-request-id") == request_id:
-            return entry["headers"]
-    raise AssertionError(f"the predictor never saw x-request-id {request_id}")
 
 
 def _rest(transformer, headers: dict[str, str]) -> requests.Response:
@@ -75,59 +45,61 @@ def _grpc(transformer, headers: dict[str, str]):
 
 @pytest.mark.parametrize("hop", HOPS)
 @pytest.mark.parametrize("client", ["rest", "grpc"])
-def test_trace_and_auth_headers_reach_the_predictor(setup, hop, client):
+def test_trace_and_auth_headers_reach_the_predictor(recording_hops, hop, client):
     request_id = f"{client}-{hop}-{uuid.uuid4()}"
     headers = {"x-request-id": request_id, **TRACE, "x-custom": "stays-here"}
     if client == "rest":
-        response = _rest(setup[hop], headers)
+        response = _rest(recording_hops[hop], headers)
         assert response.status_code == 200, response.text
     else:
-        result = _grpc(setup[hop], headers)
+        result = _grpc(recording_hops[hop], headers)
         assert result.as_numpy("labels")[0, 0] == b"7"
-    seen = _recorded(setup["record"], request_id)
+    seen = recorded(recording_hops["record"], request_id)["headers"]
     for name, value in TRACE.items():
         assert seen.get(name) == value, f"{name} not forwarded over {hop}"
     assert "x-custom" not in seen, "only identity/trace/auth headers cross the hop"
 
 
 @pytest.mark.parametrize("hop", HOPS)
-def test_predictor_400_comes_back_as_400_with_its_message(setup, hop):
-    response = _rest(setup[hop], {"authorization": "Bearer invalid"})
+def test_predictor_400_comes_back_as_400_with_its_message(recording_hops, hop):
+    response = _rest(recording_hops[hop], {"authorization": "Bearer invalid"})
     assert response.status_code == 400
     message = response.json()["error"]
     assert "refused by the recording predictor" in message and "predictor 'digits'" in message
     with pytest.raises(InferenceServerException) as caught:
-        _grpc(setup[hop], {"authorization": "Bearer invalid"})
+        _grpc(recording_hops[hop], {"authorization": "Bearer invalid"})
     assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "refused by the recording predictor" in caught.value.message()
 
 
 @pytest.mark.parametrize("hop", HOPS)
-def test_predictor_403_comes_back_as_403(setup, hop):
-    response = _rest(setup[hop], {"authorization": "Bearer denied"})
+def test_predictor_403_comes_back_as_403(recording_hops, hop):
+    response = _rest(recording_hops[hop], {"authorization": "Bearer denied"})
     assert response.status_code == 403
     assert "token not allowed" in response.json()["error"]
     with pytest.raises(InferenceServerException) as caught:
-        _grpc(setup[hop], {"authorization": "Bearer denied"})
+        _grpc(recording_hops[hop], {"authorization": "Bearer denied"})
     assert caught.value.status() == "StatusCode.PERMISSION_DENIED"
 
 
 @pytest.mark.parametrize("hop", HOPS)
-def test_predictor_timeout_is_504(setup, hop):
-    response = _rest(setup[hop], {"authorization": "Bearer slow"})
+def test_predictor_timeout_is_504(recording_hops, hop):
+    response = _rest(recording_hops[hop], {"authorization": "Bearer slow"})
     assert response.status_code == 504
     assert f"did not answer within {TIMEOUT_S} s" in response.json()["error"]
 
 
-def test_predictor_down_is_503_on_both_hops(setup):
+def test_predictor_down_is_503_on_both_hops(recording_hops):
     """Runs last in this module: it stops the predictor."""
-    setup["predictor"].stop()
+    recording_hops["predictor"].stop()
     for hop in HOPS:
-        response = _rest(setup[hop], {})
+        response = _rest(recording_hops[hop], {})
         assert response.status_code == 503, response.text
         assert "unavailable" in response.json()["error"]
         with pytest.raises(InferenceServerException) as caught:
-            _grpc(setup[hop], {})
+            _grpc(recording_hops[hop], {})
         assert caught.value.status() == "StatusCode.UNAVAILABLE"
     for hop in HOPS:
-        assert "internal error" not in setup[hop].log(), "an outage is not an internal error"
+        assert "internal error" not in recording_hops[hop].log(), (
+            "an outage is not an internal error"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -11,6 +12,10 @@ import procs
 from procs import ServerProcess, start_module
 
 HERE = Path(__file__).parent
+HOPS = ("grpc-v2", "v2")  # the transformer's predictor protocols
+HOP_TIMEOUT_S = (
+    2  # the hop tests' predictor timeout; the recording server's "slow" answer takes 4 s
+)
 
 
 def start_predictor(tmp: Path, name: str, model_dir: Path, label: str) -> ServerProcess:
@@ -41,6 +46,16 @@ def start_recording_predictor(tmp: Path, name: str, record: Path) -> ServerProce
         f"/v2/models/{name}/ready",
         env=env,
     )
+
+
+def recorded(record: Path, request_id: str) -> dict:
+    """The recording predictor's entry for the request with this x-request-id: its "headers"
+    and "budget_s" (seconds left before its deadline as the predictor read them, or None)."""
+    for line in record.read_text().splitlines():
+        entry = json.loads(line)
+        if entry["headers"].get("x-request-id") == request_id:
+            return entry
+    raise AssertionError(f"the predictor never saw x-request-id {request_id}")
 
 
 def png(image: np.ndarray) -> bytes:

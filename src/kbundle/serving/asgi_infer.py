@@ -2,8 +2,10 @@
 
 `POST /v2/models/{m}[/versions/{v}]/infer` is the only hot route; FastAPI's routing, request
 object, dependency solving and kserve's timing middleware cost more than our whole codec on a
-small model. This reads the body, hands the request core (kbundle.serving.core) a decoder and an
-encoder, and writes the answer; every other request goes to the app unchanged.
+small model. This asks the request core (kbundle.serving.core) whether the model's queue has
+room before it reads the body (a full queue is a 429 that costs no body: uvicorn skips the unread
+rest and the connection stays usable), reads the body, hands the core a decoder and an encoder,
+and writes the answer; every other request goes to the app unchanged.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class InferFastPath:
         if name is None:
             return await self.app(scope, receive, send)
         try:
+            self.core.refuse_if_full(name, REST)  # a full queue: 429 before the body is read
             body = await _read_body(receive)
             decode = _decoder(scope, body)
             infer = self.core.infer(name, decode, REST, v2_rest.encode_response)

@@ -4,7 +4,7 @@
 look-up, readiness, the validation call, metrics and error accounting. A transport hands either a
 decoded `ArrayRequest` or a decoder that reads its wire form against the model's validator (so a
 wrong request is refused on its tensor headers before data is copied), and an encoder for the
-answer. Every failure leaves as a `KBundleError` whose `status` the transport maps through
+answer. A model with a bounded queue is asked for room before any decoding (`refuse_if_full`). Every failure leaves as a `KBundleError` whose `status` the transport maps through
 `kbundle.status`; every request is counted once, here, with the same labels on both transports.
 """
 
@@ -150,8 +150,21 @@ class RequestCore:
         started, model, label = self._begin(model_name)
         try:
             model = self._checked(model_name, model, call)
+            _refuse_if_full(model)
             return started, label, model, _decoded(model, request)
         except Exception as exc:
+            raise self._failed(label, call, started, exc) from exc
+
+    def refuse_if_full(self, model_name: str, call: CallContext) -> None:
+        """QueueFull (counted like any refusal) when the model's queue is full; nothing else is
+        checked here. REST asks before reading the body, so a refusal costs no body at all."""
+        model = self.registry.get_model(model_name)
+        if model is None or not is_array_model(model):
+            return  # `infer` refuses it with the right error
+        try:
+            _refuse_if_full(model)
+        except KBundleError as exc:
+            started, _, label = self._begin(model_name)
             raise self._failed(label, call, started, exc) from exc
 
     # -- accounting ----------------------------------------------------------------------------
@@ -189,6 +202,14 @@ def as_error(exc: BaseException) -> KBundleError:
         return ClientCancelled("the client cancelled the request")
     status, message = classify(exc)
     return KBundleError(message, status)
+
+
+def _refuse_if_full(model: ArrayModel) -> None:
+    """A model with a bounded queue (the predictor) refuses a request while the queue is full
+    before it is decoded: under overload a refusal must cost microseconds, not a decode."""
+    refuse = getattr(model, "refuse_if_full", None)
+    if refuse is not None:
+        refuse()
 
 
 def _decoded(model: ArrayModel, request: Request) -> ArrayRequest:
