@@ -62,6 +62,10 @@ class RemotePredictor(EnginePredictor):
         self.ready = True
         return True
 
+    def refuse_if_full(self) -> None:
+        """The queue is the owner's: a full one refuses the call there (429 / RESOURCE_EXHAUSTED
+        after the worker decoded it), not before decoding as in the single process."""
+
     def _owner_lost(self) -> None:
         self.ready = False  # new calls: 503 / UNAVAILABLE from the request core at once
 
