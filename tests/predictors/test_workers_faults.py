@@ -30,7 +30,10 @@ from slow_model import build_slow_model
 from test_predictor_drain import signal_and_watch_readiness
 from workers_helpers import owner_pid, requests_by_pid, start_workers, worker_pids
 
-CONFIG = "max_batch_size: 1024\nmax_batch_delay_ms: 1\n"
+CONFIG = "max_batch_size: 2048\nmax_batch_delay_ms: 1\n"
+BLOCKER = (
+    1536  # rows: ~1 s of engine work on a quiet machine (3 MiB: travels pickled, not in a slot)
+)
 DRAIN_S = 20.0
 ROWS = 64  # 32 calls of 64 rows: seconds of engine work, so most are still queued at the signal
 
@@ -70,15 +73,15 @@ def test_requests_taken_by_both_workers_share_one_engine_call(server, root):
     served = [requests_by_pid(root / "metrics", pid) for pid in pids]
     batches, rows = batch_totals(server)
     with ThreadPoolExecutor(33) as pool:
-        blocker = pool.submit(grpc_one, server.grpc_url, 7, 512)  # the engine is busy ~1 s
-        time.sleep(0.3)  # the blocker's batch has started: what follows queues in the owner
+        blocker = pool.submit(grpc_one, server.grpc_url, 7, BLOCKER)
+        time.sleep(0.15)  # the blocker runs: what follows queues in the owner
         small = [
             pool.submit(grpc_one, server.grpc_url, tag, 1)
             if tag % 2
             else pool.submit(rest_infer, server.http_url, tag, 60, 1)
             for tag in range(32)
         ]
-        np.testing.assert_array_equal(blocker.result(), expected_rows(7, 512))
+        np.testing.assert_array_equal(blocker.result(), expected_rows(7, BLOCKER))
         for tag, future in enumerate(small):
             got = future.result() if tag % 2 else future.result()[1]
             np.testing.assert_array_equal(got, expected_rows(tag, 1))
@@ -86,7 +89,7 @@ def test_requests_taken_by_both_workers_share_one_engine_call(server, root):
     assert all(b > a for a, b in zip(served, after, strict=True)), (served, after)
     # Both workers took some of the 32 small calls, and they ran as ONE engine call: without
     # batching across workers there would be at least one call per worker.
-    assert batch_totals(server) == (batches + 2, rows + 512 + 32)
+    assert batch_totals(server) == (batches + 2, rows + BLOCKER + 32)
 
 
 def test_sigterm_with_32_calls_in_flight_on_both_workers_answers_all_and_exits_0(server):
