@@ -13,14 +13,10 @@ from kbundle import cpu_budget
 from kbundle.errors import ConfigError
 from kbundle.predictors import model_config
 from kbundle.predictors.predictor import EnginePredictor
+from kbundle.predictors.workers.flag import add_workers_flag, exit_with_parent, resolve_workers
 from kbundle.serving.lifecycle import add_drain_flag
 from kbundle.serving.limits import HttpLimits
-from kbundle.serving.server import (
-    KbundleModelServer,
-    check_workers,
-    grpc_threads,
-    loop_executor_workers,
-)
+from kbundle.serving.server import KbundleModelServer, grpc_threads, loop_executor_workers
 from kbundle.settings import ModelSettings, add_setting_flags, read_model_config, resolve_settings
 
 logger = logging.getLogger("kbundle.predictor")
@@ -45,14 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_setting_flags(parser)
     add_drain_flag(parser)
+    add_workers_flag(parser)
     return parser
 
 
-def budget_settings(settings: ModelSettings, args: argparse.Namespace) -> ModelSettings:
-    """Core-dependent defaults from the CPU budget (explicit settings win), logged once."""
+def budget_settings(
+    settings: ModelSettings, args: argparse.Namespace, front_ends: int = 0
+) -> ModelSettings:
+    """Core-dependent defaults from the CPU budget (explicit settings win), logged once.
+    `front_ends`: CPUs the `--workers` front ends take from the engine owner's share."""
     budget = cpu_budget.cpu_budget()
     if not settings.intra_op_threads:  # 0: not set; the engine's own default counts host cores
-        per_instance = max(1, budget.threads // max(1, settings.instances))
+        engine_cpus = max(1, budget.threads - front_ends)
+        per_instance = max(1, engine_cpus // max(1, settings.instances))
         settings = dataclasses.replace(settings, intra_op_threads=per_instance)
     child_env = cpu_budget.apply_child_thread_env(budget)
     derived = {
@@ -71,15 +72,22 @@ def settings_for(args: argparse.Namespace) -> ModelSettings:
     return resolve_settings(config, flags)
 
 
-def main(argv: list[str] | None = None) -> int:
+def setup_process(argv: list[str] | None, role: str) -> argparse.Namespace:
+    """Arguments, logging and interpreter settings shared by every predictor process."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s[{role}]: %(message)s"
     )
-    check_workers(args, "predictor", refuse=True)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    if role != "predictor":
+        exit_with_parent()
+    return args
+
+
+def load_predictor(args: argparse.Namespace, front_ends: int = 0) -> EnginePredictor | int:
+    """The loaded, warmed-up predictor, or the exit code after a one-line error."""
     try:
-        settings = budget_settings(settings_for(args), args)
+        settings = budget_settings(settings_for(args), args, front_ends)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -90,11 +98,24 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    return predictor
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = setup_process(argv, "predictor")
+    workers = resolve_workers(args.workers)
+    if workers > 1:
+        from kbundle.predictors.workers.supervisor import Supervisor
+
+        return Supervisor(args, sys.argv[1:] if argv is None else list(argv), workers).run()
+    predictor = load_predictor(args)
+    if isinstance(predictor, int):
+        return predictor
     KbundleModelServer(
         args,
         rest_hooks=[model_config.rest_hook],
         grpc_hooks=[model_config.grpc_hook],
-        http_limits=HttpLimits.from_env(settings.max_request_bytes),
+        http_limits=HttpLimits.from_env(predictor.settings.max_request_bytes),
     ).start([predictor])
     return 0
 

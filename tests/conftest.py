@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,10 @@ import tritonclient.grpc.service_pb2 as _triton_service_pb2  # noqa: E402
 sys.modules.setdefault("kserve.protocol.grpc.grpc_predict_v2_pb2", _triton_service_pb2)
 
 from kbundle import samples  # noqa: E402
+
+# `--workers auto` (the predictor's default) starts one front end per CPU; the suite tests the
+# single process unless a test asks for workers (tests/predictors/test_workers*.py pass --workers).
+os.environ.setdefault("KBUNDLE_WORKERS", "1")
 
 
 @pytest.fixture(scope="session")

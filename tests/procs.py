@@ -145,9 +145,11 @@ def predictor_cmd(model: str, model_dir: Path, *args: str) -> list[str]:
     ]
 
 
-def run_to_exit(cmd: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess:
+def run_to_exit(
+    cmd: Sequence[str], timeout: float = 120, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run `cmd` (a server expected to refuse to start) to its exit, output captured as text."""
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def error_lines(stderr: str) -> list[str]:

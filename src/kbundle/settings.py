@@ -53,7 +53,7 @@ OTHER_ENV_VARS = frozenset(
         "KBUNDLE_DECODE_WAIT_MS",
     }
 )
-OTHER_ENV_PREFIXES = ("KBUNDLE_STORAGE_",)
+OTHER_ENV_PREFIXES = ("KBUNDLE_STORAGE_", "KBUNDLE_WORKERS")  # workers: --workers internals
 
 
 def _doc(text: str, **extra: Any) -> dict:

@@ -406,6 +406,14 @@ CASES = [
         "--workers 4",
     ),
     (
+        "workers-no-shm",
+        lambda o: _pc(o)["args"].extend(["--workers", "2"]),
+        "lint/workers",
+        "warning",
+        "spec.predictor.containers[0].args",
+        "emptyDir with medium: Memory",
+    ),
+    (
         "workers-appended",
         lambda o: (
             _tc(o).update(args=["--predictor_protocol", "v2"]),
@@ -573,3 +581,15 @@ def test_missing_spec_is_an_error(tmp_path, crds, base_isvc):
     del base_isvc["spec"]
     [finding] = validate_paths([_write(tmp_path, base_isvc)], crds).errors
     assert finding.as_dict()["path"] == "spec" and "needs spec.predictor" in finding.message
+
+
+def test_predictor_workers_with_a_memory_dev_shm_is_clean(tmp_path, crds, base_isvc):
+    predictor = base_isvc["spec"]["predictor"]
+    container = predictor["containers"][0]
+    container["args"] = [*container.get("args", []), "--workers", "4"]
+    container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    predictor["volumes"] = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}}
+    ]
+    report = validate_paths([_write(tmp_path, base_isvc)], crds)
+    assert report.findings == [], report.findings

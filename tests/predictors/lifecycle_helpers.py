@@ -47,9 +47,11 @@ def grpc_rows(response: pb.ModelInferResponse) -> np.ndarray:
     return np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(shape)
 
 
-def rest_infer(http_url: str, tag: int, timeout: float = 60) -> tuple[int, np.ndarray | str]:
+def rest_infer(
+    http_url: str, tag: int, timeout: float = 60, rows: int = 64
+) -> tuple[int, np.ndarray | str]:
     """One binary-extension V2 call: (200, rows) or (status, error message)."""
-    x = request_rows(tag)
+    x = request_rows(tag, rows)
     head = json.dumps(
         {
             "inputs": [
@@ -87,5 +89,5 @@ def http_status(url: str) -> int:
         return exc.code
 
 
-def expected_rows(tag: int) -> np.ndarray:
-    return np.full((64, WIDTH), float(tag), dtype=np.float32)
+def expected_rows(tag: int, rows: int = 64) -> np.ndarray:
+    return np.full((rows, WIDTH), float(tag), dtype=np.float32)

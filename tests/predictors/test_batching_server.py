@@ -54,10 +54,10 @@ def _outputs(module) -> list:
     return [grpcclient.InferRequestedOutput(n) for n in OUTPUTS]
 
 
-def fire(server, requests: list[tuple[str, dict[str, np.ndarray]]]) -> list:
+def fire(server, requests: list[tuple[str, dict[str, np.ndarray]]], grpc_args=None) -> list:
     """Send all requests at once (REST via a 16-connection pool, gRPC async); results in order."""
     http = httpclient.InferenceServerClient(server.http_url, concurrency=16)
-    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    grpc = grpcclient.InferenceServerClient(server.grpc_url, channel_args=grpc_args)
     done: queue.Queue = queue.Queue()
     pending_http = {}
     try:

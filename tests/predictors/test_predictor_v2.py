@@ -384,10 +384,10 @@ def run_predictor(args: list[str]) -> subprocess.CompletedProcess:
     )
 
 
-def test_workers_above_one_is_refused_with_a_reason(digits_v1):
-    result = run_predictor(["--model_name", MODEL, "--model_dir", str(digits_v1), "--workers", "2"])
-    assert result.returncode != 0
-    assert "--workers 2 is not supported" in result.stderr
+def test_workers_below_one_is_refused_with_a_reason(digits_v1):
+    result = run_predictor(["--model_name", MODEL, "--model_dir", str(digits_v1), "--workers", "0"])
+    assert result.returncode == 2
+    assert "--workers: expected 'auto' or a whole number >= 1, got '0'" in result.stderr
 
 
 def test_missing_engine_file_fails_with_one_line_reason(tmp_path):

@@ -126,12 +126,20 @@ def _workers(name: str, path: isvc.Path_, comp: dict[str, Any]) -> Iterator[Issu
             continue
         found = isvc.arg_value(isvc.container_args(container), "--workers")
         cpath = (*path, "containers", index)
-        if found is not None and found[1] is not None and found[1].isdigit() and int(found[1]) > 1:
+        several = found is not None and found[1] is not None and found[1].isdigit()
+        if several and int(found[1]) > 1 and name == "transformer":
             yield warning(
                 (*cpath, "args"),
                 f"--workers {found[1]}: KServe's multi-process mode pickles "
-                "the model server (engine sessions cannot be pickled, the transformer loses its "
-                "predictor config); scale with replicas instead",
+                "the model server (the transformer loses its predictor config); scale with "
+                "replicas instead",
+                "lint/workers",
+            )
+        elif several and int(found[1]) > 1 and not _memory_dev_shm(container, comp):
+            yield warning(
+                (*cpath, "args"),
+                f"--workers {found[1]}: the workers hand tensors to the engine through /dev/shm, "
+                "64 MiB in a pod unless an emptyDir with medium: Memory is mounted there",
                 "lint/workers",
             )
         cc = comp.get("containerConcurrency")
@@ -148,6 +156,17 @@ def _workers(name: str, path: isvc.Path_, comp: dict[str, Any]) -> Iterator[Issu
                 "to a custom transformer without --workers; add '--workers', '1'",
                 "lint/workers",
             )
+
+
+def _memory_dev_shm(container: dict[str, Any], comp: dict[str, Any]) -> bool:
+    """The container mounts an emptyDir with medium: Memory at /dev/shm (kbundle --workers)."""
+    mounts = [m for m in container.get("volumeMounts") or [] if isinstance(m, dict)]
+    names = {m.get("name") for m in mounts if m.get("mountPath") == "/dev/shm"}
+    volumes = [v for v in comp.get("volumes") or [] if isinstance(v, dict)]
+    return any(
+        v.get("name") in names and (v.get("emptyDir") or {}).get("medium") == "Memory"
+        for v in volumes
+    )
 
 
 def _predictor_protocol(path: isvc.Path_, comp: dict[str, Any]) -> Iterator[Issue]:

@@ -191,7 +191,7 @@ class KbundleGRPCServer(GRPCServer):
 
 def grpc_options(kwargs: dict) -> list[tuple[str, object]]:
     return [
-        ("grpc.so_reuseport", 0),  # only our own --workers may share a port, on purpose
+        ("grpc.so_reuseport", 1 if kwargs.get("share_ports") else 0),  # only our --workers share
         ("grpc.max_send_message_length", kwargs.get("grpc_max_send_message_length")),
         # kbundle's max_request_bytes when set (the same limit as REST bodies), else kserve's flag
         (
@@ -285,7 +285,7 @@ class KbundleModelServer(ModelServer):
     def start(self, models: list[Model]) -> None:
         self._register_and_check_atleast_one_model_is_ready(models)
         limits.tune_malloc()
-        rest = self._rest(bind_rest_socket(self.http_port, limits.bind_host() or "0.0.0.0"))
+        rest = self._rest(self._rest_socket())
         self._rest_server = rest
         if self.enable_grpc:
             self._grpc_server = self._grpc()
@@ -294,6 +294,10 @@ class KbundleModelServer(ModelServer):
         if self.enable_grpc:
             self.servers.append(self._grpc_server.start(self.max_threads))
         asyncio.run(self._serve())
+
+    def _rest_socket(self) -> socket.socket:
+        """Bound here; a `--workers` front end serves the one its supervisor bound instead."""
+        return bind_rest_socket(self.http_port, limits.bind_host() or "0.0.0.0")
 
     def _rest(self, sock: socket.socket) -> KbundleRESTServer:
         rest = KbundleRESTServer(

@@ -1,0 +1,243 @@
+"""`--workers` scaling: the same predictor started with `--workers 1, 2, ...`, same run, same command.
+
+    python bench/workers.py [--workers-list 1,2] [--models tiny mlp] [--rounds 2] [--seconds 5]
+
+Needs the bench venv's perf_analyzer (`bash bench/run.sh` makes BENCH_VENV, default .bench-venv).
+The predictor runs with no flags but `--workers N` (its CPU budget decides everything else) and
+is NOT pinned: it may use every core, and perf_analyzer (batch-1 requests, concurrency 32) shares
+the same cores, which the result file says. Rounds interleave the worker counts (A/B/A/B) so a
+load change on a shared machine hits every count alike; `uptime` is recorded before and after.
+Per cell: throughput, p50 latency and the mean rows per engine call (kbundle_batch_size) read from
+/metrics around the measurement. Writes bench/results/workers.md (and .json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import models as bench_models  # noqa: E402
+from run import batch_stats, free_port, machine, model_shape, wait_ready  # noqa: E402
+
+PROTOCOLS = ("grpc", "http")
+
+
+def bench_env(bench_venv: Path) -> dict[str, str]:
+    """perf_analyzer needs the CUDA runtime library of its venv on the library path."""
+    found = subprocess.run(
+        [str(bench_venv / "bin/python"), "-c",
+         "import nvidia.cuda_runtime, os; print(os.path.join(nvidia.cuda_runtime.__path__[0], 'lib'))"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    env = dict(os.environ)
+    if found.returncode == 0:
+        env["LD_LIBRARY_PATH"] = ":".join(
+            filter(None, [found.stdout.strip(), env.get("LD_LIBRARY_PATH")])
+        )
+    return env
+
+
+def start(
+    model: str, model_dir: Path, workers: int, log: Path
+) -> tuple[subprocess.Popen, int, int]:
+    http, grpc = free_port(), free_port()
+    cmd = [
+        str(ROOT / ".venv/bin/python"), "-m", "kbundle.predictors", "--model_name", model,
+        "--model_dir", str(model_dir), "--http_port", str(http), "--grpc_port", str(grpc),
+        "--workers", str(workers),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "KBUNDLE_WORKERS"}
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    wait_ready(f"http://127.0.0.1:{http}/v2/models/{model}/ready", proc)
+    time.sleep(1.0 if workers > 1 else 0.0)  # the other workers finish starting
+    return proc, http, grpc
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (the supervisor, the owner, the workers)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *(p for child in children for p in tree(int(child)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the server's process tree: less load-sensitive than throughput."""
+    total = 0
+    for member in tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def requests_served(http: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(r"^kbundle_requests_total\{.*\} (\S+)$", text, re.M))
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def measure(args, server: tuple, model: str, protocol: str, shape: str) -> dict | None:
+    proc, http, grpc = server
+    out = Path(args.work) / "pa.csv"
+    out.unlink(missing_ok=True)
+    port = grpc if protocol == "grpc" else http
+    cmd = [
+        args.perf_analyzer, "-m", model, "-u", f"127.0.0.1:{port}", "-i", protocol, "-b", "1",
+        "--concurrency-range", str(args.concurrency), "--shape", shape,
+        "-p", str(args.seconds * 1000), "--max-trials", "3", "-s", "1000", "-f", str(out),
+    ]  # fmt: skip
+    if protocol == "http":
+        cmd += ["--input-tensor-format", "binary", "--output-tensor-format", "binary"]
+    before, cpu, served = batch_stats(http, model), cpu_seconds(proc.pid), requests_served(http)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=args.env)
+    after, cpu = batch_stats(http, model), cpu_seconds(proc.pid) - cpu
+    served = requests_served(http) - served
+    if result.returncode != 0 or not out.exists():
+        print(f"  perf_analyzer failed: {result.stdout[-800:]}{result.stderr[-800:]}", flush=True)
+        return None
+    row = next(csv.DictReader(io.StringIO(out.read_text())))
+    batches = after[1] - before[1]
+    return {
+        "throughput": float(row["Inferences/Second"]),
+        "p50_us": float(row["p50 latency"]),
+        "mean_batch": (after[0] - before[0]) / batches if batches else 0.0,
+        "cpu_ms_per_request": 1000 * cpu / served if served else 0.0,
+    }
+
+
+def run_cells(args, dirs: dict[str, Path]) -> list[dict]:
+    cells = []
+    for round_ in range(args.rounds):
+        for model in args.models:
+            for workers in args.workers_list:
+                log = Path(args.work) / f"workers-{model}-{workers}.log"
+                server = start(model, dirs[model], workers, log)
+                shape = model_shape(server[1], model, bench_models.INPUT_WIDTH[model])
+                try:
+                    for protocol in PROTOCOLS:
+                        got = measure(args, server, model, protocol, shape)
+                        if got:
+                            cells.append({"round": round_, "model": model, "workers": workers,
+                                          "protocol": protocol, **got})  # fmt: skip
+                            print(f"{model} {protocol} workers {workers}: {got}", flush=True)
+                finally:
+                    stop(server[0])
+    return cells
+
+
+def summary(cells: list[dict], workers_list: list[int]) -> list[str]:
+    lines = [
+        "| model | protocol | workers | infer/s (median of rounds) | x workers 1 | p50 ms | mean batch "
+        "| server CPU ms / request |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    keys = sorted({(c["model"], c["protocol"]) for c in cells})
+    for model, protocol in keys:
+        base = None
+        for workers in workers_list:
+            mine = [
+                c
+                for c in cells
+                if (c["model"], c["protocol"], c["workers"]) == (model, protocol, workers)
+            ]
+            if not mine:
+                continue
+            tput = statistics.median(c["throughput"] for c in mine)
+            base = base or tput
+            p50 = statistics.median(c["p50_us"] for c in mine) / 1000
+            batch = statistics.median(c["mean_batch"] for c in mine)
+            cpu = statistics.median(c["cpu_ms_per_request"] for c in mine)
+            lines.append(
+                f"| {model} | {protocol} | {workers} | {tput:,.0f} | {tput / base:.2f} | {p50:.2f} "
+                f"| {batch:.1f} | {cpu:.3f} |"
+            )
+    return lines
+
+
+def write(args, cells: list[dict], load_before: str, load_after: str) -> None:
+    info = machine()
+    out = Path(args.out)
+    (out / "workers.json").write_text(json.dumps({"machine": info, "cells": cells}, indent=1))
+    text = [
+        "# `--workers` scaling",
+        "",
+        f"Command: `python bench/workers.py --workers-list {','.join(map(str, args.workers_list))} "
+        f"--rounds {args.rounds} --seconds {args.seconds}`",
+        "",
+        f"Machine: {info['cpu']}, {info['cpus']} CPUs (hypervisor {info['hypervisor']}), "
+        f"kernel {info['kernel']}, Python {info['python']}.",
+        f"Load (`uptime`) before: {load_before}; after: {load_after}.",
+        "",
+        "The predictor runs with no flags but `--workers N`, not pinned: it may use every core of the "
+        "machine, and perf_analyzer (one client process, batch-1 requests, concurrency "
+        f"{args.concurrency}, REST in binary form) runs on the same cores, so the client's own CPU "
+        "is part of every figure. Worker counts are interleaved in each round; the median of "
+        f"{args.rounds} rounds is shown. Mean batch: rows per engine call from kbundle_batch_size "
+        "(the engine owner's batcher) over the measurement. Server CPU: user + system time of the "
+        "predictor's whole process tree (supervisor, engine owner, workers) per request served, "
+        "which moves less with the machine's load than throughput does.",
+        "",
+        *summary(cells, args.workers_list),
+        "",
+    ]
+    (out / "workers.md").write_text("\n".join(text))
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--workers-list", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2]
+    )
+    parser.add_argument(
+        "--models", nargs="+", default=["tiny", "mlp"], choices=list(bench_models.BUILDERS)
+    )
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=int, default=5, help="perf_analyzer measurement window")
+    parser.add_argument("--concurrency", type=int, default=32)
+    venv = Path(os.environ.get("BENCH_VENV", ROOT / ".bench-venv"))
+    parser.add_argument("--perf-analyzer", default=str(venv / "bin/perf_analyzer"))
+    parser.add_argument("--work", default=str(HERE / ".work"))
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args()
+    args.env = bench_env(Path(args.perf_analyzer).parent.parent)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    dirs = bench_models.build_all(HERE / ".models")
+    load_before = uptime()
+    cells = run_cells(args, dirs)
+    write(args, cells, load_before, uptime())
+    print((Path(args.out) / "workers.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
