@@ -47,7 +47,7 @@ from overload_report import batch_figures, write_markdown  # noqa: E402
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 REFUSALS = ("RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")
 # max_queue_size 24: with the 16 gRPC handler threads of one core, at most 40 calls are held
-# (kbundle.serving.server.grpc_max_calls), ~30 ms of work at saturation, well within 100 ms.
+# (kbundle.serving.grpc_sizing.grpc_max_calls), ~30 ms of work at saturation, well within 100 ms.
 CONFIG = "max_batch_size: 32\nmax_batch_delay_ms: 1\nintra_op_threads: 1\nmax_queue_size: 24\n"
 
 

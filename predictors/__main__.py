@@ -14,9 +14,10 @@ from kbundle.errors import ConfigError
 from kbundle.predictors import model_config
 from kbundle.predictors.predictor import EnginePredictor
 from kbundle.predictors.workers.flag import add_workers_flag, exit_with_parent, resolve_workers
+from kbundle.serving.grpc_sizing import grpc_threads
 from kbundle.serving.lifecycle import add_drain_flag
 from kbundle.serving.limits import HttpLimits
-from kbundle.serving.server import KbundleModelServer, grpc_threads, loop_executor_workers
+from kbundle.serving.server import KbundleModelServer, loop_executor_workers
 from kbundle.settings import ModelSettings, add_setting_flags, read_model_config, resolve_settings
 
 logger = logging.getLogger("kbundle.predictor")
@@ -58,7 +59,7 @@ def budget_settings(
     child_env = cpu_budget.apply_child_thread_env(budget)
     derived = {
         "intra_op_threads": settings.intra_op_threads,
-        "grpc_threads": max(args.max_threads or 0, grpc_threads()),
+        "grpc_threads": max(args.max_threads or 0, grpc_threads([settings])),
         "loop_executor_threads": loop_executor_workers(args.max_asyncio_workers),
         **{k.lower(): v for k, v in child_env.items()},
     }

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from kbundle.serving.grpc_pool import HandlerPool
-from kbundle.serving.server import grpc_max_calls
+from kbundle.serving.grpc_sizing import grpc_max_calls, grpc_threads
 
 SERVICE = "test.Pool"
 
@@ -111,7 +111,7 @@ def test_done_callback_added_after_the_call_finished_still_runs():
 
 
 def model(max_queue_size: int) -> SimpleNamespace:
-    return SimpleNamespace(settings=SimpleNamespace(max_queue_size=max_queue_size))
+    return SimpleNamespace(max_queue_size=max_queue_size)
 
 
 def test_concurrent_call_bound_is_threads_plus_the_largest_model_queue(monkeypatch):
@@ -120,3 +120,13 @@ def test_concurrent_call_bound_is_threads_plus_the_largest_model_queue(monkeypat
     assert grpc_max_calls(16, [model(24), model(0)]) is None  # an unbounded queue: no bound
     monkeypatch.setenv("KBUNDLE_GRPC_MAX_CALLS", "7")
     assert grpc_max_calls(16, [model(24)]) == 7
+
+
+def test_handler_threads_cover_one_batch_running_and_one_filling(monkeypatch):
+    monkeypatch.delenv("KBUNDLE_GRPC_THREADS", raising=False)
+    floor = grpc_threads()  # 16 per CPU of the budget, no model
+    big = SimpleNamespace(max_batch_size=floor, instances=2)
+    assert grpc_threads([big]) == 4 * floor
+    assert grpc_threads([SimpleNamespace(max_batch_size=0, instances=1)]) == floor  # unbatched
+    monkeypatch.setenv("KBUNDLE_GRPC_THREADS", "5")
+    assert grpc_threads([big]) == 5

@@ -6,7 +6,7 @@ the sync server's handler threads hand requests to the batcher concurrently. ben
 measures both (echo and ModelInfer, same run, one pinned core): bench/results/grpc_ab.md.
 The handler threads run on kbundle.serving.grpc_pool.HandlerPool (adaptive LIFO, expired calls
 dropped, congested late calls shed), and grpcio's own concurrent-RPC cap refuses calls beyond
-threads + max_queue_size before anything is read (kbundle.serving.server.grpc_max_calls).
+threads + max_queue_size before anything is read (kbundle.serving.grpc_sizing.grpc_max_calls).
 
 ModelInfer goes to the request core's blocking entry (kbundle.serving.core): decode and encode on
 the gRPC thread, the model call on the batcher. kserve's other RPCs (and component hooks such as

@@ -28,54 +28,13 @@ from kbundle.cpu_budget import cpu_budget
 from kbundle.serving import http_guard, limits
 from kbundle.serving.asgi_infer import InferFastPath
 from kbundle.serving.core import RequestCore
-from kbundle.serving.grpc_pool import HandlerPool
+from kbundle.serving.grpc_sizing import GRPC_SERVER_ENV, grpc_max_calls, grpc_threads, handler_pool
 from kbundle.serving.grpc_sync import SERVICE, LoopBridge, bridge_generic, v2_handlers
 from kbundle.serving.lifecycle import bind_rest_socket, port_in_use, wait_idle
 from kbundle.serving.rest_routes import register_error_handlers
 from kbundle.serving.v2_grpc import ArrayServicer, StatusInterceptor
 
 logger = logging.getLogger("kbundle.server")
-
-# gRPC handler threads: each in-flight ModelInfer holds one while its batch runs, so they cap
-# the formed batch (the MLP's engine limit is flat from batch 8 up). 16 per CPU of the budget
-# (kbundle.cpu_budget) measured at least as fast as 32 and 64 on one core (tiny and MLP,
-# concurrency 32); kserve's --max_threads or KBUNDLE_GRPC_THREADS raise it.
-GRPC_THREADS_ENV = "KBUNDLE_GRPC_THREADS"
-GRPC_THREADS_PER_CPU = 16
-
-
-def grpc_threads() -> int:
-    default = GRPC_THREADS_PER_CPU * cpu_budget().threads
-    return int(os.environ.get(GRPC_THREADS_ENV, default))
-
-
-# Calls held at once (running + waiting for a handler thread): one more is refused by grpcio's own
-# poll thread with RESOURCE_EXHAUSTED before anything is read or decoded, at a cost of
-# microseconds. The bound is the handler threads plus the largest `max_queue_size` of the served
-# models (calls waiting for a thread are that model's queue); none when a model's queue is
-# unbounded (0). KBUNDLE_GRPC_MAX_CALLS overrides it.
-GRPC_MAX_CALLS_ENV = "KBUNDLE_GRPC_MAX_CALLS"
-
-
-def grpc_max_calls(threads: int, models: Sequence[object]) -> int | None:
-    if GRPC_MAX_CALLS_ENV in os.environ:
-        return int(os.environ[GRPC_MAX_CALLS_ENV]) or None
-    sizes = [getattr(getattr(m, "settings", None), "max_queue_size", 0) or 0 for m in models]
-    if not sizes or 0 in sizes:
-        return None
-    return threads + max(sizes)
-
-
-# For A/B benchmarks only (bench/grpc_ab.py, bench/overload.py): the gRPC server ("sync" or
-# "aio") and the sync server's handler pool ("lifo": HandlerPool, "fifo": a stock executor).
-GRPC_SERVER_ENV = "KBUNDLE_GRPC_SERVER"
-GRPC_POOL_ENV = "KBUNDLE_GRPC_POOL"
-
-
-def handler_pool(threads: int) -> futures.Executor:
-    if os.environ.get(GRPC_POOL_ENV, "lifo") == "fifo":
-        return futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc")
-    return HandlerPool(threads)
 
 
 def loop_executor_workers(max_asyncio_workers: int | None) -> int:
@@ -145,7 +104,7 @@ class KbundleGRPCServer(GRPCServer):
         refused (SO_REUSEPORT off, so a second predictor cannot silently share it)."""
         self._bridge = LoopBridge(None)  # the loop is set when serving starts
         servicer = ArrayServicer(self._data_plane, self._model_repository_extension, self.core)
-        self._threads = max(max_workers or 0, grpc_threads())
+        self._threads = max(max_workers or 0, grpc_threads(self._served_settings()))
         # No interceptors: errors are mapped inside each handler (grpc_sync.abort_mapped), and
         # kserve's LoggingInterceptor logs a line per call (~0.45 ms CPU per request,
         # bench/results/transformer_hop.md); errors are still logged.
@@ -153,7 +112,7 @@ class KbundleGRPCServer(GRPCServer):
         self._server = grpc.server(
             handler_pool(self._threads),
             options=grpc_options(self._kwargs),
-            maximum_concurrent_rpcs=grpc_max_calls(self._threads, self._served_models()),
+            maximum_concurrent_rpcs=grpc_max_calls(self._threads, self._served_settings()),
         )
         handlers = v2_handlers(servicer, self._bridge, self.core)
         self._server.add_generic_rpc_handlers(
@@ -164,8 +123,9 @@ class KbundleGRPCServer(GRPCServer):
             self._server.add_generic_rpc_handlers(bridge_generic(hook(self), self._bridge))
         add_port(self._server, self._port)
 
-    def _served_models(self) -> list[object]:
-        return list(self._data_plane.model_registry.get_models().values())
+    def _served_settings(self) -> list[object]:
+        models = self._data_plane.model_registry.get_models().values()
+        return [m.settings for m in models if hasattr(m, "settings")]
 
     async def start(self, max_workers: int) -> None:
         self._stopped = asyncio.Event()
@@ -175,7 +135,7 @@ class KbundleGRPCServer(GRPCServer):
             "gRPC V2 on port %s (%d threads, at most %s calls held)",
             self._port,
             self._threads,
-            grpc_max_calls(self._threads, self._served_models()),
+            grpc_max_calls(self._threads, self._served_settings()),
         )
         await self._stopped.wait()
 
