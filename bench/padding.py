@@ -175,7 +175,9 @@ def start(name: str, config: str, onnx: Path, tmp: Path, grpc_threads: int | Non
         ["--model_name", MODEL, "--model_dir", str(model_dir)],
         tmp / f"{model_dir.name}.log",
         f"/v2/models/{MODEL}/ready",
-        env={"KBUNDLE_GRPC_THREADS": str(grpc_threads)} if grpc_threads else None,
+        # One process per mode: the modes compare padding, not --workers (bench/workers.py does).
+        env={"KBUNDLE_WORKERS": "1"}
+        | ({"KBUNDLE_GRPC_THREADS": str(grpc_threads)} if grpc_threads else {}),
         timeout=180,
     )
 
