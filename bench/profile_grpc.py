@@ -33,7 +33,11 @@ RATE = 200  # py-spy samples per second
 
 
 def py_spy_path() -> str:
-    found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    # The bench venv (bench/run.sh makes it) has py-spy; the project venv need not.
+    bench_venv = Path(__file__).resolve().parent.parent / ".bench-venv" / "bin" / "py-spy"
+    found = shutil.which("py-spy") or next(
+        (str(p) for p in (Path(sys.executable).parent / "py-spy", bench_venv) if p.exists()), ""
+    )
     if not Path(found).exists():
         raise SystemExit("py-spy not found: pip install py-spy")
     return found
