@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -22,6 +21,7 @@ from kbundle.predictors.padding import Padding
 from kbundle.predictors.runner import EngineRunner
 from kbundle.predictors.unbatched import UnbatchedQueue
 from kbundle.serving.arrays import ArrayRequest, ArrayResponse
+from kbundle.serving.core import OnCancel
 from kbundle.settings import ModelSettings
 from kbundle.specs import Signature
 from kbundle.validation import SignatureValidator
@@ -169,10 +169,7 @@ class EnginePredictor(Model):
         return self._response(names, outputs)
 
     def infer_arrays_blocking(
-        self,
-        request: ArrayRequest,
-        loop: asyncio.AbstractEventLoop,
-        on_done: Callable[[Callable[[], object]], object],
+        self, request: ArrayRequest, loop: asyncio.AbstractEventLoop, on_done: OnCancel
     ) -> ArrayResponse:
         """`infer_arrays` for a transport thread (the gRPC server's): blocks that thread, not the
         loop, and skips a coroutine and task per request. `on_done(cancel)` registers the

@@ -14,7 +14,6 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from kbundle.predictors import model_config
@@ -25,6 +24,7 @@ from kbundle.predictors.workers.link import LoopReply, OwnerLink
 from kbundle.predictors.workers.pod_metrics import pod_metrics_hook
 from kbundle.predictors.workers.shm import SHM_DIR, Slab, SlabSize
 from kbundle.serving.arrays import ArrayRequest, ArrayResponse
+from kbundle.serving.core import OnCancel
 from kbundle.serving.limits import HttpLimits
 from kbundle.serving.server import KbundleModelServer
 from kbundle.specs import Signature
@@ -82,10 +82,7 @@ class RemotePredictor(EnginePredictor):
         return ArrayResponse(outputs=outputs, model_version=version)
 
     def infer_arrays_blocking(
-        self,
-        request: ArrayRequest,
-        loop: asyncio.AbstractEventLoop,
-        on_done: Callable[[Callable[[], object]], object],
+        self, request: ArrayRequest, loop: asyncio.AbstractEventLoop, on_done: OnCancel
     ) -> ArrayResponse:
         waiter = Waiter()
         self.link.call(

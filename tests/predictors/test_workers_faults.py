@@ -39,13 +39,13 @@ ROWS = 64  # 32 calls of 64 rows: seconds of engine work, so most are still queu
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return Path(tmp_path_factory.mktemp("workers-faults"))
+def model_dir(tmp_path_factory) -> Path:
+    return build_slow_model(Path(tmp_path_factory.mktemp("workers-faults")) / MODEL, CONFIG)
 
 
 @pytest.fixture(scope="module")
-def model_dir(root) -> Path:
-    return build_slow_model(root / MODEL, CONFIG)
+def root(model_dir) -> Path:
+    return model_dir.parent
 
 
 @pytest.fixture(scope="module")
