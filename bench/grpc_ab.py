@@ -1,11 +1,13 @@
-"""gRPC server A/B on one pinned core, one command: grpc.aio vs grpcio's sync server, same run.
+"""gRPC server A/B on one pinned core, one command: grpc.aio, grpcio's sync server and kbundle's
+lean server (kbundle.serving.grpc_lean), same run.
 
 `python bench/grpc_ab.py [--seconds 5] [--rounds 2]` measures, interleaved round by round:
 - echo: a trivial unary handler (raw bytes in, a fixed 40-byte answer out, no model) on
   grpc.aio, on the sync server with a stock ThreadPoolExecutor (FIFO) and on the sync server
-  with kbundle's HandlerPool (kbundle.serving.grpc_pool), 16 threads each;
+  with kbundle's HandlerPool (kbundle.serving.grpc_pool), 16 threads each, on the lean server's
+  connection layer, and on the h2 library (the HTTP/2 library the lean server does not use);
 - ModelInfer: the kbundle predictor (tiny and MLP, no flags but intra_op_threads 1) with
-  KBUNDLE_GRPC_SERVER=aio, sync + fifo pool, sync + lifo pool (the default).
+  KBUNDLE_GRPC_SERVER=aio, sync + fifo pool, sync + lifo pool, lean (the default).
 Each server is pinned to SERVER_CPU with taskset; the load is closed-loop grpc.aio callers in
 `--clients` processes pinned to CLIENT_CPU (bench/overload.py's client). Reported per cell: answers/s,
 p50/p99, the server's CPU per answered call (from /proc: independent of how fast the client is)
@@ -35,7 +37,8 @@ from machine import cpu_model  # noqa: E402
 from profile_grpc import build_model  # noqa: E402
 
 ECHO_ANSWER = b"\x0a\x04echo\x1a\x02id"  # a ModelInferResponse: model_name, id
-VARIANTS = ("aio", "sync-fifo", "sync-lifo")
+VARIANTS = ("aio", "sync-fifo", "sync-lifo", "lean")
+ECHO_VARIANTS = (*VARIANTS, "h2lib")  # h2lib: the h2 library's HTTP/2 state machine, echo only
 THREADS = 16
 
 
@@ -64,6 +67,11 @@ def serve_echo(variant: str, port: int) -> None:
     if variant == "aio":
         asyncio.run(_serve_aio(port))
         return
+    if variant in ("lean", "h2lib"):
+        import uvloop
+
+        uvloop.run(_serve_lean(port) if variant == "lean" else _serve_h2lib(port))
+        return
     pool = futures.ThreadPoolExecutor(THREADS) if variant == "sync-fifo" else HandlerPool(THREADS)
     server = grpc.server(pool, handlers=(echo_handler(False),))
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -81,6 +89,64 @@ async def _serve_aio(port: int) -> None:
 
 
 # -- the A/B -----------------------------------------------------------------------------------
+class EchoSink:
+    """The lean server's connection layer with a fixed answer: its framing cost alone."""
+
+    max_message_bytes = 1 << 20
+
+    def admit(self, call):
+        return None
+
+    def dispatch(self, call) -> None:
+        call.conn.respond(call, ECHO_ANSWER)
+
+    def closed(self, conn) -> None:
+        pass
+
+
+async def _serve_lean(port: int) -> None:
+    from kbundle.serving.grpc_lean_conn import H2Connection
+
+    sink = EchoSink()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: H2Connection(sink), "127.0.0.1", port)
+    await server.serve_forever()
+
+
+async def _serve_h2lib(port: int) -> None:
+    """The same echo on the `h2` library (python-hyper): why the lean server frames by hand."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    prefix = b"\x00" + len(ECHO_ANSWER).to_bytes(4, "big")
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+            self.transport, self.conn = transport, h2.connection.H2Connection(config)
+            self.conn.initiate_connection()
+            transport.write(self.conn.data_to_send())
+
+        def data_received(self, data: bytes) -> None:
+            for event in self.conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    self.conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                elif isinstance(event, h2.events.StreamEnded):
+                    sid = event.stream_id
+                    self.conn.send_headers(
+                        sid, [(":status", "200"), ("content-type", "application/grpc")]
+                    )
+                    self.conn.send_data(sid, prefix + ECHO_ANSWER)
+                    self.conn.send_headers(sid, [("grpc-status", "0")], end_stream=True)
+            self.transport.write(self.conn.data_to_send())
+
+    server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", port)
+    await server.serve_forever()
+
+
 def start_echo(args, variant: str, log: Path) -> tuple[subprocess.Popen, int]:
     from procs import free_port
 
@@ -126,7 +192,7 @@ def cell(args, proc, port: int, work, concurrency: int) -> dict:
 
 def run_round(args, root: Path, models: dict, rows: list[dict]) -> None:
     echo_work = [(b"\x0a\x04echo", None)]
-    for variant in VARIANTS:
+    for variant in ECHO_VARIANTS:
         proc, port = start_echo(args, variant, root / f"echo-{variant}.log")
         try:
             for c in args.concurrency:
@@ -164,7 +230,7 @@ def table(rows: list[dict]) -> list[str]:
     """Median over rounds per (load, variant, concurrency)."""
     keys = sorted(
         {(r["load"], r["c"], r["variant"]) for r in rows},
-        key=lambda k: (k[0], k[1], VARIANTS.index(k[2])),
+        key=lambda k: (k[0], k[1], ECHO_VARIANTS.index(k[2])),
     )
     lines = [
         "| load | c | server | answers/s | p50 ms | p99 ms | server CPU µs/call | client CPU | rounds (answers/s) |",
@@ -192,7 +258,7 @@ def table(rows: list[dict]) -> list[str]:
 
 def write(args, rows: list[dict], load_before: str, load_after: str) -> None:
     lines = [
-        "# gRPC servers A/B on one core: grpc.aio vs grpcio's sync server",
+        "# gRPC servers A/B on one core: grpc.aio, grpcio's sync server, the lean server",
         "",
         f"`python bench/grpc_ab.py --seconds {args.seconds:g} --rounds {args.rounds} --clients "
         f"{args.clients}`, {cpu_model()}, {os.cpu_count()} CPUs; load before: `{load_before}`, "
@@ -204,7 +270,9 @@ def write(args, rows: list[dict], load_before: str, load_after: str) -> None:
         "comparison). echo = a raw-bytes handler answering a fixed message (no model); tiny / mlp "
         "= the kbundle predictor's ModelInfer (intra_op_threads 1). aio = grpc.aio server; "
         "sync-fifo = grpcio's sync server on a ThreadPoolExecutor; sync-lifo = the sync server on "
-        "kbundle's HandlerPool (the predictor's default). Medians over rounds; rounds interleave "
+        "kbundle's HandlerPool; lean = kbundle's own HTTP/2 framing on the event loop "
+        "(kbundle.serving.grpc_lean, the predictor's default); h2lib (echo only) = the same "
+        "echo on the h2 library's HTTP/2 state machine. Medians over rounds; rounds interleave "
         "the variants.",
         "",
         *table(rows),
@@ -225,7 +293,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--client-cpu", type=int, default=1)
-    parser.add_argument("--serve-echo", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-echo", choices=ECHO_VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_echo:

@@ -1,6 +1,6 @@
 """Where a gRPC predictor's CPU goes, one command: py-spy on the server under a gRPC load.
 
-`python bench/profile_grpc.py [--model mlp|tiny] [--load saturation|overload] [--server sync|aio]
+`python bench/profile_grpc.py [--model mlp|tiny] [--load saturation|overload] [--server lean|sync|aio]
 [--pool lifo|fifo] [--seconds 8]` starts the predictor pinned to one core (the model's
 kbundle.yaml as in bench/overload.py, no flags), drives it from `--clients` grpc.aio processes on
 the other core (c=32 without deadlines, or c=256 with 100 ms deadlines), and samples the server
@@ -118,7 +118,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=list(BUILDERS), default="mlp")
     parser.add_argument("--load", choices=list(LOADS), default="saturation")
-    parser.add_argument("--server", choices=["sync", "aio"], default="sync")
+    parser.add_argument("--server", choices=["lean", "sync", "aio"], default="lean")
     parser.add_argument("--pool", choices=["lifo", "fifo"], default="lifo")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", type=int, default=2)

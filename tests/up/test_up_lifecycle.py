@@ -126,7 +126,7 @@ def test_sigterm_drains_requests_in_flight_then_stops_every_child(up):
         t.join(120)
     assert up.proc.wait(60) == 0
     failures = {i: r for i, r in results.items() if isinstance(r, Exception)}
-    assert not failures, failures
+    assert not failures, {i: str(r) for i, r in failures.items()}
     assert len(results) == 8
     answered = np.array([results[i][1] for i in range(8)])
     assert all(results[i][0] == REVISION for i in range(8))

@@ -57,8 +57,14 @@ class ProxyHandler(grpc.GenericRpcHandler):
         async with runtime.track():
             try:
                 await runtime.activate()
+                # wait_for_ready: the revision is up (activate), but this channel may still be
+                # in reconnect back-off from its previous pod (scaled to zero, restarted), and a
+                # call then would fail at once with UNAVAILABLE instead of connecting.
                 call = runtime.grpc_channel().unary_unary(method)(
-                    request, metadata=_metadata(context), timeout=context.time_remaining()
+                    request,
+                    metadata=_metadata(context),
+                    timeout=context.time_remaining(),
+                    wait_for_ready=True,
                 )
                 response = await call
                 await context.send_initial_metadata(tuple(await call.initial_metadata()) + tag)

@@ -103,7 +103,7 @@ class _BridgedGeneric(grpc.GenericRpcHandler):
         return self._cache[method]
 
 
-class _HandlerCapture:
+class HandlerCapture:
     """Stands in for a server to collect the handlers kserve's generated code registers."""
 
     def __init__(self) -> None:
@@ -145,7 +145,7 @@ def v2_handlers(
 ) -> dict[str, grpc.RpcMethodHandler]:
     """kserve's GRPCInferenceService handlers (ours where ArrayServicer overrides), bridged,
     with ModelInfer on the request core's blocking entry."""
-    capture = _HandlerCapture()
+    capture = HandlerCapture()
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
     handlers = {name: bridge.handler(h, name) for name, h in capture.handlers.items()}
     handlers["ModelInfer"] = capture.handlers["ModelInfer"]._replace(

@@ -17,6 +17,8 @@ import logging
 import socket
 import time
 
+from kbundle.serving import limits
+
 logger = logging.getLogger("kbundle.server")
 
 DEFAULT_DRAIN_TIMEOUT_S = 25.0
@@ -53,6 +55,29 @@ def bind_rest_socket(port: int, host: str = "0.0.0.0") -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise port_in_use("REST", port, "--http_port") from None
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def bind_grpc_socket(port: int, reuseport: bool, listen: bool = True) -> socket.socket:
+    """The gRPC listening socket on kserve's address (all interfaces, IPv4 and IPv6, unless
+    KBUNDLE_BIND_HOST says otherwise). SO_REUSEPORT only where our own `--workers` share it."""
+    host = limits.bind_host()
+    family = socket.AF_INET if host and ":" not in host else socket.AF_INET6
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuseport))
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    try:
+        sock.bind((host or "::", port))
+        if listen:
+            sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise port_in_use("gRPC", port, "--grpc_port") from None
         raise
     sock.set_inheritable(True)
     return sock

@@ -28,6 +28,7 @@ from kbundle.cpu_budget import cpu_budget
 from kbundle.serving import http_guard, limits
 from kbundle.serving.asgi_infer import InferFastPath
 from kbundle.serving.core import RequestCore
+from kbundle.serving.grpc_lean import KbundleLeanGRPCServer
 from kbundle.serving.grpc_sizing import GRPC_SERVER_ENV, grpc_max_calls, grpc_threads, handler_pool
 from kbundle.serving.grpc_sync import SERVICE, LoopBridge, bridge_generic, v2_handlers
 from kbundle.serving.lifecycle import bind_rest_socket, port_in_use, wait_idle
@@ -203,7 +204,11 @@ class KbundleAioGRPCServer(GRPCServer):
             await self._server.stop(grace=timeout_s)
 
 
-GRPC_SERVERS: dict[str, type[GRPCServer]] = {"sync": KbundleGRPCServer, "aio": KbundleAioGRPCServer}
+GRPC_SERVERS: dict[str, type[GRPCServer]] = {
+    "lean": KbundleLeanGRPCServer,
+    "sync": KbundleGRPCServer,
+    "aio": KbundleAioGRPCServer,
+}
 
 
 class KbundleModelServer(ModelServer):
@@ -216,7 +221,7 @@ class KbundleModelServer(ModelServer):
         args: argparse.Namespace,
         rest_hooks: Sequence[RestHook] = (),
         grpc_hooks: Sequence[GrpcHook] = (),
-        grpc_server: str = "sync",
+        grpc_server: str = "lean",
         http_limits: limits.HttpLimits | None = None,
     ):
         self._grpc_server_class = GRPC_SERVERS[os.environ.get(GRPC_SERVER_ENV, grpc_server)]
@@ -287,7 +292,11 @@ class KbundleModelServer(ModelServer):
             self.grpc_port,
             self.dataplane,
             self.model_repository_extension,
-            kwargs={**vars(self._args), "max_request_bytes": self._limits.max_request_bytes},
+            kwargs={
+                **vars(self._args),
+                "max_request_bytes": self._limits.max_request_bytes,
+                "http_limits": self._limits,
+            },
             grace_period=self.grace_period,
         )
         server.grpc_hooks, server.core = self._grpc_hooks, self.core

@@ -1,0 +1,120 @@
+"""The lean gRPC server (kbundle.serving.grpc_lean, the predictor's default) at the wire: large
+tensors both ways through HTTP/2 flow control, gzip requests, many calls on one connection,
+limits and malformed input answered with a status, never a dead server. Reference clients:
+tritonclient.grpc and grpcio; raw sockets where a client must misbehave on purpose."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from lifecycle_helpers import METHOD, MODEL, grpc_message, grpc_rows, infer_call
+from procs import start_predictor
+from slow_model import WIDTH, build_slow_model, request_rows
+
+BIG_ROWS = 2048  # 4 MiB each way: many times the client's initial 64 KiB window
+LIMIT = 6 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lean")
+    model_dir = build_slow_model(root / "slow", f"max_batch_size: {BIG_ROWS}\n")
+    env = {"KBUNDLE_MAX_REQUEST_BYTES": str(LIMIT)}
+    proc = start_predictor(MODEL, model_dir, root / "predictor.log", env=env)
+    yield proc
+    proc.stop()
+
+
+def triton_infer(url: str, x: np.ndarray, **kwargs) -> np.ndarray:
+    client = grpcclient.InferenceServerClient(url)
+    tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return client.infer(MODEL, [tensor], **kwargs).as_numpy("y")
+
+
+def test_the_server_log_names_the_lean_server(server):
+    assert "at most" in server.log() and "calls held" in server.log()
+
+
+def test_4_mib_each_way_through_flow_control(server):
+    x = request_rows(1, BIG_ROWS)
+    np.testing.assert_allclose(triton_infer(server.grpc_url, x), x, rtol=1e-5)
+
+
+def test_gzip_and_deflate_requests_are_read(server):
+    x = request_rows(2, 64)
+    for algorithm in ("gzip", "deflate"):
+        y = triton_infer(server.grpc_url, x, compression_algorithm=algorithm)
+        np.testing.assert_allclose(y, x, rtol=1e-5)
+
+
+def test_64_concurrent_calls_on_one_connection_get_their_own_rows(server):
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        call = infer_call(channel)
+        futures = [call.future(grpc_message(tag, 8), timeout=60) for tag in range(64)]
+        for tag, future in enumerate(futures):
+            np.testing.assert_allclose(grpc_rows(future.result()), request_rows(tag, 8))
+
+
+def test_a_message_over_the_limit_is_resource_exhausted_naming_the_setting(server):
+    rows = LIMIT // (WIDTH * 4) + 16
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            infer_call(channel)(grpc_message(3, rows), timeout=60)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert str(LIMIT) in caught.value.details()
+    assert "KBUNDLE_MAX_REQUEST_BYTES" in caught.value.details()
+    x = request_rows(4, 4)  # and the server goes on
+    np.testing.assert_allclose(triton_infer(server.grpc_url, x), x, rtol=1e-5)
+
+
+def test_bytes_that_are_not_a_ModelInferRequest_are_invalid_argument(server):
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        raw = channel.unary_unary(METHOD)  # no serializer: bytes as given
+        with pytest.raises(grpc.RpcError) as caught:
+            raw(b"\xff\xff\xff\xff", timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ModelInferRequest" in caught.value.details()
+
+
+def test_an_unknown_method_is_unimplemented(server):
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary("/inference.GRPCInferenceService/Nope")(b"", timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "Nope" in caught.value.details()
+
+
+def _raw_exchange(url: str, payload: bytes) -> bytes:
+    host, port = url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(payload)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_an_http1_request_on_the_grpc_port_is_closed_and_the_server_goes_on(server):
+    received = _raw_exchange(server.grpc_url, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"this is a gRPC port" in received  # the GOAWAY's debug data, then closed
+    x = request_rows(5, 4)
+    np.testing.assert_allclose(triton_infer(server.grpc_url, x), x, rtol=1e-5)
+
+
+def test_an_oversized_frame_gets_goaway_and_the_server_goes_on(server):
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">BHBBI", 0, 0, 4, 0, 0)
+    huge = struct.pack(">BHBBI", 0xFF, 0xFFFF, 0, 0, 1)  # a 16 MiB DATA frame header
+    received = _raw_exchange(server.grpc_url, preface + huge)
+    goaway = struct.pack(">BBI", 7, 0, 0)[0:1]  # type byte 7 follows the 3 length bytes
+    assert goaway in received and b"frame of" in received
+    with ThreadPoolExecutor(4) as pool:  # and the server still serves several at once
+        results = pool.map(lambda t: triton_infer(server.grpc_url, request_rows(t, 2)), range(4))
+        for tag, y in enumerate(results):
+            np.testing.assert_allclose(y, request_rows(tag, 2), rtol=1e-5)
