@@ -93,6 +93,7 @@ class EchoSink:
     """The lean server's connection layer with a fixed answer: its framing cost alone."""
 
     max_message_bytes = 1 << 20
+    max_header_bytes = 32 * 1024
 
     def admit(self, call):
         return None

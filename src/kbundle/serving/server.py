@@ -44,6 +44,21 @@ def loop_executor_workers(max_asyncio_workers: int | None) -> int:
     return max_asyncio_workers or min(32, cpu_budget().threads + 4)
 
 
+def serving_loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """kserve's `--event_loop`: "auto" (its default) is uvloop where installed, as kserve and
+    uvicorn read it; None = asyncio's own loop. (ModelServer.start ran asyncio.run, which
+    ignored the flag: uvloop halves the loop's own cost per call.)"""
+    if event_loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if event_loop == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop
+
+
 def no_signal_capture() -> contextlib.AbstractContextManager:
     """uvicorn captures SIGTERM itself and re-raises it after its own shutdown; the model
     server's drain (KbundleModelServer) owns the signals instead."""
@@ -258,7 +273,8 @@ class KbundleModelServer(ModelServer):
         self.servers.append(rest.start())
         if self.enable_grpc:
             self.servers.append(self._grpc_server.start(self.max_threads))
-        asyncio.run(self._serve())
+        with asyncio.Runner(loop_factory=serving_loop_factory(self.event_loop)) as runner:
+            runner.run(self._serve())
 
     def _rest_socket(self) -> socket.socket:
         """Bound here; a `--workers` front end serves the one its supervisor bound instead."""
