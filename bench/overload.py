@@ -46,8 +46,8 @@ from overload_report import batch_figures, write_markdown  # noqa: E402
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 REFUSALS = ("RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")
-# max_queue_size 24: with the 16 gRPC handler threads of one core, at most 40 calls are held
-# (kbundle.serving.grpc_sizing.grpc_max_calls), ~30 ms of work at saturation, well within 100 ms.
+# max_queue_size 24: at most 24 requests wait behind the batch running, ~30 ms of work at
+# saturation, well within 100 ms; a call that finds the queue full is refused on its headers.
 CONFIG = "max_batch_size: 32\nmax_batch_delay_ms: 1\nintra_op_threads: 1\nmax_queue_size: 24\n"
 
 

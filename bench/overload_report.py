@@ -75,9 +75,10 @@ def write_markdown(path: Path, result: dict, config: str) -> None:
         f"RESOURCE_EXHAUSTED waits {result['backoff_ms']:g} ms (the server's Retry-After for a "
         "full queue) before its next call, as a well-behaved client does; the last phase has "
         "callers that retry at once, for comparison. Targets are judged on the overload phase. "
-        "`RESOURCE_EXHAUSTED` = refused by grpcio's concurrent-call cap before the call is read "
-        "(or by a full model queue); `RESOURCE_EXHAUSTED shed` = refused by the handler pool "
-        "after queueing, before decoding, once too little of its deadline was left.",
+        "`RESOURCE_EXHAUSTED` = refused when the call's headers arrive, before its body is read "
+        "(the model's queue full, or more calls held than the server's cap); with "
+        "KBUNDLE_GRPC_SERVER=sync, `RESOURCE_EXHAUSTED shed` = refused by the handler pool after "
+        "queueing, before decoding, once too little of its deadline was left.",
         "",
         "| phase | answered/s | p50 / p99 ms | refused (p99 ms) | other | server CPU | client CPU |",
         "|---|---:|---|---|---|---:|---:|",

@@ -132,7 +132,7 @@ class KbundleLeanGRPCServer(GRPCServer):
             return RESOURCE_EXHAUSTED, f"{message} ({self.limits.max_headers})", b""
         if self.max_calls is not None and len(self._calls) >= self.max_calls:
             held = f"{len(self._calls)} calls held, the limit (KBUNDLE_GRPC_MAX_CALLS)"
-            return RESOURCE_EXHAUSTED, f"server overloaded: {held}; retry after 1 s", RETRY_PUSHBACK
+            return RESOURCE_EXHAUSTED, f"server busy: {held}; retry after 1 s", RETRY_PUSHBACK
         if call.path == MODEL_INFER:
             return self._queue_full(call)
         if self._handler(call) is None:

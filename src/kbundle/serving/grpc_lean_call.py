@@ -132,7 +132,12 @@ class Call:
         return self.cancelled or (remaining is not None and remaining <= 0)
 
     def add_callback(self, callback: Callable[[], object]) -> bool:
-        self._callbacks.append(callback)
+        """Always calls back: at once when the client already left (the request core then
+        drops the call instead of running it for nobody)."""
+        if self.cancelled:
+            callback()
+        else:
+            self._callbacks.append(callback)
         return True
 
     def abort(self, code: grpc.StatusCode, details: str) -> None:
