@@ -52,19 +52,47 @@ def budget_settings(
     """Core-dependent defaults from the CPU budget (explicit settings win), logged once.
     `front_ends`: CPUs the `--workers` front ends take from the engine owner's share."""
     budget = cpu_budget.cpu_budget()
-    if not settings.intra_op_threads:  # 0: not set; the engine's own default counts host cores
-        engine_cpus = max(1, budget.threads - front_ends)
-        per_instance = max(1, engine_cpus // max(1, settings.instances))
-        settings = dataclasses.replace(settings, intra_op_threads=per_instance)
+    settings, intra_op = engine_threads(settings, budget, front_ends)
     child_env = cpu_budget.apply_child_thread_env(budget)
     derived = {
-        "intra_op_threads": settings.intra_op_threads,
+        "intra_op_threads": intra_op,
         "grpc_threads": max(args.max_threads or 0, grpc_threads([settings])),
         "loop_executor_threads": loop_executor_workers(args.max_asyncio_workers),
         **{k.lower(): v for k, v in child_env.items()},
     }
     cpu_budget.announce(budget, derived)
     return settings
+
+
+def engine_threads(
+    settings: ModelSettings, budget: cpu_budget.CpuBudget, front_ends: int
+) -> tuple[ModelSettings, str]:
+    """The engine's intra-op threads per instance, and how the start-up line reports them.
+
+    Under `--workers` the engine owner gets the budget *less* the front ends (at least 1), not
+    the whole budget: under load the front ends decode the next requests while a batch runs,
+    and ONNX Runtime's intra-op threads spin between runs, so a pool as wide as the budget
+    takes the front ends' CPUs exactly when the pod is busy (and a cgroup quota throttles the
+    whole pod). `--workers auto` spends the budget on front ends, which suits models that cost
+    less than their decode; an engine-bound model lowers --workers, giving the engine the rest.
+    """
+    if settings.intra_op_threads:  # explicit: kept, but said when it overlaps the front ends
+        if front_ends and settings.intra_op_threads + front_ends > budget.threads:
+            logger.warning(
+                "intra_op_threads %d is set: with %d front ends that is more threads than the "
+                "cpu budget %g; unset it to get the budget less the front ends",
+                settings.intra_op_threads,
+                front_ends,
+                budget.cpus,
+            )
+        return settings, f"{settings.intra_op_threads}" + (" (set)" if front_ends else "")
+    # 0 (not set) would leave the engine's own default, which counts the host's cores.
+    engine_cpus = max(1, budget.threads - front_ends)
+    per_instance = max(1, engine_cpus // max(1, settings.instances))
+    settings = dataclasses.replace(settings, intra_op_threads=per_instance)
+    if not front_ends:
+        return settings, f"{per_instance}"
+    return settings, f"{per_instance} (budget {budget.threads} less {front_ends} front ends)"
 
 
 def settings_for(args: argparse.Namespace) -> ModelSettings:
