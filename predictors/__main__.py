@@ -76,23 +76,31 @@ def engine_threads(
     whole pod). `--workers auto` spends the budget on front ends, which suits models that cost
     less than their decode; an engine-bound model lowers --workers, giving the engine the rest.
     """
-    if settings.intra_op_threads:  # explicit: kept, but said when it overlaps the front ends
-        if front_ends and settings.intra_op_threads + front_ends > budget.threads:
-            logger.warning(
-                "intra_op_threads %d is set: with %d front ends that is more threads than the "
-                "cpu budget %g; unset it to get the budget less the front ends",
-                settings.intra_op_threads,
-                front_ends,
-                budget.cpus,
-            )
+    engine_cpus = max(1, budget.threads - front_ends)
+    if settings.intra_op_threads:  # explicit: kept, but said when it takes the front ends' CPUs
+        if front_ends and settings.intra_op_threads > engine_cpus:
+            _warn_overlap(settings.intra_op_threads, engine_cpus, budget, front_ends)
         return settings, f"{settings.intra_op_threads}" + (" (set)" if front_ends else "")
     # 0 (not set) would leave the engine's own default, which counts the host's cores.
-    engine_cpus = max(1, budget.threads - front_ends)
     per_instance = max(1, engine_cpus // max(1, settings.instances))
     settings = dataclasses.replace(settings, intra_op_threads=per_instance)
     if not front_ends:
         return settings, f"{per_instance}"
     return settings, f"{per_instance} (budget {budget.threads} less {front_ends} front ends)"
+
+
+def _warn_overlap(
+    threads: int, engine_cpus: int, budget: cpu_budget.CpuBudget, front_ends: int
+) -> None:
+    logger.warning(
+        "intra_op_threads %d is set, above the %d the cpu budget %g leaves after %d front ends: "
+        "the engine's threads take their CPUs; unset it to get %d",
+        threads,
+        engine_cpus,
+        budget.cpus,
+        front_ends,
+        engine_cpus,
+    )
 
 
 def settings_for(args: argparse.Namespace) -> ModelSettings:

@@ -59,7 +59,7 @@ def test_the_sample_manifest_owner_runs_the_budget_less_the_front_ends(tmp_path,
     line, log = owner_budget_line(tmp_path, model_dir)
     assert "cpu budget 2 (" in line, line
     assert "intra_op_threads 1 (budget 2 less 2 front ends)," in line, line
-    assert "more threads than the cpu budget" not in log
+    assert "is set, above" not in log
 
 
 def test_an_explicit_intra_op_setting_that_overlaps_the_front_ends_is_kept_and_warned(
@@ -68,6 +68,6 @@ def test_an_explicit_intra_op_setting_that_overlaps_the_front_ends_is_kept_and_w
     line, log = owner_budget_line(tmp_path, model_dir, "--intra_op_threads", "2")
     assert "intra_op_threads 2 (set)," in line, line
     assert (
-        "intra_op_threads 2 is set: with 2 front ends that is more threads than the cpu "
-        "budget 2; unset it to get the budget less the front ends"
+        "intra_op_threads 2 is set, above the 1 the cpu budget 2 leaves after 2 front ends: "
+        "the engine's threads take their CPUs; unset it to get 1"
     ) in log
