@@ -15,7 +15,10 @@ import logging
 import os
 import signal
 import sys
+import weakref
 from pathlib import Path
+
+import numpy as np
 
 from kbundle.predictors.predictor import EnginePredictor
 from kbundle.predictors.workers import wire
@@ -100,8 +103,11 @@ class WorkerLink:
             response = await self.predictor.infer_arrays(request)
         except asyncio.CancelledError:
             # The worker's cancel: the batcher skips the request if still queued (counted as
-            # disconnected). The reply still goes back, since only it releases the slot; a
-            # cancelled call never writes its outputs into the slot.
+            # disconnected). Only the reply releases the slot, so it waits until no array here
+            # views the slot (a batch already running still reads it); no outputs are written.
+            if descs:
+                self._reply_when_unused(seq, list(inputs.values()))
+                return
             reply = self._failed(seq, asyncio.CancelledError())
         except Exception as exc:
             log_if_internal(exc, f"owner infer of '{self.predictor.name}'")
@@ -109,6 +115,19 @@ class WorkerLink:
         else:
             reply = self._answer(seq, slot, descs, response)
         self._reply(reply)
+
+    def _reply_when_unused(self, seq: int, views: list[np.ndarray]) -> None:
+        """The cancelled reply, once every view of the slot is gone (freed on the engine's
+        thread too, hence call_soon_threadsafe)."""
+        loop, left = asyncio.get_running_loop(), [len(views)]
+
+        def gone() -> None:
+            left[0] -= 1
+            if not left[0]:
+                self._reply(self._failed(seq, asyncio.CancelledError()))
+
+        for view in views:
+            weakref.finalize(view, loop.call_soon_threadsafe, gone)
 
     def _reply(self, reply: tuple) -> None:
         if not self._replies:  # the first reply of this loop tick: flush them all at its end
