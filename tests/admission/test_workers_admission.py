@@ -19,13 +19,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 from admission_helpers import (
     MODEL,
+    cost_of_leavers,
     engine_calls,
     fill_queue,
     grpc_burst,
-    in_background,
     metric,
     rest_infer,
-    send_and_leave,
+    rest_leavers,
     start_blocker,
 )
 from admission_helpers import rows as make_rows
@@ -36,6 +36,10 @@ from tritonclient.utils import InferenceServerException
 
 BASE = "max_batch_size: 1\nmax_batch_delay_ms: 0\nintra_op_threads: 1\nwarmup: false\n"
 DROPPED = "kbundle_requests_dropped_total"
+CONFIGS = {
+    "deadline": "max_queue_size: 64\nmax_request_rows: 0\n",
+    "queue": "max_queue_size: 2\nmax_request_rows: 16384\n",
+}
 BLOCKER = 16384  # rows: seconds of engine time, even on a fast machine
 
 
@@ -53,20 +57,20 @@ def _server(tmp_path_factory, label: str, config: str):
     return server
 
 
-@pytest.fixture(scope="module")
-def deadline_server(tmp_path_factory):
-    config = BASE + "max_queue_size: 64\nmax_request_rows: 0\n"
-    server = _server(tmp_path_factory, "workers-deadline", config)
+def _serving(tmp_path_factory, label: str):
+    server = _server(tmp_path_factory, f"workers-{label}", BASE + CONFIGS[label])
     yield server
     assert server.stop() == 0, server.log()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def deadline_server(tmp_path_factory):
+    yield from _serving(tmp_path_factory, "deadline")
 
 
 @pytest.fixture(scope="module")
 def queue_server(tmp_path_factory):
-    config = BASE + "max_queue_size: 2\nmax_request_rows: 16384\n"
-    server = _server(tmp_path_factory, "workers-queue", config)
-    yield server
-    assert server.stop() == 0, server.log()[-3000:]
+    yield from _serving(tmp_path_factory, "queue")
 
 
 # -- a client that leaves ------------------------------------------------------------------------
@@ -74,40 +78,31 @@ def test_rest_clients_that_disconnect_while_queued_in_the_owner_cost_the_engine_
     deadline_server,
 ):
     url = deadline_server.http_url
-    calls, rows_run = engine_calls(url)
-    gone = metric(url, DROPPED, reason="disconnected")
-    blocker = start_long_blocker(url)
-    leavers = [in_background(send_and_leave, url, make_rows(64, s), 0.03) for s in range(20)]
-    for thread in leavers:
-        thread.join(30)
-    blocker.join(120)
-    time.sleep(0.3)
-    after_calls, after_rows = engine_calls(url)
-    # the blocker, plus at most a small in-flight share of the burst
-    assert after_rows - rows_run <= BLOCKER + 2 * 64, (after_calls - calls, after_rows - rows_run)
-    assert metric(url, DROPPED, reason="disconnected") - gone >= 18
+    ran, gone = cost_of_leavers(url, lambda: rest_leavers(url), BLOCKER)
+    assert ran <= BLOCKER + 2 * 64, ran  # the blocker, plus at most a small in-flight share
+    assert gone >= 18
+
+
+def cancel_grpc_calls(url: str, count: int) -> None:
+    """`count` gRPC calls of 64 rows, cancelled by their client 0.2 s later (queued by then)."""
+    client = grpcclient.InferenceServerClient(url)
+    contexts = []
+    for seed in range(count):
+        tensor = grpcclient.InferInput("x", [64, 256], "FP32")
+        tensor.set_data_from_numpy(make_rows(64, seed))
+        contexts.append(client.async_infer(MODEL, [tensor], callback=lambda *_: None))
+    time.sleep(0.2)
+    for context in contexts:
+        context.cancel()
+    client.close()
 
 
 def test_grpc_calls_cancelled_while_queued_in_the_owner_never_run(deadline_server):
     url = deadline_server.http_url
-    calls, rows_run = engine_calls(url)
-    gone = metric(url, DROPPED, reason="disconnected")
-    blocker = start_long_blocker(url)
-    client = grpcclient.InferenceServerClient(deadline_server.grpc_url)
-    contexts = []
-    for seed in range(12):
-        tensor = grpcclient.InferInput("x", [64, 256], "FP32")
-        tensor.set_data_from_numpy(make_rows(64, seed))
-        contexts.append(client.async_infer(MODEL, [tensor], callback=lambda *_: None))
-    time.sleep(0.2)  # received and queued behind the blocker
-    for context in contexts:
-        context.cancel()
-    blocker.join(120)
-    client.close()
-    time.sleep(0.3)
-    after_calls, after_rows = engine_calls(url)
-    assert after_rows - rows_run <= BLOCKER + 2 * 64, (after_calls - calls, after_rows - rows_run)
-    assert metric(url, DROPPED, reason="disconnected") - gone >= 10
+    leave = lambda: cancel_grpc_calls(deadline_server.grpc_url, 12)  # noqa: E731
+    ran, gone = cost_of_leavers(url, leave, BLOCKER)
+    assert ran <= BLOCKER + 2 * 64, ran
+    assert gone >= 10
 
 
 def test_the_request_timeout_travels_to_the_owner_which_drops_expired_calls_unrun(
