@@ -54,12 +54,11 @@ def budget_settings(
     budget = cpu_budget.cpu_budget()
     settings, intra_op = engine_threads(settings, budget, front_ends)
     child_env = cpu_budget.apply_child_thread_env(budget)
-    derived = {
-        "intra_op_threads": intra_op,
-        "grpc_threads": max(args.max_threads or 0, grpc_threads([settings])),
-        "loop_executor_threads": loop_executor_workers(args.max_asyncio_workers),
-        **{k.lower(): v for k, v in child_env.items()},
-    }
+    derived: dict[str, object] = {"intra_op_threads": intra_op}
+    if not front_ends:  # the `--workers` engine owner serves no gRPC and runs no serving loop
+        derived["grpc_threads"] = max(args.max_threads or 0, grpc_threads([settings]))
+        derived["loop_executor_threads"] = loop_executor_workers(args.max_asyncio_workers)
+    derived.update((k.lower(), v) for k, v in child_env.items())
     cpu_budget.announce(budget, derived)
     return settings
 
