@@ -2,7 +2,7 @@
 hands the replies back (to a gRPC thread's Waiter or to the event loop's future).
 
 A slot is released only when the owner's reply arrives (never on a client cancel: the owner may
-still write outputs into it). When the owner goes away, every call waiting and every later call
+still write outputs into it, or its engine read it). A cancel goes to the owner as `(seq,)`. When the owner goes away, every call waiting and every later call
 fails at once with UNAVAILABLE (503), never a hang.
 """
 
@@ -97,7 +97,7 @@ class OwnerLink:
 
     def cancel(self, seq: int) -> None:
         """The caller left: the owner drops the call if it is still queued. Its slot is still
-        released only by the owner's reply (which comes at once for a dropped call)."""
+        released only by the owner's reply, which comes once nothing in the owner reads it."""
         with self._send_lock:
             if self.lost or seq not in self._pending:
                 return  # answered already
