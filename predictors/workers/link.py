@@ -2,8 +2,9 @@
 hands the replies back (to a gRPC thread's Waiter or to the event loop's future).
 
 A slot is released only when the owner's reply arrives (never on a client cancel: the owner may
-still write outputs into it, or its engine read it). A cancel goes to the owner as `(seq,)`. When the owner goes away, every call waiting and every later call
-fails at once with UNAVAILABLE (503), never a hang.
+still write outputs into it, or its engine read it); a cancel goes to the owner as `(seq,)`.
+When the owner goes away, every call waiting and every later call fails at once with
+UNAVAILABLE (503), never a hang.
 """
 
 from __future__ import annotations
