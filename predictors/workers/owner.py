@@ -127,7 +127,8 @@ class WorkerLink:
                 self._reply(self._failed(seq, asyncio.CancelledError()))
 
         for view in views:
-            weakref.finalize(view, loop.call_soon_threadsafe, gone)
+            # Not at interpreter exit: the loop is closed then, and the worker gone.
+            weakref.finalize(view, loop.call_soon_threadsafe, gone).atexit = False
 
     def _reply(self, reply: tuple) -> None:
         if not self._replies:  # the first reply of this loop tick: flush them all at its end
