@@ -52,19 +52,54 @@ def budget_settings(
     """Core-dependent defaults from the CPU budget (explicit settings win), logged once.
     `front_ends`: CPUs the `--workers` front ends take from the engine owner's share."""
     budget = cpu_budget.cpu_budget()
-    if not settings.intra_op_threads:  # 0: not set; the engine's own default counts host cores
-        engine_cpus = max(1, budget.threads - front_ends)
-        per_instance = max(1, engine_cpus // max(1, settings.instances))
-        settings = dataclasses.replace(settings, intra_op_threads=per_instance)
+    settings, intra_op = engine_threads(settings, budget, front_ends)
     child_env = cpu_budget.apply_child_thread_env(budget)
-    derived = {
-        "intra_op_threads": settings.intra_op_threads,
-        "grpc_threads": max(args.max_threads or 0, grpc_threads([settings])),
-        "loop_executor_threads": loop_executor_workers(args.max_asyncio_workers),
-        **{k.lower(): v for k, v in child_env.items()},
-    }
+    derived: dict[str, object] = {"intra_op_threads": intra_op}
+    if not front_ends:  # the `--workers` engine owner serves no gRPC and runs no serving loop
+        derived["grpc_threads"] = max(args.max_threads or 0, grpc_threads([settings]))
+        derived["loop_executor_threads"] = loop_executor_workers(args.max_asyncio_workers)
+    derived.update((k.lower(), v) for k, v in child_env.items())
     cpu_budget.announce(budget, derived)
     return settings
+
+
+def engine_threads(
+    settings: ModelSettings, budget: cpu_budget.CpuBudget, front_ends: int
+) -> tuple[ModelSettings, str]:
+    """The engine's intra-op threads per instance, and how the start-up line reports them.
+
+    Under `--workers` the engine owner gets the budget *less* the front ends (at least 1), not
+    the whole budget: under load the front ends decode the next requests while a batch runs,
+    and ONNX Runtime's intra-op threads spin between runs, so a pool as wide as the budget
+    takes the front ends' CPUs exactly when the pod is busy (and a cgroup quota throttles the
+    whole pod). `--workers auto` spends the budget on front ends, which suits models that cost
+    less than their decode; an engine-bound model lowers --workers, giving the engine the rest.
+    """
+    engine_cpus = max(1, budget.threads - front_ends)
+    if settings.intra_op_threads:  # explicit: kept, but said when it takes the front ends' CPUs
+        if front_ends and settings.intra_op_threads > engine_cpus:
+            _warn_overlap(settings.intra_op_threads, engine_cpus, budget, front_ends)
+        return settings, f"{settings.intra_op_threads}" + (" (set)" if front_ends else "")
+    # 0 (not set) would leave the engine's own default, which counts the host's cores.
+    per_instance = max(1, engine_cpus // max(1, settings.instances))
+    settings = dataclasses.replace(settings, intra_op_threads=per_instance)
+    if not front_ends:
+        return settings, f"{per_instance}"
+    return settings, f"{per_instance} (budget {budget.threads} less {front_ends} front ends)"
+
+
+def _warn_overlap(
+    threads: int, engine_cpus: int, budget: cpu_budget.CpuBudget, front_ends: int
+) -> None:
+    logger.warning(
+        "intra_op_threads %d is set, above the %d the cpu budget %g leaves after %d front ends: "
+        "the engine's threads take their CPUs; unset it to get %d",
+        threads,
+        engine_cpus,
+        budget.cpus,
+        front_ends,
+        engine_cpus,
+    )
 
 
 def settings_for(args: argparse.Namespace) -> ModelSettings:

@@ -15,14 +15,16 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from kbundle.predictors import model_config
+from kbundle.predictors.admission import Admission, queue_policy
 from kbundle.predictors.batcher import Waiter
 from kbundle.predictors.predictor import EnginePredictor
 from kbundle.predictors.workers import wire
 from kbundle.predictors.workers.link import LoopReply, OwnerLink
 from kbundle.predictors.workers.pod_metrics import pod_metrics_hook
-from kbundle.predictors.workers.shm import SHM_DIR, Slab, SlabSize
+from kbundle.predictors.workers.shm import SHM_DIR, QueueGauge, Slab, SlabSize
 from kbundle.serving.arrays import ArrayRequest, ArrayResponse
 from kbundle.serving.core import OnCancel
 from kbundle.serving.limits import HttpLimits
@@ -54,8 +56,10 @@ class RemotePredictor(EnginePredictor):
         self.link = link
 
     def load(self) -> bool:
-        signature, kind, device, batched = self.link.hello()
+        signature, kind, device, batched, gauge = self.link.hello()
         self.loaded_engine = RemoteEngine(signature, kind, device)
+        self.queue = QueueGauge(Path(gauge), create=False)
+        self.admission = Admission(self.name, queue_policy(self.settings, 0))
         self._validator = SignatureValidator(self.name, signature)
         self.batcher = OwnerBatcher() if batched else None
         self.link.on_lost = self._owner_lost
@@ -63,8 +67,11 @@ class RemotePredictor(EnginePredictor):
         return True
 
     def refuse_if_full(self) -> None:
-        """The queue is the owner's: a full one refuses the call there (429 / RESOURCE_EXHAUSTED
-        after the worker decoded it), not before decoding as in the single process."""
+        """QueueFull now when the owner's queue (its published depth) is full: the request core
+        asks before reading and decoding the body, as in the single process. The owner checks
+        again when the call arrives, and its check decides."""
+        if self.ready:  # a lost owner's last depth must not turn its 503 into a 429
+            self.admission.check_room(self.queue.get())
 
     def _owner_lost(self) -> None:
         self.ready = False  # new calls: 503 / UNAVAILABLE from the request core at once
@@ -77,18 +84,27 @@ class RemotePredictor(EnginePredictor):
     async def infer_arrays(self, request: ArrayRequest) -> ArrayResponse:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.link.call(request, LoopReply(loop, future))
-        outputs, version = await future
+        seq = self.link.call(request, LoopReply(loop, future))
+        try:
+            outputs, version = await future
+        except asyncio.CancelledError:  # the client left (REST disconnect): tell the owner
+            self.link.cancel(seq)
+            raise
         return ArrayResponse(outputs=outputs, model_version=version)
 
     def infer_arrays_blocking(
         self, request: ArrayRequest, loop: asyncio.AbstractEventLoop, on_done: OnCancel
     ) -> ArrayResponse:
         waiter = Waiter()
-        self.link.call(
+        seq = self.link.call(
             request, lambda ok, v: (waiter.set_result if ok else waiter.set_exception)(v)
         )
-        on_done(waiter.cancel)
+
+        def cancel() -> None:  # run when the call ends; a no-op unless the reply is still due
+            if waiter.cancel():
+                self.link.cancel(seq)
+
+        on_done(cancel)
         outputs, version = waiter.result()
         return ArrayResponse(outputs=outputs, model_version=version)
 

@@ -2,8 +2,9 @@
 hands the replies back (to a gRPC thread's Waiter or to the event loop's future).
 
 A slot is released only when the owner's reply arrives (never on a client cancel: the owner may
-still write outputs into it). When the owner goes away, every call waiting and every later call
-fails at once with UNAVAILABLE (503), never a hang.
+still write outputs into it, or its engine read it); a cancel goes to the owner as `(seq,)`.
+When the owner goes away, every call waiting and every later call fails at once with
+UNAVAILABLE (503), never a hang.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class OwnerLink:
         threading.Thread(target=self._read, name="owner-link", daemon=True).start()
         return answer
 
-    def call(self, request: ArrayRequest, reply: Reply) -> None:
+    def call(self, request: ArrayRequest, reply: Reply) -> int:
+        """Sends the call; its seq (for `cancel`). The reply comes to `reply`."""
         slot = self.slab.acquire()
         descs = self.slab.write(slot, request.inputs) if slot is not None else None
         inline = request.inputs if descs is None else None
@@ -86,12 +88,24 @@ class OwnerLink:
             self._pending[seq] = (slot, reply)
             if not isinstance(reply, LoopReply):
                 self.sock.sendall(data)
-                return
+                return seq
             # REST calls decoded in one loop tick leave in one send at its end, so the owner
             # reads them together and batches them as the single process would.
             self._outbox.append(data)
             if len(self._outbox) == 1:
                 reply.loop.call_soon(self._flush)
+        return seq
+
+    def cancel(self, seq: int) -> None:
+        """The caller left: the owner drops the call if it is still queued. Its slot is still
+        released only by the owner's reply, which comes once nothing in the owner reads it."""
+        with self._send_lock:
+            if self.lost or seq not in self._pending:
+                return  # answered already
+            if self._outbox:  # the call itself may still be waiting there: keep the order
+                self._outbox.append(wire.frame((seq,)))
+            else:
+                self.sock.sendall(wire.frame((seq,)))
 
     def _flush(self) -> None:
         with self._send_lock:

@@ -15,11 +15,14 @@ import logging
 import os
 import signal
 import sys
+import weakref
 from pathlib import Path
+
+import numpy as np
 
 from kbundle.predictors.predictor import EnginePredictor
 from kbundle.predictors.workers import wire
-from kbundle.predictors.workers.shm import Slab, SlabSize
+from kbundle.predictors.workers.shm import SHM_DIR, QueueGauge, Slab, SlabSize
 from kbundle.serving.arrays import ArrayRequest
 from kbundle.serving.core import as_error
 from kbundle.serving.status_map import log_if_internal
@@ -31,11 +34,15 @@ READ_BYTES = 1 << 20
 class WorkerLink:
     """One front-end worker's connection: its slab and its calls in flight."""
 
-    def __init__(self, predictor: EnginePredictor, reader, writer):
-        self.predictor, self.reader, self.writer = predictor, reader, writer
+    def __init__(self, predictor: EnginePredictor, gauge: QueueGauge, reader, writer):
+        self.predictor, self.gauge, self.reader, self.writer = predictor, gauge, reader, writer
         self.slab: Slab | None = None
-        self.tasks: set[asyncio.Task] = set()
+        self.calls: dict[int, asyncio.Task] = {}  # by the worker's seq, to cancel one
         self._replies: list[bytes] = []
+
+    @property
+    def tasks(self) -> list[asyncio.Task]:
+        return list(self.calls.values())
 
     async def serve(self) -> None:
         self._hello(await wire.receive_async(self.reader))
@@ -45,14 +52,40 @@ class WorkerLink:
             # the batcher together.
             while data := await self.reader.read(READ_BYTES):
                 for message in frames.feed(data):
-                    task = loop.create_task(self.one(*message))
-                    self.tasks.add(task)
-                    task.add_done_callback(self.tasks.discard)
+                    self._receive(loop, message)
+                # After the new calls joined the queue and a dispatch took its batch from it
+                # (both scheduled this tick), so workers never read more than is queued.
+                loop.call_soon(loop.call_soon, self._publish)
         except ConnectionError:
             pass
         finally:
             # A worker that exits normally unlinks its slab; one killed cannot.
             self.slab.unlink()
+
+    def _receive(self, loop: asyncio.AbstractEventLoop, message: tuple) -> None:
+        if len(message) == 1:  # (seq,): its client left; drop it if still queued
+            task = self.calls.get(message[0])
+            if task is not None:
+                task.cancel()
+            return
+        seq = message[0]
+        task = self.calls[seq] = loop.create_task(self.one(*message))
+        task.add_done_callback(lambda _: self._done(seq, task))
+
+    def _done(self, seq: int, task: asyncio.Task) -> None:
+        del self.calls[seq]
+        if task.cancelled():  # cancelled before it began: it never reached the queue
+            self._count_disconnected()
+            self._reply(self._failed(seq, asyncio.CancelledError()))
+
+    def _count_disconnected(self) -> None:
+        admission = getattr(self.predictor.batcher or self.predictor.unbatched, "admission", None)
+        if admission is not None:
+            admission.count_disconnected()
+
+    def _publish(self) -> None:
+        queue = self.predictor.batcher or self.predictor.unbatched
+        self.gauge.set(queue.queued)
 
     def _hello(self, hello: tuple) -> None:
         path, slot_bytes, slots = hello
@@ -60,19 +93,44 @@ class WorkerLink:
         engine = self.predictor.loaded_engine
         batched = self.predictor.batcher is not None
         signature = self.predictor.signature
-        self.writer.write(wire.frame((signature, engine.kind, engine.device, batched)))
+        hello = (signature, engine.kind, engine.device, batched, str(self.gauge.path))
+        self.writer.write(wire.frame(hello))
 
     async def one(self, seq, request_id, slot, descs, inline, outputs, deadline) -> None:
         inputs = inline if inline is not None else self.slab.views(descs)
         request = ArrayRequest(request_id, inputs, outputs, deadline=deadline)
         try:
             response = await self.predictor.infer_arrays(request)
+        except asyncio.CancelledError:
+            # The worker's cancel: the batcher skips the request if still queued (counted as
+            # disconnected). Only the reply releases the slot, so it waits until no array here
+            # views the slot (a batch already running still reads it); no outputs are written.
+            if descs:
+                self._reply_when_unused(seq, list(inputs.values()))
+                return
+            reply = self._failed(seq, asyncio.CancelledError())
         except Exception as exc:
             log_if_internal(exc, f"owner infer of '{self.predictor.name}'")
-            error = as_error(exc)
-            reply = (seq, False, error.status.value, error.message, error.outcome)
+            reply = self._failed(seq, exc)
         else:
             reply = self._answer(seq, slot, descs, response)
+        self._reply(reply)
+
+    def _reply_when_unused(self, seq: int, views: list[np.ndarray]) -> None:
+        """The cancelled reply, once every view of the slot is gone (freed on the engine's
+        thread too, hence call_soon_threadsafe)."""
+        loop, left = asyncio.get_running_loop(), [len(views)]
+
+        def gone() -> None:
+            left[0] -= 1
+            if not left[0]:
+                self._reply(self._failed(seq, asyncio.CancelledError()))
+
+        for view in views:
+            # Not at interpreter exit: the loop is closed then, and the worker gone.
+            weakref.finalize(view, loop.call_soon_threadsafe, gone).atexit = False
+
+    def _reply(self, reply: tuple) -> None:
         if not self._replies:  # the first reply of this loop tick: flush them all at its end
             asyncio.get_running_loop().call_soon(self._flush)
         self._replies.append(wire.frame(reply))
@@ -82,6 +140,12 @@ class WorkerLink:
         replies, self._replies = self._replies, []
         if not self.writer.is_closing():
             self.writer.write(b"".join(replies))
+        self._publish()  # the batch left the queue and the next one was dispatched
+
+    @staticmethod
+    def _failed(seq: int, exc: BaseException) -> tuple:
+        error = as_error(exc)
+        return (seq, False, error.status.value, error.message, error.outcome)
 
     def _answer(self, seq: int, slot: int | None, descs, response) -> tuple:
         """Outputs into the rest of the request's slot; inline when there is none or no room."""
@@ -95,9 +159,11 @@ class WorkerLink:
 async def serve(predictor: EnginePredictor, path: str) -> None:
     """Serve workers until SIGTERM (the supervisor sends it after every worker has exited)."""
     links: list[WorkerLink] = []
+    # In /dev/shm under the supervisor's pid: it removes the file if we are killed.
+    gauge = QueueGauge(SHM_DIR / f"kbundle-{os.getppid()}-queue", create=True)
 
     async def accept(reader, writer) -> None:
-        link = WorkerLink(predictor, reader, writer)
+        link = WorkerLink(predictor, gauge, reader, writer)
         links.append(link)
         await link.serve()
 
@@ -108,7 +174,10 @@ async def serve(predictor: EnginePredictor, path: str) -> None:
     server = await asyncio.start_unix_server(accept, path + ".tmp")
     os.rename(path + ".tmp", path)  # the supervisor starts workers once this name exists
     logger.info("engine owner ready on %s (pid %d)", path, os.getpid())
-    await stop.wait()
+    try:
+        await stop.wait()
+    finally:
+        gauge.unlink()
     server.close()
     pending = [task for link in links for task in link.tasks]
     if pending:  # workers drained first, so this is only what they abandoned

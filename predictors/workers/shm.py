@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -124,3 +125,33 @@ class Slab:
         _, dtype, shape, offset = descs[-1]
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         return offset + nbytes - slot * self.size.slot_bytes
+
+
+class QueueGauge:
+    """The owner's queue depth, published for the workers: one int64 in a /dev/shm file. The
+    owner writes it as its queue changes; a worker reads it to refuse a request before decoding
+    it when the queue is full. The owner's own check stays the authority: a value read a moment
+    late (or, in theory, torn) only moves that one refusal to the owner, after the decode."""
+
+    VALUE = struct.Struct("=q")
+
+    def __init__(self, path: Path, create: bool):
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC if create else os.O_RDONLY
+        fd = os.open(path, flags, 0o600)
+        try:
+            if create:
+                os.ftruncate(fd, self.VALUE.size)
+            access = mmap.ACCESS_WRITE if create else mmap.ACCESS_READ
+            self.buf = mmap.mmap(fd, self.VALUE.size, access=access)
+        finally:
+            os.close(fd)
+        self.path = path
+
+    def set(self, value: int) -> None:
+        self.VALUE.pack_into(self.buf, 0, value)
+
+    def get(self) -> int:
+        return self.VALUE.unpack_from(self.buf, 0)[0]
+
+    def unlink(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -4,9 +4,12 @@ slab, kbundle.predictors.workers.shm); only a request too large for a slot, or a
 goes inline.
 
 Request:  (seq, request id, slot, descs | None, inline inputs | None, outputs | None, deadline)
+Cancel:   (seq,)  the client left; the owner drops the call if still queued and replies as usual
 Reply:    (seq, True, descs | None, inline outputs | None, model version)
           (seq, False, status, message, outcome)
-Hello:    (slab path, slot bytes, slots) -> (signature, engine kind, device, batched)
+Hello:    (slab path, slot bytes, slots) -> (signature, engine kind, device, batched, queue gauge
+          path)
+The deadline is `time.monotonic()`, which is one clock for every process of the machine.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import requests
@@ -154,3 +155,23 @@ def fill_queue(url: str, x: np.ndarray, out: list) -> list[threading.Thread]:
         assert time.monotonic() < deadline, "the queue never filled"
         time.sleep(0.002)
     return threads
+
+
+def rest_leavers(url: str, count: int = 20) -> None:
+    """`count` REST clients that send 64 rows each and leave 30 ms later, unanswered."""
+    leavers = [in_background(send_and_leave, url, rows(64, s), 0.03) for s in range(count)]
+    for thread in leavers:
+        thread.join(30)
+
+
+def cost_of_leavers(url: str, leave: Callable[[], None], blocker_rows: int) -> tuple[float, float]:
+    """(rows the engine ran, requests dropped as `disconnected`) while a blocker of
+    `blocker_rows` runs and `leave()` sends calls queued behind it whose clients go away."""
+    _, rows_run = engine_calls(url)
+    gone = metric(url, "kbundle_requests_dropped_total", reason="disconnected")
+    blocker = start_blocker(url, lambda: rest_infer(url, rows(blocker_rows)))
+    leave()
+    blocker.join(120)
+    time.sleep(0.3)  # the blocker's answer is back; the dropped ones were counted at dispatch
+    ran = engine_calls(url)[1] - rows_run
+    return ran, metric(url, "kbundle_requests_dropped_total", reason="disconnected") - gone

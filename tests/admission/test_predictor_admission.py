@@ -20,15 +20,15 @@ import tritonclient.grpc as grpcclient
 from admission_helpers import (
     MODEL,
     concurrently,
+    cost_of_leavers,
     engine_calls,
     fill_queue,
     grpc_burst,
-    in_background,
     metric,
     rest_infer,
+    rest_leavers,
     rest_output,
     rows,
-    send_and_leave,
     start_blocker,
 )
 from procs import start_predictor
@@ -211,15 +211,6 @@ def test_grpc_client_deadline_drops_queued_calls_unrun(deadline_server):
 
 def test_rest_clients_that_disconnect_while_queued_cost_the_engine_nothing(deadline_server):
     url = deadline_server.http_url
-    calls, rows_run = engine_calls(url)
-    gone = metric(url, "kbundle_requests_dropped_total", reason="disconnected")
-    blocker = start_blocker(url)
-    leavers = [in_background(send_and_leave, url, rows(64, s), 0.03) for s in range(20)]
-    for thread in leavers:
-        thread.join(30)
-    blocker.join(120)
-    time.sleep(0.3)
-    after_calls, after_rows = engine_calls(url)
-    # the blocker, plus at most a small in-flight share of the burst
-    assert after_rows - rows_run <= 4096 + 2 * 64, (after_calls - calls, after_rows - rows_run)
-    assert metric(url, "kbundle_requests_dropped_total", reason="disconnected") - gone >= 18
+    ran, gone = cost_of_leavers(url, lambda: rest_leavers(url), 4096)
+    assert ran <= 4096 + 2 * 64, ran  # the blocker, plus at most a small in-flight share
+    assert gone >= 18

@@ -118,8 +118,10 @@ class RequestCore:
         def on_cancel(cancel: Callable[[], object]) -> None:
             cancels.append(cancel)
             self._cancels.add(cancel)
-            if call.on_cancel is not None:
-                call.on_cancel(cancel)
+            # grpc's add_callback answers False, and never calls back, when the call already
+            # ended: a client that left before its call got here must still cancel it.
+            if call.on_cancel is not None and call.on_cancel(cancel) is False:
+                cancel()
 
         try:
             blocking = getattr(model, "infer_arrays_blocking", None)
