@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    # grpc.aio: the transformer's work (hop included) is all async, so no thread bridge per call.
-    KbundleModelServer(args, grpc_server="aio").start([model])
+    # The lean gRPC server (kbundle.serving.grpc_lean), as the predictor: calls run on the loop.
+    KbundleModelServer(args).start([model])
     return 0
 
 

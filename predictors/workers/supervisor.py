@@ -15,7 +15,6 @@ then the owner is stopped; exit 0 when all of them exited 0.
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import shutil
@@ -31,7 +30,7 @@ from kbundle.predictors.workers import wire
 from kbundle.predictors.workers.front import INDEX_ENV, REST_FD_ENV
 from kbundle.predictors.workers.shm import SHM_DIR, SlabSize, shm_shortage
 from kbundle.serving import limits
-from kbundle.serving.lifecycle import bind_rest_socket, port_in_use
+from kbundle.serving.lifecycle import bind_grpc_socket, bind_rest_socket
 
 logger = logging.getLogger("kbundle.supervisor")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -45,24 +44,8 @@ RESTARTS_WINDOW_S, MAX_RESTARTS = 30.0, 5  # more than this: a worker cannot sta
 def hold_grpc_port(port: int) -> socket.socket:
     """Bind (not listen) the gRPC port with SO_REUSEPORT: our workers may join, nobody else.
     First bound without it, so a port held by anyone (another `--workers` pod too) is refused."""
-    _bind_grpc(port, reuseport=False).close()
-    return _bind_grpc(port, reuseport=True)
-
-
-def _bind_grpc(port: int, reuseport: bool) -> socket.socket:
-    host = limits.bind_host()
-    family = socket.AF_INET if host and ":" not in host else socket.AF_INET6
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuseport))
-    try:
-        sock.bind((host or "::", port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise port_in_use("gRPC", port, "--grpc_port") from None
-        raise
-    return sock
+    bind_grpc_socket(port, reuseport=False, listen=False).close()
+    return bind_grpc_socket(port, reuseport=True, listen=False)
 
 
 class Supervisor:

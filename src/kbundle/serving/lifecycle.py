@@ -79,7 +79,6 @@ def bind_grpc_socket(port: int, reuseport: bool, listen: bool = True) -> socket.
         if exc.errno == errno.EADDRINUSE:
             raise port_in_use("gRPC", port, "--grpc_port") from None
         raise
-    sock.set_inheritable(True)
     return sock
 
 
