@@ -1,4 +1,5 @@
-"""How the sync gRPC server is sized: handler threads, calls held at once, the handler pool."""
+"""How gRPC is sized: calls held at once (the lean server's admission bound, kbundle.serving.
+grpc_lean) and, for grpcio's sync server (KBUNDLE_GRPC_SERVER=sync), its handler threads and pool."""
 
 from __future__ import annotations
 
