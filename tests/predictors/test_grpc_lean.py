@@ -118,3 +118,41 @@ def test_an_oversized_frame_gets_goaway_and_the_server_goes_on(server):
         results = pool.map(lambda t: triton_infer(server.grpc_url, request_rows(t, 2)), range(4))
         for tag, y in enumerate(results):
             np.testing.assert_allclose(y, request_rows(tag, 2), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    """A second predictor with tight connection limits (they are per process)."""
+    root = tmp_path_factory.mktemp("lean-limits")
+    model_dir = build_slow_model(root / "slow", "max_batch_size: 8\n")
+    env = {"KBUNDLE_MAX_CONNECTIONS": "2", "KBUNDLE_HEADER_TIMEOUT_S": "1"}
+    proc = start_predictor(MODEL, model_dir, root / "predictor.log", env=env)
+    yield proc
+    proc.stop()
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def test_a_client_that_never_sends_its_preface_is_dropped(limited):
+    with _connect(limited.grpc_url) as sock:
+        received = b""
+        while chunk := sock.recv(65536):  # ends when the server closes: within the sweep
+            received += chunk
+    assert b"no HTTP/2 preface within KBUNDLE_HEADER_TIMEOUT_S" in received
+
+
+def test_one_connection_over_the_cap_gets_goaway_naming_the_setting(limited):
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">BHBBI", 0, 0, 4, 0, 0)
+    held = [_connect(limited.grpc_url) for _ in range(2)]
+    try:
+        for sock in held:
+            sock.sendall(preface)
+            sock.recv(65536)  # the server's SETTINGS: the connection is counted
+        received = _raw_exchange(limited.grpc_url, preface)
+        assert b"too many connections (KBUNDLE_MAX_CONNECTIONS)" in received
+    finally:
+        for sock in held:
+            sock.close()

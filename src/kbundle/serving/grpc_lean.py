@@ -52,7 +52,6 @@ RETRY_PUSHBACK = h2.literal(b"grpc-retry-pushback-ms", b"1000")  # gRFC A6: the 
 DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
 SWEEP_S = 1.0
-TOO_MANY_CONNECTIONS = "too many connections (KBUNDLE_MAX_CONNECTIONS)"
 SLOW_BODY = "the request message did not arrive within KBUNDLE_BODY_TIMEOUT_S"
 
 
@@ -103,8 +102,7 @@ class KbundleLeanGRPCServer(GRPCServer):
 
     def _connect(self) -> H2Connection:
         conn = H2Connection(self)
-        if len(self._conns) >= self.limits.max_connections:  # closed once it is made
-            self._loop.call_soon(conn.close, h2.ENHANCE_YOUR_CALM, TOO_MANY_CONNECTIONS)
+        conn.over_limit = len(self._conns) >= self.limits.max_connections  # closed once made
         self._conns.add(conn)
         return conn
 
@@ -157,7 +155,7 @@ class KbundleLeanGRPCServer(GRPCServer):
         self._calls.add(call)
         call.task = self._loop.create_task(self._run(call))
         if call.deadline is not None:
-            self._loop.call_at(
+            call.timer = self._loop.call_at(
                 self._loop.time() + call.deadline - time.monotonic() + GRPC_DEADLINE_GRACE_S,
                 self._expire,
                 call,
@@ -185,6 +183,8 @@ class KbundleLeanGRPCServer(GRPCServer):
             call.conn.fail(call, *_refusal(as_error(exc)))
         finally:
             self._calls.discard(call)
+            if call.timer is not None:  # long deadlines must not keep a timer per finished call
+                call.timer.cancel()
 
     async def _model_infer(self, call: Call) -> bytes:
         try:

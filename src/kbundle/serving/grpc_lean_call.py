@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import time
 import zlib
 from collections.abc import Callable
@@ -49,6 +50,7 @@ class Call:
         self.request_complete = self.answered = self.cancelled = False
         self.pending: memoryview | None = None  # answer bytes waiting for flow-control window
         self.task: asyncio.Task | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the deadline's
         self._callbacks: list[Callable[[], object]] = []
 
     def _read_headers(self, headers: list[tuple[bytes, bytes]]) -> None:
@@ -175,5 +177,8 @@ def too_large(size: int, limit: int) -> Refusal:
 def _metadata(name: bytes, value: bytes) -> tuple[str, str | bytes]:
     key = name.decode("latin-1")
     if key.endswith("-bin"):  # binary metadata travels base64, unpadded
-        return key, base64.b64decode(value + b"=" * (-len(value) % 4))
+        try:
+            return key, base64.b64decode(value + b"=" * (-len(value) % 4))
+        except binascii.Error:
+            return key, value  # not base64: handed on as sent, never a dropped connection
     return key, value.decode("latin-1")

@@ -48,6 +48,7 @@ class H2Connection(asyncio.Protocol):
         self.sink = sink
         self.max_header_list = sink.max_header_bytes
         self.opened = time.monotonic()  # a client that never completes its preface is dropped
+        self.over_limit = False  # set by the server when this connection is one too many
         self.transport: asyncio.Transport | None = None
         self.calls: dict[int, Call] = {}
         self.last_stream = 0
@@ -76,6 +77,8 @@ class H2Connection(asyncio.Protocol):
         }
         grow = self.RECV_WINDOW - h2.DEFAULT_WINDOW
         self._send(h2.settings_frame(settings) + h2.window_update(0, grow))
+        if self.over_limit:
+            self.close(h2.ENHANCE_YOUR_CALM, "too many connections (KBUNDLE_MAX_CONNECTIONS)")
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
