@@ -77,10 +77,11 @@ class H2Connection(asyncio.Protocol):
         }
         grow = self.RECV_WINDOW - h2.DEFAULT_WINDOW
         self._send(h2.settings_frame(settings) + h2.window_update(0, grow))
-        if self.over_limit:
-            self.close(h2.ENHANCE_YOUR_CALM, "too many connections (KBUNDLE_MAX_CONNECTIONS)")
 
     def data_received(self, data: bytes) -> None:
+        if self.over_limit:  # closed once its first bytes are read: a FIN, not a reset
+            self.close(h2.ENHANCE_YOUR_CALM, "too many connections (KBUNDLE_MAX_CONNECTIONS)")
+            return
         self._buffer += data
         try:
             if not self.preface_seen and not self._read_preface():
