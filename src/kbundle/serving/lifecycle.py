@@ -48,16 +48,24 @@ def bind_rest_socket(port: int, host: str = "0.0.0.0") -> socket.socket:
     # listener says TCP; without it Nagle + delayed ACK add ~40 ms to every small response.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only, as uvicorn
+    _bind_or_refuse(sock, (host, port), listen=True, protocol="REST", flag="--http_port")
+    sock.set_inheritable(True)
+    return sock
+
+
+def _bind_or_refuse(
+    sock: socket.socket, address: tuple, listen: bool, protocol: str, flag: str
+) -> None:
+    """Bind (and listen); a port in use is the one-line start-up error naming the flag."""
     try:
-        sock.bind((host, port))
-        sock.listen(2048)
+        sock.bind(address)
+        if listen:
+            sock.listen(2048)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise port_in_use("REST", port, "--http_port") from None
+            raise port_in_use(protocol, address[1], flag) from None
         raise
-    sock.set_inheritable(True)
-    return sock
 
 
 def bind_grpc_socket(port: int, reuseport: bool, listen: bool = True) -> socket.socket:
@@ -70,15 +78,7 @@ def bind_grpc_socket(port: int, reuseport: bool, listen: bool = True) -> socket.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuseport))
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    try:
-        sock.bind((host or "::", port))
-        if listen:
-            sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise port_in_use("gRPC", port, "--grpc_port") from None
-        raise
+    _bind_or_refuse(sock, (host or "::", port), listen, protocol="gRPC", flag="--grpc_port")
     return sock
 
 
