@@ -37,13 +37,17 @@ PROTOCOLS = ("grpc", "http")
 
 
 def bench_env(bench_venv: Path) -> dict[str, str]:
-    """perf_analyzer needs the CUDA runtime library of its venv on the library path."""
+    """perf_analyzer needs the CUDA runtime library of its venv on the library path (a carried
+    perf_analyzer with no venv around it gets LD_LIBRARY_PATH from its caller instead)."""
+    env = dict(os.environ)
+    python = bench_venv / "bin/python"
+    if not python.exists():
+        return env
     found = subprocess.run(
-        [str(bench_venv / "bin/python"), "-c",
+        [str(python), "-c",
          "import nvidia.cuda_runtime, os; print(os.path.join(nvidia.cuda_runtime.__path__[0], 'lib'))"],
         capture_output=True, text=True,
     )  # fmt: skip
-    env = dict(os.environ)
     if found.returncode == 0:
         env["LD_LIBRARY_PATH"] = ":".join(
             filter(None, [found.stdout.strip(), env.get("LD_LIBRARY_PATH")])
@@ -52,11 +56,11 @@ def bench_env(bench_venv: Path) -> dict[str, str]:
 
 
 def start(
-    model: str, model_dir: Path, workers: int, log: Path
+    python: str, model: str, model_dir: Path, workers: int, log: Path
 ) -> tuple[subprocess.Popen, int, int]:
     http, grpc = free_port(), free_port()
     cmd = [
-        str(ROOT / ".venv/bin/python"), "-m", "kbundle.predictors", "--model_name", model,
+        python, "-m", "kbundle.predictors", "--model_name", model,
         "--model_dir", str(model_dir), "--http_port", str(http), "--grpc_port", str(grpc),
         "--workers", str(workers),
     ]  # fmt: skip
@@ -137,7 +141,7 @@ def run_cells(args, dirs: dict[str, Path]) -> list[dict]:
         for model in args.models:
             for workers in args.workers_list:
                 log = Path(args.work) / f"workers-{model}-{workers}.log"
-                server = start(model, dirs[model], workers, log)
+                server = start(args.python, model, dirs[model], workers, log)
                 shape = model_shape(server[1], model, bench_models.INPUT_WIDTH[model])
                 try:
                     for protocol in PROTOCOLS:
@@ -188,7 +192,7 @@ def write(args, cells: list[dict], load_before: str, load_after: str) -> None:
         "# `--workers` scaling",
         "",
         f"Command: `python bench/workers.py --workers-list {','.join(map(str, args.workers_list))} "
-        f"--rounds {args.rounds} --seconds {args.seconds}`",
+        f"--rounds {args.rounds} --seconds {args.seconds} --concurrency {args.concurrency}`",
         "",
         f"Machine: {info['cpu']}, {info['cpus']} CPUs (hypervisor {info['hypervisor']}), "
         f"kernel {info['kernel']}, Python {info['python']}.",
@@ -226,6 +230,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     venv = Path(os.environ.get("BENCH_VENV", ROOT / ".bench-venv"))
     parser.add_argument("--perf-analyzer", default=str(venv / "bin/perf_analyzer"))
+    default_python = ROOT / ".venv/bin/python"
+    parser.add_argument(
+        "--python",
+        default=str(default_python) if default_python.exists() else sys.executable,
+        help="interpreter that runs the predictor (default: the project's .venv, else this one)",
+    )
     parser.add_argument("--work", default=str(HERE / ".work"))
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()

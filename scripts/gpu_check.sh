@@ -20,7 +20,8 @@
 #        installs the wheels with `pip --target` (no venv: a venv made from the image's python,
 #        itself a venv at /opt/torch/.venv, would not see its CUDA torch) and puts them on
 #        PYTHONPATH, so the image's CUDA torch, numpy and onnxruntime are used as they are.
-#        Results go to $OUT (else .gpu-out/): env.txt, check.log, results.json, server-*.log, pytest.txt.
+#        Results go to $OUT (else .gpu-out/): env.txt, check.log, results.json, server-*.log, pytest.txt,
+#        and workers.md/.json in the workers and all modes (8 files: the most a device run returns).
 #
 # Why not take the project's .venv along: it is ~2 GB (CPU torch 2.13.0+cpu alone is 754 MB, the cap on
 # extra files is 64 MiB), its interpreter is a symlink to a Python 3.11 absent there (the
@@ -41,13 +42,25 @@ if [ "$MODE" = prep ]; then
     --abi cp312 --abi abi3 --abi none \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform any \
-    -d "$W" 'kserve==0.21.*' 'tritonclient[grpc,http]>=2.40' 'orjson>=3.9' 'pyyaml>=6' \
+    -d "$W" 'kserve==0.21.*' 'hpack>=4' 'tritonclient[grpc,http]>=2.40' 'orjson>=3.9' 'pyyaml>=6' \
     'prometheus-client>=0.17'
   # Already in the GPU image (KINDS.md lists them) and large: use the image's copies.
   # numpy 15 MiB, onnxruntime 27 MiB (CPU build; the torch path does not need a GPU one),
   # pillow, ml_dtypes, uvloop, aiohttp; setuptools would shadow the image's (torch inductor uses it).
   rm -f "$W"/onnxruntime-*.whl "$W"/numpy-*.whl "$W"/pillow-*.whl "$W"/ml_dtypes-*.whl \
-        "$W"/uvloop-*.whl "$W"/aiohttp-*.whl "$W"/setuptools-*.whl
+        "$W"/uvloop-*.whl "$W"/aiohttp-*.whl "$W"/setuptools-*.whl \
+        "$W"/pandas-*.whl "$W"/pytz-*.whl "$W"/tzdata-*.whl "$W"/python_dateutil-*.whl "$W"/six-*.whl
+  # perf_analyzer for the `workers` mode (bench/workers.py): the bench venv's binary, stripped and
+  # gzipped (20 -> 6 MiB), with the two libraries it links that the image lacks (libcudart 12, libb64).
+  PA="${BENCH_VENV:-.bench-venv}/bin/perf_analyzer"
+  if [ -x "$PA" ]; then
+    mkdir -p "$W/tools"
+    strip -o "$W/tools/perf_analyzer" "$PA" && gzip -9 "$W/tools/perf_analyzer"
+    cp "$("${BENCH_VENV:-.bench-venv}/bin/python" -c 'import nvidia.cuda_runtime, os; print(os.path.join(nvidia.cuda_runtime.__path__[0], "lib"))')/libcudart.so.12" "$W/tools/"
+    cp -L /lib/x86_64-linux-gnu/libb64.so.0d "$W/tools/"
+  else
+    echo "no $PA (bash bench/run.sh makes it): the workers mode will have no load generator" >&2
+  fi
   # kbundle itself (pure Python; the package-dir mapping is resolved at wheel build time).
   "$PY" -m pip wheel -q --no-deps -w "$W" .
   # .gitignore lists /.gpu-wheels/ and /.gpu-out/, so the device `run` takes the wheelhouse only
@@ -60,6 +73,9 @@ if [ "$MODE" = prep ]; then
 fi
 
 # ---------------------------------------------------------------- device phase
+# MODE device: the GPU checks below; workers: bench/workers.py on the machine's CPUs (issue 11's
+# many-core scaling table, CPU engine); all: both, workers first, one install.
+case "$MODE" in device|workers|all) ;; *) echo "mode: prep | device | workers | all" >&2; exit 2;; esac
 PY="${PY:-python3}"
 OUT="${OUT:-$PWD/.gpu-out}"; mkdir -p "$OUT"; export OUT
 export KB_DEVICE="${KB_DEVICE:-cuda}"
@@ -93,7 +109,7 @@ if [ -z "${KB_SKIP_INSTALL:-}" ]; then
   # --no-deps: install exactly the carried wheels; the image supplies torch/numpy/onnxruntime.
   "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$W"/*.whl
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-  "$PY" -m pip check > "$OUT/pip-check.txt" 2>&1 || true   # informational (versions it dislikes)
+  "$PY" -m pip check >> "$OUT/env.txt" 2>&1 || true   # informational (versions it dislikes)
 fi
 
 "$PY" - <<'EOF' 2>&1 | tail -3
@@ -105,6 +121,19 @@ sys.modules.setdefault("kserve.protocol.grpc.grpc_predict_v2_pb2", triton_pb2)
 import tritonclient.grpc, tritonclient.http, kbundle.predictors.__main__, kbundle.predictors.torch_engine  # noqa
 print("imports ok")
 EOF
+
+if [ "$MODE" = workers ] || [ "$MODE" = all ]; then
+  TOOLS=/tmp/kb-tools; mkdir -p "$TOOLS"
+  gunzip -c "$W/tools/perf_analyzer.gz" > "$TOOLS/perf_analyzer" && chmod +x "$TOOLS/perf_analyzer"
+  cp "$W"/tools/*.so.* "$TOOLS/"
+  # CPU engine: the GPU stays out of it; every core is the predictor's and perf_analyzer's to share.
+  LD_LIBRARY_PATH="$TOOLS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" CUDA_VISIBLE_DEVICES= PYTHONUNBUFFERED=1 \
+    timeout "${KB_WORKERS_S:-330}" "$PY" bench/workers.py --python "$PY" --perf-analyzer "$TOOLS/perf_analyzer" \
+      --workers-list "${KB_WORKERS_LIST:-1,2,4,8}" --rounds 1 --seconds "${KB_WORKERS_SECONDS:-4}" \
+      --concurrency "${KB_WORKERS_CONCURRENCY:-64}" --work /tmp/kb-workers --out "$OUT" 2>&1 || true
+  [ "$MODE" = workers ] && exit 0
+  export KB_DEADLINE=$(( $(date +%s) + ${KB_BUDGET_S:-400} ))  # the checks' own budget starts now
+fi
 
 set +e
 "$PY" - <<'PYEOF' 2>&1 | tee "$OUT/check.log"
@@ -266,13 +295,13 @@ def served(tag, flags, precision):
         check(f"served[{tag}] metadata", meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
               and [o["name"] for o in meta["outputs"]] == ["label", "probabilities"], meta=meta)
         ok_all, worst = True, 0.0
-        for rows in (1, 5, 8, 32, 40, 257):
+        for rows in (1, 5, 8, 9, 31, 32):  # max_request_rows is max_batch_size (32) here
             x = X[:rows]
             inp = httpclient.InferInput("input", list(x.shape), "FP32"); inp.set_data_from_numpy(x, binary_data=True)
             r = http.infer("digits", [inp])
             ok, info = compare(tag, x, r.as_numpy("label"), r.as_numpy("probabilities"), precision)
             ok_all &= ok; worst = max(worst, info["max_abs_diff"])
-        check(f"served[{tag}] REST rows 1..257 match reference", ok_all, max_abs_diff=worst)
+        check(f"served[{tag}] REST rows 1..32 match reference", ok_all, max_abs_diff=worst)
         grpc = grpcclient.InferenceServerClient(server.grpc_url)
         x = X[:13]
         g = grpcclient.InferInput("input", list(x.shape), "FP32"); g.set_data_from_numpy(x)
@@ -299,13 +328,14 @@ def served(tag, flags, precision):
         batches = [ln for ln in server.log().splitlines() if "retrying each alone" in ln or "engine failure" in ln]
         check(f"served[{tag}] no engine failures in log", not batches, lines=batches[:5])
 
-        big = np.zeros((4097, 64), np.float32)
+        big = np.zeros((33, 64), np.float32)
         bi = httpclient.InferInput("input", list(big.shape), "FP32"); bi.set_data_from_numpy(big, binary_data=True)
         try:
-            http.infer("digits", [bi]); status = "no error"
+            http.infer("digits", [bi]); status, message = "no error", ""
         except InferenceServerException as exc:
-            status = exc.status()
-        check(f"served[{tag}] 4097 rows -> 400", status == "400", status=status)
+            status, message = exc.status(), exc.message()
+        check(f"served[{tag}] 33 rows -> 400 naming max_request_rows",
+              status == "400" and "max_request_rows" in message, status=status, message=message)
 
         if DEV == "cuda":  # informational: does nvidia-smi see the predictor holding GPU memory?
             q = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
