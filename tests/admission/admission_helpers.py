@@ -143,11 +143,18 @@ def concurrently(fn, count: int) -> list:
     return out
 
 
-def fill_queue(url: str, x: np.ndarray, out: list) -> list[threading.Thread]:
-    """One request in flight and two queued (max_queue_size 2); returns once two more were
-    refused, i.e. the queue is known full (each call is ~0.3-2 s of engine time)."""
+def fill_queue(url: str, x: np.ndarray, out: list, blocker_rows: int = 16384) -> list:
+    """The queue full (max_queue_size 2): a blocker of `blocker_rows` rows (seconds of engine
+    time) in flight, two `x` queued behind it and two more refused. Returns once the refusals
+    were counted, while the blocker still runs; every response goes to `out`.
+
+    Keep `x` small: its four bodies must be read and queued before the blocker ends (with 8 MB
+    followers and a blocker their own size, a slow machine read them too late and the queue
+    never filled). rows(n) with seed 0 is a prefix of the blocker's rows, so outputs can be
+    checked with expected(rows(len(output)))."""
     refused = metric(url, "kbundle_requests_dropped_total", reason="queue_full")
-    threads = [start_blocker(url, lambda: out.append(rest_infer(url, x)))]
+    blocker = rows(blocker_rows)
+    threads = [start_blocker(url, lambda: out.append(rest_infer(url, blocker)))]
     for _ in range(4):
         threads.append(in_background(lambda: out.append(rest_infer(url, x))))
     deadline = time.monotonic() + 30

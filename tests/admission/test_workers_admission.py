@@ -147,7 +147,7 @@ def test_a_full_owner_queue_is_refused_by_the_worker_before_the_body_is_sent(que
     """48 MB announced, not one byte sent: the worker answers 429 at once (before, it waited for
     the body, decoded it and only the owner refused it)."""
     url, answered = queue_server.http_url, []
-    threads = fill_queue(url, make_rows(8192), answered)
+    threads = fill_queue(url, make_rows(8), answered)
     host, port = url.split(":")
     with socket.create_connection((host, int(port))) as sock:
         head = f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: {url}\r\n"
@@ -163,7 +163,7 @@ def test_a_full_owner_queue_is_resource_exhausted_before_the_worker_decodes(queu
     """A tensor the model does not have (INVALID_ARGUMENT once decoded) is refused
     RESOURCE_EXHAUSTED while the owner's queue is full: the worker never decoded it."""
     answered: list = []
-    threads = fill_queue(queue_server.http_url, make_rows(8192), answered)
+    threads = fill_queue(queue_server.http_url, make_rows(8), answered)
     client = grpcclient.InferenceServerClient(queue_server.grpc_url)
     wrong = grpcclient.InferInput("no_such_input", [1, 3], "INT32")
     wrong.set_data_from_numpy(np.zeros((1, 3), np.int32))
