@@ -9,8 +9,9 @@
 3. Recovery: right after, one client calls in a loop for 1 s; every call must answer correctly.
 
 `python bench/overload.py [--duration 30] [--clients 2] [--out bench/results/overload.md]`; the
-server is pinned with `taskset -c SERVER_CPU`; the load comes from `--clients` processes (grpc.aio,
-one event loop each, the concurrency split between them) pinned to CLIENT_CPU. Both processes' CPU
+server is pinned with `taskset -c SERVER_CPU`; the load comes from `--clients` processes (by default
+bench/grpc_load.py's lean HTTP/2 client, `--client aio` for grpc.aio; one event loop each, the
+concurrency split between them) pinned to CLIENT_CPU. Both processes' CPU
 use is reported, so a run whose client core was the limit shows it.
 
 Latency of a refusal: RESOURCE_EXHAUSTED is timed from the call's start to its answer; a
@@ -25,6 +26,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,8 @@ from overload_report import batch_figures, write_markdown  # noqa: E402
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 REFUSALS = ("RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")
+BACKOFF_JITTER = 0.2  # gRPC's retry backoff jitter (gRFC A6)
+STAGGER_S = 0.1  # lean client: callers start spread over this, not all in one write
 # max_queue_size 24: at most 24 requests wait behind the batch running, ~30 ms of work at
 # saturation, well within 100 ms; a call that finds the queue full is refused on its headers.
 CONFIG = "max_batch_size: 32\nmax_batch_delay_ms: 1\nintra_op_threads: 1\nmax_queue_size: 24\n"
@@ -105,6 +109,13 @@ class Load:
     seconds: float
     deadline_s: float | None = None
     backoff_s: float = 0.0
+    ramp_s: float = 0.0  # calls started this early are sent but not counted
+
+
+def backoff(load: Load) -> float:
+    """The server's retry hint with gRPC's +-20 % jitter: callers refused together must not
+    all come back in the same millisecond (a herd every second, refused as one burst)."""
+    return load.backoff_s * random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)
 
 
 async def client_loop(call, work, load: Load, stop_at: float, tally: Tally, i: int):
@@ -119,7 +130,7 @@ async def client_loop(call, work, load: Load, stop_at: float, tally: Tally, i: i
             seconds = time.perf_counter() - started
             tally.refusal(exc.code().name, exc.details(), seconds, load.deadline_s)
             if exc.code().name == "RESOURCE_EXHAUSTED" and load.backoff_s:
-                await asyncio.sleep(load.backoff_s)
+                await asyncio.sleep(backoff(load))
             continue
         seconds = time.perf_counter() - started
         if want is not None and not np.allclose(
@@ -142,14 +153,81 @@ async def drive_one(url: str, work, load: Load) -> Tally:
         return tally
 
 
+async def drive_one_lean(url: str, work, load: Load) -> Tally:
+    """The same closed loop on bench/grpc_load.py's client: each caller's next call is sent
+    from the completion of its last (no task per call), all on one HTTP/2 connection."""
+    import grpc_load
+
+    loop = asyncio.get_running_loop()
+    host, port = url.rsplit(":", 1)
+    conn = await grpc_load.connect(host, int(port), METHOD)
+    expiry = asyncio.ensure_future(grpc_load.expire_forever([conn]))
+    tally, finished = Tally(), loop.create_future()
+    stop_at = time.monotonic() + load.seconds
+    settled_at = time.perf_counter() + load.ramp_s
+    running = load.concurrency
+
+    def issue(n: int) -> None:
+        nonlocal running
+        if time.monotonic() >= stop_at:
+            running -= 1
+            if running == 0 and not finished.done():
+                finished.set_result(None)
+            return
+        payload, want = work[n % len(work)]
+        started = time.perf_counter()
+
+        def done(status: str, message: str, reply: bytes) -> None:
+            seconds = time.perf_counter() - started
+            if started < settled_at:  # the ramp-up: callers still joining, queue not yet steady
+                if status == "RESOURCE_EXHAUSTED" and load.backoff_s:
+                    loop.call_later(backoff(load), issue, n + 1)
+                else:
+                    loop.call_soon(issue, n + 1)
+                return
+            if status != "OK":
+                tally.refusal(status, message, seconds, load.deadline_s)
+                if status == "RESOURCE_EXHAUSTED" and load.backoff_s:
+                    loop.call_later(backoff(load), issue, n + 1)
+                else:
+                    loop.call_soon(issue, n + 1)
+                return
+            got = pb.ModelInferResponse.FromString(reply).raw_output_contents[0]
+            if want is not None and not np.allclose(
+                np.frombuffer(got, np.float32), want, atol=1e-4
+            ):
+                tally.wrong += 1
+            tally.ok.append(seconds)
+            issue(n + 1)
+
+        conn.call(payload, load.deadline_s, done)
+
+    for i in range(load.concurrency):  # callers join over the first 100 ms, not in one burst
+        loop.call_later(random.uniform(0, STAGGER_S), issue, i)
+    await finished
+    expiry.cancel()
+    conn.transport.close()
+    return tally
+
+
 def _client_process(job: tuple) -> tuple[Tally, float]:
     """One client process: its tally and the CPU seconds it used."""
-    url, work, load, cpu = job
+    url, work, load, cpu, client = job
     if cpu >= 0:
         os.sched_setaffinity(0, {cpu})
     started = time.process_time()
-    tally = asyncio.run(drive_one(url, work, load))
+    run = drive_one_lean if client == "lean" else drive_one
+    with asyncio.Runner(loop_factory=_loop_factory(client)) as runner:
+        tally = runner.run(run(url, work, load))
     return tally, time.process_time() - started
+
+
+def _loop_factory(client: str):
+    if client == "lean":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
 
 
 def drive(args, url: str, work, load: Load) -> tuple[Tally, float]:
@@ -158,7 +236,7 @@ def drive(args, url: str, work, load: Load) -> tuple[Tally, float]:
     shares = [
         load.concurrency // clients + (i < load.concurrency % clients) for i in range(clients)
     ]
-    jobs = [(url, work, replace(load, concurrency=n), args.client_cpu) for n in shares]
+    jobs = [(url, work, replace(load, concurrency=n), args.client_cpu, args.client) for n in shares]
     with multiprocessing.get_context("spawn").Pool(clients) as pool:
         results = pool.map(_client_process, jobs)
     tally = Tally()
@@ -222,17 +300,27 @@ def measured(args, url: str, work, pid: int, load: Load) -> tuple[dict, Tally]:
     """One load phase: (its figures, its tally)."""
     cpu_before = server_cpu_s(pid)
     tally, client_cpu = drive(args, url, work, load)
-    figures = phase(tally, load.seconds, server_cpu_s(pid) - cpu_before, client_cpu)
+    counted_s = (
+        load.seconds - load.ramp_s
+    )  # CPU is over the whole phase, rates over the counted part
+    figures = phase(tally, counted_s, server_cpu_s(pid) - cpu_before, client_cpu)
+    figures["server_cpu_pct"] = round(100 * (server_cpu_s(pid) - cpu_before) / load.seconds, 1)
+    figures["client_cpu_pct"] = round(100 * client_cpu / load.seconds, 1)
     if load.deadline_s is not None:
         within = sum(1 for s in tally.ok if s <= load.deadline_s)
-        figures["goodput_per_s"] = round(within / load.seconds, 1)
+        figures["goodput_per_s"] = round(within / counted_s, 1)
     return figures, tally
 
 
 def run_phases(args, url: str, http: int, work, pid: int) -> dict:
     drive(args, url, work, Load(8, 2.0))  # warm
+    ramp = args.ramp_s if args.client == "lean" else 0.0
     sat, _ = measured(
-        args, url, work, pid, Load(args.saturation_concurrency, args.saturation_seconds)
+        args,
+        url,
+        work,
+        pid,
+        Load(args.saturation_concurrency, args.saturation_seconds, ramp_s=ramp),
     )
     deadline = args.deadline_ms / 1000
     over, _ = measured(
@@ -240,12 +328,12 @@ def run_phases(args, url: str, http: int, work, pid: int) -> dict:
         url,
         work,
         pid,
-        Load(args.concurrency, args.duration, deadline, args.backoff_ms / 1000),
+        Load(args.concurrency, args.duration, deadline, args.backoff_ms / 1000, ramp),
     )
     eager = None
     if args.eager_seconds:
         eager, _ = measured(
-            args, url, work, pid, Load(args.concurrency, args.eager_seconds, deadline)
+            args, url, work, pid, Load(args.concurrency, args.eager_seconds, deadline, ramp_s=ramp)
         )
     rss = peak_rss_mb(pid)
     after, _ = drive(args, url, work, Load(1, 1.0, 1.0))
@@ -257,6 +345,8 @@ def run_phases(args, url: str, http: int, work, pid: int) -> dict:
         "deadline_ms": args.deadline_ms,
         "backoff_ms": args.backoff_ms,
         "clients": args.clients,
+        "client": args.client,
+        "ramp_s": args.ramp_s if args.client == "lean" else 0.0,
         "saturation_concurrency": args.saturation_concurrency,
         "saturation": sat,
         "overload": {**over, "goodput_vs_saturation": ratio(over, sat)},
@@ -282,6 +372,13 @@ def main() -> int:
     parser.add_argument("--saturation-seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument(
+        "--client",
+        choices=("lean", "aio"),
+        default="lean",
+        help="lean: bench/grpc_load.py (HTTP/2 frames on uvloop); aio: grpc.aio (its Python "
+        "layer was the limit at 256 callers on one core)",
+    )
+    parser.add_argument(
         "--backoff-ms",
         type=float,
         default=1000.0,
@@ -292,6 +389,13 @@ def main() -> int:
         type=float,
         default=10.0,
         help="then a phase whose refused callers retry at once (0: skip)",
+    )
+    parser.add_argument(
+        "--ramp-s",
+        type=float,
+        default=1.0,
+        help="lean client: calls started in each phase's first seconds run but are not counted "
+        "(callers joining, the queue filling): the figures are the steady state",
     )
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--client-cpu", type=int, default=1, help="-1: do not pin the clients")

@@ -57,28 +57,43 @@ def targets(result: dict) -> list[tuple[str, str, bool]]:
     ]
 
 
+CLIENTS = {
+    "lean": "bench/grpc_load.py: HTTP/2 frames on uvloop, each caller's next call sent from the "
+    "completion of its last, deadlines answered by the server and not timed out locally",
+    "aio": "grpc.aio",
+}
+RAMP = (
+    " The callers of each phase join over its first 100 ms; calls started in its first "
+    "{ramp:g} s run but are not counted (the queue filling), so the figures are the steady state."
+)
+
+
 def write_markdown(path: Path, result: dict, config: str) -> None:
     s, o, b = result["saturation"], result["overload"], result["batches"]
     eager = result["overload_eager"]
     deadline = f"{result['deadline_ms']:g} ms deadlines"
+    client = result.get("client", "aio")
     lines = [
         "# Overload: MLP predictor on one core, gRPC, deadlines",
         "",
         f"`python bench/overload.py --duration {result['duration_s']:g} --clients "
-        f"{result['clients']}`, {result['machine']}; load while measured: `{result['uptime']}`.",
+        f"{result['clients']} --client {client}`, {result['machine']}; load while measured: "
+        f"`{result['uptime']}`.",
         "",
         f"The server (no flags; the model's kbundle.yaml: `{config.strip().replace(chr(10), ', ')}`"
-        f") is pinned to one core, {result['clients']} client processes (grpc.aio, one event loop "
-        "each, the callers split between them) to the other. A RESOURCE_EXHAUSTED refusal is "
+        f") is pinned to one core, {result['clients']} client processes ({CLIENTS[client]}, one "
+        "event loop each, the callers split between them) to the other. A RESOURCE_EXHAUSTED refusal is "
         "timed from the call's start to its status; a DEADLINE_EXCEEDED one as its lateness, from "
         "the call's deadline to the status. In the overload phase a caller refused with "
-        f"RESOURCE_EXHAUSTED waits {result['backoff_ms']:g} ms (the server's Retry-After for a "
-        "full queue) before its next call, as a well-behaved client does; the last phase has "
+        f"RESOURCE_EXHAUSTED waits {result['backoff_ms']:g} ms ± 20 % (the server's retry "
+        "pushback for a full queue, with gRPC's backoff jitter) before its next call, as a "
+        "well-behaved client does; the last phase has "
         "callers that retry at once, for comparison. Targets are judged on the overload phase. "
         "`RESOURCE_EXHAUSTED` = refused when the call's headers arrive, before its body is read "
         "(the model's queue full, or more calls held than the server's cap); with "
         "KBUNDLE_GRPC_SERVER=sync, `RESOURCE_EXHAUSTED shed` = refused by the handler pool after "
-        "queueing, before decoding, once too little of its deadline was left.",
+        "queueing, before decoding, once too little of its deadline was left."
+        + (RAMP.format(ramp=result["ramp_s"]) if result.get("ramp_s") else ""),
         "",
         "| phase | answered/s | p50 / p99 ms | refused (p99 ms) | other | server CPU | client CPU |",
         "|---|---:|---|---|---|---:|---:|",

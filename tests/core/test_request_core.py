@@ -139,3 +139,20 @@ def test_rest_listener_is_tcp_so_asyncio_sets_nodelay_on_its_connections():
             bind_rest_socket(sock.getsockname()[1], "127.0.0.1")
     finally:
         sock.close()
+
+
+def test_a_call_dropped_for_its_deadline_is_answered_deadline_exceeded_not_cancelled():
+    """client_gone() is also true once a gRPC deadline passed; a client that still waits for
+    the server's status (one that does not time out locally) must read DEADLINE_EXCEEDED. Found
+    by bench/overload.py's lean client: a few calls came back CANCELLED."""
+    from kbundle.errors import DeadlineExceeded, QueueFull
+    from kbundle.serving.core import CallContext, RequestCore
+    from kbundle.status import Status
+
+    core = RequestCore(registry=None)
+    late = CallContext(protocol="grpc", client_gone=lambda: True)
+    dropped = core._failed(MODEL, late, 0.0, DeadlineExceeded("deadline passed while queued"))
+    assert dropped.status is Status.DEADLINE_EXCEEDED
+    # any other failure of a call nobody waits for is still counted as the client's cancel
+    refused = core._failed(MODEL, late, 0.0, QueueFull("full"))
+    assert refused.status is Status.CANCELLED

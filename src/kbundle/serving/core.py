@@ -188,7 +188,10 @@ class RequestCore:
         self, label: str, call: CallContext, started: float, exc: BaseException
     ) -> KBundleError:
         error = as_error(exc)
-        if call.client_gone() or error.status is Status.CANCELLED:
+        # A call dropped for its deadline stays DEADLINE_EXCEEDED: client_gone() is also true
+        # once the deadline passed, and a client still waiting must not read CANCELLED.
+        deadline = error.status is Status.DEADLINE_EXCEEDED
+        if (call.client_gone() and not deadline) or error.status is Status.CANCELLED:
             error = ClientCancelled(error.message)
         else:
             log_if_internal(exc, f"{call.protocol} infer of '{label}'")
