@@ -109,7 +109,9 @@ def test_bad_candidate_is_rolled_back_at_the_first_step(stack):
 def test_sigint_in_a_bake_then_rerun_resumes(stack):
     up, _ = stack
     cmd = rollout(up, "--storage-uri", f"{BUCKET}/v1", "--steps", "10,50", *FAST)
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # started as a non-interactive shell's background job is: SIGINT inherited ignored
+    ignoring = ["bash", "-c", 'trap "" INT; exec "$@"', "_", *cmd]
+    first = subprocess.Popen(ignoring, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: _edited(up) == 0, 120, "first step live")
     time.sleep(1)
     first.send_signal(signal.SIGINT)
@@ -131,8 +133,9 @@ def test_second_rollout_refused_then_abort_rolls_back(stack):
     wait_for(lambda: _edited(up) == 0, 120, "first step live")
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert second.returncode == 1 and "another `kbundle canary rollout`" in second.stderr
-    first.send_signal(signal.SIGINT)
-    first.communicate(timeout=60)
+    first.send_signal(signal.SIGTERM)  # a cancelled CI job: stops like SIGINT, state kept
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 128 + signal.SIGTERM and "run the same command to resume" in err
     abort = subprocess.run(rollout(up, "--abort"), capture_output=True, text=True, timeout=120)
     assert abort.returncode == 0 and "aborted (rolled back)" in abort.stdout, abort.stderr
     assert "canaryTrafficPercent: 0" in up.manifest.read_text()

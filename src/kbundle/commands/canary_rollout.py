@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -72,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     from kbundle.errors import ConfigError
     from kbundle.local.prometheus import PromError
 
+    stopped_by: dict[str, int] = {}
+    previous = _stop_on_signals(stopped_by)
     try:
         with st.exclusive(args.file):
             return _abort(args) if args.abort else _rollout(args)
@@ -81,10 +85,33 @@ def run(args: argparse.Namespace) -> int:
             "resume, or add --abort to roll back",
             file=sys.stderr,
         )
-        return 130
+        return 128 + stopped_by.get("signal", signal.SIGINT)
     except (RolloutError, st.RolloutBusy, ConfigError, PromError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop_on_signals(stopped_by: dict[str, int]) -> dict[int, object]:
+    """SIGINT and SIGTERM both stop the rollout at the next safe point, state kept (returns the
+    handlers it replaced). SIGINT is set explicitly: a rollout started in the background by a
+    non-interactive shell inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt (`kill -INT` did nothing for a whole bake). SIGTERM is what a cancelled CI
+    job or a deleted pod sends."""
+
+    def stop(signum: int, _frame: object) -> None:
+        stopped_by["signal"] = signum
+        raise KeyboardInterrupt
+
+    previous: dict[int, object] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous  # only the main thread may set handlers (an embedding caller's thread)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, stop)
+    return previous
 
 
 def _isvc_name(args: argparse.Namespace) -> str:
