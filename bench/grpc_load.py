@@ -78,18 +78,18 @@ class Connection(asyncio.Protocol):
         if self.closed is not None:
             done("UNAVAILABLE", self.closed, b"")
             return
-        stream, self._next_stream = self._next_stream, self._next_stream + 2
         block = self._blocks.get(timeout_s)
         if block is None:
             block = self._base_block
             if timeout_s is not None:
                 block += h2.literal(b"grpc-timeout", f"{max(1, round(timeout_s * 1e6))}u".encode())
             self._blocks[timeout_s] = block
-        expires = time.monotonic() + (timeout_s or 3600.0) + NO_ANSWER_GRACE_S
-        self._calls[stream] = _Call(done, expires)
         data = h2.MESSAGE_PREFIX.pack(0, len(message)) + message
         if len(data) > self._peer_stream_window or len(data) > h2.DEFAULT_MAX_FRAME:
             raise ValueError("this client sends requests of one DATA frame within one window")
+        stream, self._next_stream = self._next_stream, self._next_stream + 2
+        expires = time.monotonic() + (timeout_s or 3600.0) + NO_ANSWER_GRACE_S
+        self._calls[stream] = _Call(done, expires)
         headers = h2.frame(h2.HEADERS, h2.END_HEADERS, stream, block)
         if self._waiting or len(data) > self._send_window:
             self._waiting.append((headers, data, stream))

@@ -179,25 +179,22 @@ async def drive_one_lean(url: str, work, load: Load) -> Tally:
 
         def done(status: str, message: str, reply: bytes) -> None:
             seconds = time.perf_counter() - started
-            if started < settled_at:  # the ramp-up: callers still joining, queue not yet steady
-                if status == "RESOURCE_EXHAUSTED" and load.backoff_s:
-                    loop.call_later(backoff(load), issue, n + 1)
-                else:
-                    loop.call_soon(issue, n + 1)
-                return
+            counted = started >= settled_at  # the ramp-up's calls run but are not counted
             if status != "OK":
-                tally.refusal(status, message, seconds, load.deadline_s)
+                if counted:
+                    tally.refusal(status, message, seconds, load.deadline_s)
                 if status == "RESOURCE_EXHAUSTED" and load.backoff_s:
                     loop.call_later(backoff(load), issue, n + 1)
                 else:
                     loop.call_soon(issue, n + 1)
                 return
-            got = pb.ModelInferResponse.FromString(reply).raw_output_contents[0]
-            if want is not None and not np.allclose(
-                np.frombuffer(got, np.float32), want, atol=1e-4
-            ):
-                tally.wrong += 1
-            tally.ok.append(seconds)
+            if counted:
+                got = pb.ModelInferResponse.FromString(reply).raw_output_contents[0]
+                if want is not None and not np.allclose(
+                    np.frombuffer(got, np.float32), want, atol=1e-4
+                ):
+                    tally.wrong += 1
+                tally.ok.append(seconds)
             issue(n + 1)
 
         conn.call(payload, load.deadline_s, done)

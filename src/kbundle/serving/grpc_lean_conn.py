@@ -190,7 +190,6 @@ class H2Connection(asyncio.Protocol):
         refusal = call.header_problem() or self.sink.admit(call)
         if refusal is not None:
             self.fail(call, *refusal)
-            self._flush()  # now, not after the rest of this read (other calls' decode) is done
         elif flags & h2.END_STREAM:
             self._end_of_request(call)
 
