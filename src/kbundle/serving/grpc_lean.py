@@ -236,6 +236,13 @@ class KbundleLeanGRPCServer(GRPCServer):
         for call in list(self._calls):
             call.cancel_by_client()
         for conn in list(self._conns):
+            conn.close_gently()
+        # until the clients have closed their side (each at most LINGER_S): a process that
+        # exits with their late frames unread resets connections whose answers are in flight
+        linger = time.monotonic() + H2Connection.LINGER_S
+        while self._conns and time.monotonic() < linger:
+            await asyncio.sleep(0.01)
+        for conn in list(self._conns):
             if conn.transport is not None:
                 conn.transport.close()
         self._stopped.set()

@@ -41,6 +41,7 @@ class H2Connection(asyncio.Protocol):
     # What we tell clients. Streams beyond the cap are refused by HTTP/2 itself (REFUSED_STREAM,
     # which gRPC clients retry); admission (CallSink.admit) refuses far earlier under load.
     MAX_STREAMS = 4096
+    LINGER_S = 2.0  # after our FIN, how long a client may take to close its side
     RECV_WINDOW = 4 * 1024 * 1024  # per stream and for the connection: refilled as data arrives
     MAX_FRAME = 1024 * 1024  # fewer frames for large tensors than the 16 KiB default
 
@@ -55,6 +56,7 @@ class H2Connection(asyncio.Protocol):
         self.going_away = False
         self._buffer = bytearray()
         self.preface_seen = False
+        self.lingering = False  # FIN sent after the last answer; closed when the client closes
         self._decoder = hpack.Decoder(max_header_list_size=self.max_header_list)
         self._partial: tuple[int, int, bytearray] | None = None  # HEADERS awaiting CONTINUATION
         self._out: list[bytes] = []
@@ -79,6 +81,8 @@ class H2Connection(asyncio.Protocol):
         self._send(h2.settings_frame(settings) + h2.window_update(0, grow))
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:  # our side is done (FIN sent): the rest is only read and dropped
+            return
         if self.over_limit:  # closed once its first bytes are read: a FIN, not a reset
             self.close(h2.ENHANCE_YOUR_CALM, "too many connections (KBUNDLE_MAX_CONNECTIONS)")
             return
@@ -311,8 +315,22 @@ class H2Connection(asyncio.Protocol):
 
     def _close_if_idle(self) -> None:
         if self.going_away and not self.calls and self.transport is not None:
-            self._flush()
+            self.close_gently()
+
+    def close_gently(self) -> None:
+        """Send what is buffered, then a FIN, and read (and drop) what the client still sends
+        until it closes too, for at most LINGER_S. Closing at once leaves the client's late
+        WINDOW_UPDATEs and PINGs unread, so the kernel answers them with a reset, and a reset
+        can make the client drop answers it has received but not yet read."""
+        if self.lingering or self.transport is None or self.transport.is_closing():
+            return
+        self._flush()
+        self.lingering = True
+        if not self.transport.can_write_eof():
             self.transport.close()
+            return
+        self.transport.write_eof()
+        asyncio.get_running_loop().call_later(self.LINGER_S, self.transport.close)
 
     def close(self, code: int, reason: str) -> None:
         """Drop the connection (limits: too many, too slow); its calls are cancelled."""
