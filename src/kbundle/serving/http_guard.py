@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from kbundle.errors import ClientCancelled, PayloadTooLarge
+from kbundle.errors import PayloadTooLarge
 from kbundle.serving.limits import TRIM_AFTER_BYTES, HttpLimits, trim_after
 
 T = TypeVar("T")
@@ -106,31 +106,54 @@ class GuardedHttpTools(HttpToolsProtocol):
         if self._too_large:
             return
         self._arm(self.limits.body_timeout_s)
-        super().on_headers_complete()
+        self.request_head()
 
     def on_body(self, body: bytes) -> None:
         if not self._too_large:
-            super().on_body(body)
+            self.request_body(body)
 
     def on_message_complete(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if not self._too_large:
-            super().on_message_complete()
+            self.request_end()
+
+    # What a request that passed the limits goes on to: uvicorn's ASGI cycle, unless a subclass
+    # serves it itself (kbundle.serving.rest_lean).
+    def request_head(self) -> None:
+        HttpToolsProtocol.on_headers_complete(self)
+
+    def request_body(self, body: bytes) -> None:
+        HttpToolsProtocol.on_body(self, body)
+
+    def request_end(self) -> None:
+        HttpToolsProtocol.on_message_complete(self)
 
 
-def guarded_protocol(limits: HttpLimits) -> type[GuardedHttpTools]:
-    return type("GuardedHttpTools", (GuardedHttpTools,), {"limits": limits})
+P = TypeVar("P", bound=GuardedHttpTools)
 
 
-def apply_to_uvicorn(config: uvicorn.Config, limits: HttpLimits) -> None:
-    """Serve `config` with the guarded protocol and the connection cap (before it starts)."""
-    config.http = guarded_protocol(limits)
+def guarded_protocol(limits: HttpLimits, base: type[P] = GuardedHttpTools, **attrs: Any) -> type[P]:
+    return type(base.__name__, (base,), {"limits": limits, **attrs})
+
+
+def apply_to_uvicorn(
+    config: uvicorn.Config, limits: HttpLimits, base: type[P] = GuardedHttpTools, **attrs: Any
+) -> None:
+    """Serve `config` with the guarded protocol (`base`, with `attrs` set on it) and the
+    connection cap (before it starts)."""
+    config.http = guarded_protocol(limits, base, **attrs)
     config.limit_concurrency = limits.max_connections or None
 
 
 Receive = Callable[[], Any]
+
+
+def body_too_large(size: str, limit: int, setting: str = "max_request_bytes") -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"request body of {size} bytes is over the limit of {limit} bytes (setting {setting})"
+    )
 
 
 class BodyLimit:
@@ -142,10 +165,7 @@ class BodyLimit:
         self.setting = setting
 
     def _error(self, size: str) -> PayloadTooLarge:
-        return PayloadTooLarge(
-            f"request body of {size} bytes is over the limit of {self.limit} bytes "
-            f"(setting {self.setting})"
-        )
+        return body_too_large(size, self.limit, self.setting)
 
     async def __call__(self, scope: dict, receive: Receive, send: Callable) -> None:
         if scope["type"] != "http":
@@ -195,32 +215,6 @@ async def _refuse(send: Callable, exc: PayloadTooLarge) -> None:
     ]
     await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-async def until_disconnect(receive: Receive, awaitable: Awaitable[T]) -> T:
-    """`awaitable`'s result, or ClientCancelled as soon as the client disconnects (the ASGI
-    `http.disconnect` after the body): the await is cancelled, so a request still queued in the
-    batcher is dropped there unrun. Call only once the body has been read."""
-    task = asyncio.current_task()
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            gone = True
-            task.cancel()
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        return await awaitable
-    except asyncio.CancelledError:
-        if not gone:
-            raise
-        task.uncancel()
-        raise ClientCancelled("client disconnected before its answer") from None
-    finally:
-        watcher.cancel()
 
 
 def error_headers(exc: BaseException) -> dict[str, str]:

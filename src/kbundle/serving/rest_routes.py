@@ -1,6 +1,6 @@
 """The REST error answers for FastAPI's routes (metadata, config, health): the one status table.
 
-V2 infer never reaches FastAPI: the middleware in asgi_infer answers it first.
+V2 infer never reaches FastAPI: the HTTP protocol in rest_lean answers it first.
 """
 
 from __future__ import annotations

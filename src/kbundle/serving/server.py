@@ -26,12 +26,12 @@ from kserve.protocol.rest.server import RESTServer
 
 from kbundle.cpu_budget import cpu_budget
 from kbundle.serving import http_guard, limits
-from kbundle.serving.asgi_infer import InferFastPath
 from kbundle.serving.core import RequestCore
 from kbundle.serving.grpc_lean import KbundleLeanGRPCServer
 from kbundle.serving.grpc_sizing import GRPC_SERVER_ENV, grpc_max_calls, grpc_threads, handler_pool
 from kbundle.serving.grpc_sync import SERVICE, LoopBridge, bridge_generic, v2_handlers
 from kbundle.serving.lifecycle import bind_rest_socket, port_in_use, wait_idle
+from kbundle.serving.rest_lean import LeanRestProtocol
 from kbundle.serving.rest_routes import register_error_handlers
 from kbundle.serving.v2_grpc import ArrayServicer, StatusInterceptor
 
@@ -86,8 +86,7 @@ class KbundleRESTServer(RESTServer):
             hook(self)
         super().create_application()
         register_error_handlers(app)
-        # Added last, so outermost: V2 infer never pays FastAPI routing or middleware.
-        app.add_middleware(InferFastPath, core=self.core)
+        # V2 infer never reaches the app: the HTTP protocol serves it (kbundle.serving.rest_lean).
         if self.http_limits is not None:  # outermost: a body over the limit is never read
             app.add_middleware(http_guard.BodyLimit, limit=self.http_limits.max_request_bytes)
 
@@ -294,7 +293,7 @@ class KbundleModelServer(ModelServer):
         )
         rest.rest_hooks, rest.core, rest.sock = self._rest_hooks, self.core, sock
         rest.http_limits = self._limits
-        http_guard.apply_to_uvicorn(rest.config, self._limits)
+        http_guard.apply_to_uvicorn(rest.config, self._limits, LeanRestProtocol, core=self.core)
         # uvicorn's per-request access log line is a measured hot-path cost (it decides per
         # connection from `hasHandlers()`); opt back in with kserve's --access_log_format.
         if not self.access_log_format:
