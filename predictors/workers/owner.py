@@ -25,6 +25,7 @@ from kbundle.predictors.workers import wire
 from kbundle.predictors.workers.shm import SHM_DIR, QueueGauge, Slab, SlabSize
 from kbundle.serving.arrays import ArrayRequest
 from kbundle.serving.core import as_error
+from kbundle.serving.lifecycle import freeze_startup_heap
 from kbundle.serving.status_map import log_if_internal
 
 logger = logging.getLogger("kbundle.owner")
@@ -172,6 +173,7 @@ async def serve(predictor: EnginePredictor, path: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = await asyncio.start_unix_server(accept, path + ".tmp")
+    freeze_startup_heap()  # loaded and warmed up: a full collection must not walk all that
     os.rename(path + ".tmp", path)  # the supervisor starts workers once this name exists
     logger.info("engine owner ready on %s (pid %d)", path, os.getpid())
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import logging
 import socket
 import time
@@ -33,6 +34,16 @@ def add_drain_flag(parser: argparse.ArgumentParser) -> None:
         help="On SIGTERM, how long in-flight calls may take to finish before the server exits "
         "(keep it below the pod's terminationGracePeriodSeconds, 30 s by default).",
     )
+
+
+def freeze_startup_heap() -> None:
+    """Move everything start-up built (kserve, FastAPI, protobuf, the engine's Python objects)
+    out of the cyclic collector's reach. Measured under overload: each full (gen2) collection
+    walked that heap for 75-95 ms every ~4 s, a pause of the whole event loop that every refusal
+    and deadline answer waiting on it paid. Afterwards a full collection walks only objects made
+    since; cycles among them are still collected."""
+    gc.collect()
+    gc.freeze()
 
 
 def port_in_use(protocol: str, port: int, flag: str) -> SystemExit:

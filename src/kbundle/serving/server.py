@@ -30,7 +30,12 @@ from kbundle.serving.core import RequestCore
 from kbundle.serving.grpc_lean import KbundleLeanGRPCServer
 from kbundle.serving.grpc_sizing import GRPC_SERVER_ENV, grpc_max_calls, grpc_threads, handler_pool
 from kbundle.serving.grpc_sync import SERVICE, LoopBridge, bridge_generic, v2_handlers
-from kbundle.serving.lifecycle import bind_rest_socket, port_in_use, wait_idle
+from kbundle.serving.lifecycle import (
+    bind_rest_socket,
+    freeze_startup_heap,
+    port_in_use,
+    wait_idle,
+)
 from kbundle.serving.rest_lean import LeanRestProtocol
 from kbundle.serving.rest_routes import register_error_handlers
 from kbundle.serving.v2_grpc import ArrayServicer, StatusInterceptor
@@ -92,6 +97,7 @@ class KbundleRESTServer(RESTServer):
 
     async def start(self) -> None:
         self.create_application()
+        freeze_startup_heap()  # models are loaded and the app built: what serving keeps for good
         self._server.capture_signals = no_signal_capture
         await self._server.serve(sockets=[self.sock])
 
