@@ -69,8 +69,15 @@ def tiny(path: Path, width: int = 16) -> Path:
     return _save(graph, path)
 
 
-BUILDERS = {"mlp": mlp, "tiny": tiny}
-INPUT_WIDTH = {"mlp": 256, "tiny": 16}
+def wide(path: Path) -> Path:
+    """An MLP whose engine time dominates (FP32 [-1, 256] -> Gemm 4096 -> Relu -> Gemm 4096 ->
+    Relu -> Gemm 10): at concurrency 32 the engine, not the protocol, is the limit, as on a GPU
+    serving a real model; batching across `--workers` front ends matters there."""
+    return mlp(path, sizes=(256, 4096, 4096, 10))
+
+
+BUILDERS = {"mlp": mlp, "tiny": tiny, "wide": wide}
+INPUT_WIDTH = {"mlp": 256, "tiny": 16, "wide": 256}
 
 
 def build_all(out_dir: Path) -> dict[str, Path]:

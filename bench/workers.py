@@ -1,6 +1,6 @@
 """`--workers` scaling: the same predictor started with `--workers 1, 2, ...`, same run, same command.
 
-    python bench/workers.py [--workers-list 1,2] [--models tiny mlp] [--rounds 2] [--seconds 5]
+    python bench/workers.py [--workers-list 1,2] [--models tiny mlp wide] [--rounds 2] [--seconds 5]
 
 Needs the bench venv's perf_analyzer (`bash bench/run.sh` makes BENCH_VENV, default .bench-venv).
 The predictor runs with no flags but `--workers N` (its CPU budget decides everything else) and
@@ -223,7 +223,10 @@ def main() -> int:
         "--workers-list", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2]
     )
     parser.add_argument(
-        "--models", nargs="+", default=["tiny", "mlp"], choices=list(bench_models.BUILDERS)
+        "--models",
+        nargs="+",
+        default=["tiny", "mlp", "wide"],
+        choices=list(bench_models.BUILDERS),
     )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=5, help="perf_analyzer measurement window")

@@ -129,7 +129,7 @@ if [ "$MODE" = workers ] || [ "$MODE" = all ]; then
   # CPU engine: the GPU stays out of it; every core is the predictor's and perf_analyzer's to share.
   LD_LIBRARY_PATH="$TOOLS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" CUDA_VISIBLE_DEVICES= PYTHONUNBUFFERED=1 \
     timeout "${KB_WORKERS_S:-330}" "$PY" bench/workers.py --python "$PY" --perf-analyzer "$TOOLS/perf_analyzer" \
-      --workers-list "${KB_WORKERS_LIST:-1,2,4,8}" --rounds 1 --seconds "${KB_WORKERS_SECONDS:-4}" \
+      --workers-list "${KB_WORKERS_LIST:-1,2,4,8}" --models tiny mlp --rounds 1 --seconds "${KB_WORKERS_SECONDS:-4}" \
       --concurrency "${KB_WORKERS_CONCURRENCY:-64}" --work /tmp/kb-workers --out "$OUT" 2>&1 || true
   [ "$MODE" = workers ] && exit 0
   export KB_DEADLINE=$(( $(date +%s) + ${KB_BUDGET_S:-400} ))  # the checks' own budget starts now
