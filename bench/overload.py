@@ -45,7 +45,12 @@ sys.path.insert(0, str(HERE))
 
 from machine import cpu_model  # noqa: E402
 from models import mlp  # noqa: E402
-from overload_report import batch_figures, write_markdown  # noqa: E402
+from overload_report import (  # noqa: E402
+    batch_figures,
+    loop_lag,
+    loop_lag_buckets,
+    write_markdown,
+)
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 REFUSALS = ("RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")
@@ -326,6 +331,7 @@ def run_phases(args, url: str, http: int, work, pid: int) -> dict:
         Load(args.saturation_concurrency, args.saturation_seconds, ramp_s=ramp),
     )
     deadline = args.deadline_ms / 1000
+    lag_before = loop_lag_buckets(server_metrics(http))
     over, _ = measured(
         args,
         url,
@@ -333,6 +339,7 @@ def run_phases(args, url: str, http: int, work, pid: int) -> dict:
         pid,
         Load(args.concurrency, args.duration, deadline, args.backoff_ms / 1000, ramp),
     )
+    over["server_loop_lag"] = loop_lag(lag_before, loop_lag_buckets(server_metrics(http)))
     eager = None
     if args.eager_seconds:
         eager, _ = measured(
@@ -341,7 +348,7 @@ def run_phases(args, url: str, http: int, work, pid: int) -> dict:
     rss = peak_rss_mb(pid)
     after, _ = drive(args, url, work, Load(1, 1.0, 1.0))
     total = len(after.ok) + sum(map(len, after.refused.values())) + sum(after.other.values())
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10).read()
+    metrics = server_metrics(http)
     return {
         "duration_s": args.duration,
         "concurrency": args.concurrency,
@@ -358,8 +365,12 @@ def run_phases(args, url: str, http: int, work, pid: int) -> dict:
         "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
         "server_peak_rss_mb": round(rss, 1),
         "recovery_ok": f"{len(after.ok) - after.wrong}/{total}",
-        "batches": batch_figures(metrics.decode()),
+        "batches": batch_figures(metrics),
     }
+
+
+def server_metrics(http: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10).read().decode()
 
 
 def ratio(over: dict, sat: dict) -> float:

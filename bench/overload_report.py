@@ -32,6 +32,31 @@ def batch_figures(text: str) -> dict:
     }
 
 
+def loop_lag_buckets(text: str) -> dict[str, float]:
+    """kbundle_event_loop_lag_seconds's cumulative buckets (le -> samples) from /metrics text."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith('kbundle_event_loop_lag_seconds_bucket{le="'):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            found[le] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def loop_lag(before: dict[str, float], after: dict[str, float]) -> dict:
+    """The server loop's lag over one phase: samples, the bucket bound that 99 % stayed under,
+    and how many ran over 5 ms and over 50 ms late."""
+    delta = {le: after[le] - before.get(le, 0.0) for le in after}
+    samples = delta.get("+Inf", 0.0)
+    bounds = sorted((float(le), n) for le, n in delta.items() if le != "+Inf")
+    p99 = next((bound for bound, n in bounds if n >= 0.99 * samples), float("inf"))
+    return {
+        "samples": int(samples),
+        "p99_at_most_ms": p99 * 1000,
+        "over_5ms": int(samples - delta.get("0.005", 0.0)),
+        "over_50ms": int(samples - delta.get("0.05", 0.0)),
+    }
+
+
 def targets(result: dict) -> list[tuple[str, str, bool]]:
     """(target, measured, met) for each issue-12 target."""
     o, batch = result["overload"], result["batches"]["mean_batch_ms"]
@@ -117,6 +142,7 @@ def write_markdown(path: Path, result: dict, config: str) -> None:
         f"Server peak RSS {result['server_peak_rss_mb']} MB. Right after: "
         f"{result['recovery_ok']} correct.",
         f"Server-side drops (`/metrics`, whole run): {b['dropped'] or 'none'}.",
+        *lag_note(o.get("server_loop_lag")),
         *client_note(result),
         "",
         "| target (issue 12) | measured | met |",
@@ -125,6 +151,16 @@ def write_markdown(path: Path, result: dict, config: str) -> None:
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def lag_note(lag: dict | None) -> list[str]:
+    if not lag:
+        return []
+    return [
+        "Server event-loop lag in the overload phase (`kbundle_event_loop_lag_seconds`, a timer "
+        f"every 100 ms): {lag['samples']} samples, 99 % at most {lag['p99_at_most_ms']:g} ms late, "
+        f"{lag['over_5ms']} over 5 ms, {lag['over_50ms']} over 50 ms."
+    ]
 
 
 def client_note(result: dict) -> list[str]:

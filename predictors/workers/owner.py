@@ -26,6 +26,7 @@ from kbundle.predictors.workers.shm import SHM_DIR, QueueGauge, Slab, SlabSize
 from kbundle.serving.arrays import ArrayRequest
 from kbundle.serving.core import as_error
 from kbundle.serving.lifecycle import freeze_startup_heap
+from kbundle.serving.loop_lag import LoopLagProbe
 from kbundle.serving.status_map import log_if_internal
 
 logger = logging.getLogger("kbundle.owner")
@@ -174,6 +175,7 @@ async def serve(predictor: EnginePredictor, path: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     server = await asyncio.start_unix_server(accept, path + ".tmp")
     freeze_startup_heap()  # loaded and warmed up: a full collection must not walk all that
+    lag = LoopLagProbe(loop).start()
     os.rename(path + ".tmp", path)  # the supervisor starts workers once this name exists
     logger.info("engine owner ready on %s (pid %d)", path, os.getpid())
     try:
@@ -181,6 +183,7 @@ async def serve(predictor: EnginePredictor, path: str) -> None:
     finally:
         gauge.unlink()
     server.close()
+    lag.stop()
     pending = [task for link in links for task in link.tasks]
     if pending:  # workers drained first, so this is only what they abandoned
         await asyncio.wait(pending, timeout=predictor.settings.max_batch_delay_ms / 1000 + 5)

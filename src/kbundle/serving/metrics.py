@@ -44,6 +44,12 @@ DROPPED = Counter(
     "Requests refused by admission (queue_full, deadline, disconnected, too_large).",
     ["model", "reason"],
 )
+LOOP_LAG = Histogram(
+    "kbundle_event_loop_lag_seconds",
+    "How late the serving event loop ran a timer (sampled every 100 ms): while the loop is late, "
+    "no request is read, refused or answered.",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 CPU_BUDGET = Gauge("kbundle_cpu_budget", "CPUs this process may use (affinity and cgroup quota).")
 
 UNKNOWN_MODEL = "_unknown"  # the label for requests naming a model that is not served

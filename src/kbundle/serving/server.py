@@ -36,6 +36,7 @@ from kbundle.serving.lifecycle import (
     port_in_use,
     wait_idle,
 )
+from kbundle.serving.loop_lag import LoopLagProbe
 from kbundle.serving.rest_lean import LeanRestProtocol
 from kbundle.serving.rest_routes import register_error_handlers
 from kbundle.serving.v2_grpc import ArrayServicer, StatusInterceptor
@@ -335,7 +336,9 @@ class KbundleModelServer(ModelServer):
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        lag = LoopLagProbe(loop).start()
         await asyncio.gather(*self.servers)
+        lag.stop()
         self._unload()
 
     def _on_signal(self, sig: int) -> None:
