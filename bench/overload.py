@@ -52,6 +52,9 @@ from overload_report import (  # noqa: E402
     write_markdown,
 )
 
+from kbundle.serving.loop_lag import LoopLagProbe  # noqa: E402
+from kbundle.serving.metrics import LOOP_LAG  # noqa: E402
+
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 REFUSALS = ("RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")
 BACKOFF_JITTER = 0.2  # gRPC's retry backoff jitter (gRFC A6)
@@ -213,8 +216,20 @@ async def drive_one_lean(url: str, work, load: Load) -> Tally:
     return tally
 
 
-def _client_process(job: tuple) -> tuple[Tally, float]:
-    """One client process: its tally and the CPU seconds it used."""
+CLIENT_LAG_INTERVAL_S = 0.01
+
+
+async def _probed(coro):
+    """`coro` with the client loop's own lag recorded (the server's metric, in this process)."""
+    probe = LoopLagProbe(asyncio.get_running_loop(), CLIENT_LAG_INTERVAL_S).start()
+    try:
+        return await coro
+    finally:
+        probe.stop()
+
+
+def _client_process(job: tuple) -> tuple[Tally, float, dict[str, float]]:
+    """One client process: its tally, the CPU seconds it used and its loop-lag buckets."""
     url, work, load, cpu, client = job
     if cpu >= 0:
         os.sched_setaffinity(0, {cpu})
@@ -226,8 +241,13 @@ def _client_process(job: tuple) -> tuple[Tally, float]:
     started = time.process_time()
     run = drive_one_lean if client == "lean" else drive_one
     with asyncio.Runner(loop_factory=_loop_factory(client)) as runner:
-        tally = runner.run(run(url, work, load))
-    return tally, time.process_time() - started
+        tally = runner.run(_probed(run(url, work, load)))
+    lag = {
+        sample.labels["le"]: sample.value
+        for sample in LOOP_LAG.collect()[0].samples
+        if sample.name.endswith("_bucket")
+    }
+    return tally, time.process_time() - started, lag
 
 
 def _loop_factory(client: str):
@@ -238,8 +258,9 @@ def _loop_factory(client: str):
     return None
 
 
-def drive(args, url: str, work, load: Load) -> tuple[Tally, float]:
-    """The load's callers split over `args.clients` processes; (tally, client CPU seconds)."""
+def drive(args, url: str, work, load: Load) -> tuple[Tally, float, dict[str, float]]:
+    """The load's callers split over `args.clients` processes; (tally, client CPU seconds, the
+    client loops' lag buckets summed)."""
     clients = max(1, min(args.clients, load.concurrency))
     shares = [
         load.concurrency // clients + (i < load.concurrency % clients) for i in range(clients)
@@ -247,10 +268,12 @@ def drive(args, url: str, work, load: Load) -> tuple[Tally, float]:
     jobs = [(url, work, replace(load, concurrency=n), args.client_cpu, args.client) for n in shares]
     with multiprocessing.get_context("spawn").Pool(clients) as pool:
         results = pool.map(_client_process, jobs)
-    tally = Tally()
-    for part, _cpu in results:
+    tally, lag = Tally(), {}
+    for part, _cpu, buckets in results:
         tally.merge(part)
-    return tally, sum(cpu for _part, cpu in results)
+        for le, count in buckets.items():
+            lag[le] = lag.get(le, 0.0) + count
+    return tally, sum(cpu for _part, cpu, _lag in results), lag
 
 
 def server_cpu_s(pid: int) -> float:
@@ -307,13 +330,14 @@ def phase(tally: Tally, seconds: float, server_cpu: float, client_cpu: float) ->
 def measured(args, url: str, work, pid: int, load: Load) -> tuple[dict, Tally]:
     """One load phase: (its figures, its tally)."""
     cpu_before = server_cpu_s(pid)
-    tally, client_cpu = drive(args, url, work, load)
+    tally, client_cpu, client_lag = drive(args, url, work, load)
     counted_s = (
         load.seconds - load.ramp_s
     )  # CPU is over the whole phase, rates over the counted part
     figures = phase(tally, counted_s, server_cpu_s(pid) - cpu_before, client_cpu)
     figures["server_cpu_pct"] = round(100 * (server_cpu_s(pid) - cpu_before) / load.seconds, 1)
     figures["client_cpu_pct"] = round(100 * client_cpu / load.seconds, 1)
+    figures["client_loop_lag"] = loop_lag({}, client_lag)
     if load.deadline_s is not None:
         within = sum(1 for s in tally.ok if s <= load.deadline_s)
         figures["goodput_per_s"] = round(within / counted_s, 1)
@@ -346,7 +370,7 @@ def run_phases(args, url: str, http: int, work, pid: int) -> dict:
             args, url, work, pid, Load(args.concurrency, args.eager_seconds, deadline, ramp_s=ramp)
         )
     rss = peak_rss_mb(pid)
-    after, _ = drive(args, url, work, Load(1, 1.0, 1.0))
+    after, _, _ = drive(args, url, work, Load(1, 1.0, 1.0))
     total = len(after.ok) + sum(map(len, after.refused.values())) + sum(after.other.values())
     metrics = server_metrics(http)
     return {

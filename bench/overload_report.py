@@ -142,7 +142,7 @@ def write_markdown(path: Path, result: dict, config: str) -> None:
         f"Server peak RSS {result['server_peak_rss_mb']} MB. Right after: "
         f"{result['recovery_ok']} correct.",
         f"Server-side drops (`/metrics`, whole run): {b['dropped'] or 'none'}.",
-        *lag_note(o.get("server_loop_lag")),
+        *lag_note(o.get("server_loop_lag"), o.get("client_loop_lag")),
         *client_note(result),
         "",
         "| target (issue 12) | measured | met |",
@@ -153,14 +153,23 @@ def write_markdown(path: Path, result: dict, config: str) -> None:
     path.write_text("\n".join(lines))
 
 
-def lag_note(lag: dict | None) -> list[str]:
-    if not lag:
+def lag_note(server: dict | None, client: dict | None = None) -> list[str]:
+    if not server:
         return []
-    return [
-        "Server event-loop lag in the overload phase (`kbundle_event_loop_lag_seconds`, a timer "
-        f"every 100 ms): {lag['samples']} samples, 99 % at most {lag['p99_at_most_ms']:g} ms late, "
-        f"{lag['over_5ms']} over 5 ms, {lag['over_50ms']} over 50 ms."
-    ]
+    text = (
+        "Event-loop lag in the overload phase: server (`kbundle_event_loop_lag_seconds`, a timer "
+        f"every 100 ms) {_lag(server)}"
+    )
+    if client:
+        text += f"; client processes (the same probe every 10 ms, all summed) {_lag(client)}"
+    return [text + "."]
+
+
+def _lag(lag: dict) -> str:
+    return (
+        f"{lag['samples']} samples, 99 % at most {lag['p99_at_most_ms']:g} ms late, "
+        f"{lag['over_5ms']} over 5 ms, {lag['over_50ms']} over 50 ms"
+    )
 
 
 def client_note(result: dict) -> list[str]:
