@@ -42,9 +42,16 @@ def body(values: list[float], idx: int = 1) -> bytes:
     ).encode()
 
 
-def request(payload: bytes, path: str = PATH, extra: str = "", version: str = "1.1") -> bytes:
-    head = f"POST {path} HTTP/{version}\r\nHost: test\r\nContent-Type: application/json\r\n"
-    return (head + f"Content-Length: {len(payload)}\r\n{extra}\r\n").encode() + payload
+def head(length: int, path: str = PATH, extra: str = "", version: str = "1.1") -> bytes:
+    start = f"POST {path} HTTP/{version}\r\nHost: test\r\nContent-Type: application/json\r\n"
+    return (start + f"Content-Length: {length}\r\n{extra}\r\n").encode()
+
+
+def request(payload: bytes, path: str = PATH, version: str = "1.1") -> bytes:
+    return head(len(payload), path, version=version) + payload
+
+
+EXPECT = "Expect: 100-continue\r\n"
 
 
 class Reader:
@@ -124,13 +131,9 @@ def test_pipelined_requests_are_answered_in_order_with_app_routes_between(server
 
 def test_expect_100_continue_gets_continue_then_the_answer(server):
     payload = body([7.0, 8.0])
-    head = (
-        f"POST {PATH} HTTP/1.1\r\nHost: test\r\nContent-Length: {len(payload)}\r\n"
-        "Expect: 100-continue\r\n\r\n"
-    )
     sock, reader = connect(server)
     with sock:
-        sock.sendall(head.encode())
+        sock.sendall(head(len(payload), extra=EXPECT))
         interim, _, _ = reader.response()
         assert interim == 100
         sock.sendall(payload)
@@ -139,13 +142,9 @@ def test_expect_100_continue_gets_continue_then_the_answer(server):
 
 
 def test_expect_100_continue_over_the_limit_is_413_without_continue(server):
-    head = (
-        f"POST {PATH} HTTP/1.1\r\nHost: test\r\nContent-Length: {LIMIT + 1}\r\n"
-        "Expect: 100-continue\r\n\r\n"
-    )
     sock, reader = connect(server)
     with sock:
-        sock.sendall(head.encode())
+        sock.sendall(head(LIMIT + 1, extra=EXPECT))
         status, headers, content = reader.response()
         assert status == 413
         assert headers["connection"] == "close"
@@ -160,14 +159,14 @@ def test_chunked_body_is_served_and_an_oversized_one_refused(server):
         b"%x\r\n" % len(payload[i : i + 7]) + payload[i : i + 7] + b"\r\n"
         for i in range(0, len(payload), 7)
     )
-    head = f"POST {PATH} HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked = f"POST {PATH} HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
     sock, reader = connect(server)
     with sock:
-        sock.sendall(head.encode() + chunks + b"0\r\n\r\n")
+        sock.sendall(chunked.encode() + chunks + b"0\r\n\r\n")
         status, _, content = reader.response()
         assert status == 200 and echo(content) == [5.0, 6.0]
         big = b"\0" * (256 * 1024)
-        sock.sendall(head.encode())
+        sock.sendall(chunked.encode())
         try:
             for _ in range(8):  # 2 MiB against a 1 MiB limit
                 sock.sendall(b"%x\r\n" % len(big) + big + b"\r\n")

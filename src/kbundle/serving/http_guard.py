@@ -25,7 +25,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from kbundle.errors import PayloadTooLarge
 from kbundle.serving.limits import TRIM_AFTER_BYTES, HttpLimits, trim_after
 
-T = TypeVar("T")
 _431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
 
 

@@ -38,10 +38,10 @@ def add_drain_flag(parser: argparse.ArgumentParser) -> None:
 
 def freeze_startup_heap() -> None:
     """Move everything start-up built (kserve, FastAPI, protobuf, the engine's Python objects)
-    out of the cyclic collector's reach. Measured under overload: each full (gen2) collection
-    walked that heap for 75-95 ms every ~4 s, a pause of the whole event loop that every refusal
-    and deadline answer waiting on it paid. Afterwards a full collection walks only objects made
-    since; cycles among them are still collected."""
+    out of the cyclic collector's reach. A full (gen2) collection over that heap stops the event
+    loop for tens of milliseconds (bench/results/gc_pause.md), every few seconds under load, and
+    every refusal and deadline answer waiting on the loop pays it. Afterwards a full collection
+    walks only objects made since; cycles among them are still collected."""
     gc.collect()
     gc.freeze()
 

@@ -17,7 +17,6 @@ from `GuardedHttpTools` the head/body size limits and timeouts.
 from __future__ import annotations
 
 import asyncio
-import logging
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -30,8 +29,6 @@ from kbundle.serving import limits, v2_rest
 from kbundle.serving.core import CallContext, RequestCore
 from kbundle.serving.http_guard import GuardedHttpTools, body_too_large, error_headers
 from kbundle.status import http_status
-
-logger = logging.getLogger("kbundle.rest")
 
 PREFIX = b"/v2/models/"
 SUFFIX = b"/infer"
