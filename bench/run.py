@@ -101,7 +101,9 @@ def raw_limit(
 
 
 # -- servers ---------------------------------------------------------------------------------
-def server_command(server: str, model: str, model_dir: Path, http: int, grpc: int) -> list[str]:
+def server_command(
+    server: str, model: str, model_dir: Path, http: int, grpc: int, flags: tuple[str, ...] = ()
+) -> list[str]:
     python = str(ROOT / ".venv/bin/python")
     common = ["--model_name", model, "--http_port", str(http), "--grpc_port", str(grpc)]
     if server == "stock-kserve":
@@ -123,6 +125,7 @@ def server_command(server: str, model: str, model_dir: Path, http: int, grpc: in
         str(model_dir),
         *common,
         *extra,  # no tuning flags: the defaults a manifest without tuning gets (issue 11)
+        *flags,  # an A/B's variant (bench/engine_on_loop.py)
     ]
 
 
@@ -190,12 +193,15 @@ def model_shape(port: int, model: str, width: int) -> str:
 
 
 @contextlib.contextmanager
-def pinned_server(args, server: str, model: str, model_dir: Path, log_name: str):
+def pinned_server(
+    args, server: str, model: str, model_dir: Path, log_name: str, flags: tuple[str, ...] = ()
+):
     """A server pinned to `args.server_cpu`, ready: yields (process, http port, grpc port, the
     perf_analyzer shape); stopped (terminate, then kill after 20 s) on the way out."""
     http, grpc = free_port(), free_port()
     log = open(Path(args.work) / log_name, "wb")
-    cmd = ["taskset", "-c", args.server_cpu, *server_command(server, model, model_dir, http, grpc)]
+    command = server_command(server, model, model_dir, http, grpc, flags)
+    cmd = ["taskset", "-c", args.server_cpu, *command]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_ready(f"http://127.0.0.1:{http}/v2/models/{model}/ready", proc)

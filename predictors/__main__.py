@@ -53,6 +53,8 @@ def budget_settings(
     `front_ends`: CPUs the `--workers` front ends take from the engine owner's share."""
     budget = cpu_budget.cpu_budget()
     settings, intra_op = engine_threads(settings, budget, front_ends)
+    if front_ends and settings.engine_on_loop_ms < 0:  # the owner's loop serves every front end
+        settings = dataclasses.replace(settings, engine_on_loop_ms=0.0)
     child_env = cpu_budget.apply_child_thread_env(budget)
     derived: dict[str, object] = {"intra_op_threads": intra_op}
     if not front_ends:  # the `--workers` engine owner serves no gRPC and runs no serving loop

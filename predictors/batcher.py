@@ -16,7 +16,10 @@ Policy (decided once per request, no polling thread):
   failed with DeadlineExceeded when a dispatch reaches it, before the engine.
 
 Concatenation, the engine call and the split run on the engine's worker thread; the event loop
-only appends to a deque and resolves futures, one `call_soon_threadsafe` per batch.
+only appends to a deque and resolves futures, one `call_soon_threadsafe` per batch. A short batch
+of a CPU engine may run on the event loop thread instead (`inline_s`, see EngineOnLoop): with one
+CPU the two threads cannot overlap, and the hand-off to the engine thread and back (GIL and
+context switches) costs more than the engine call itself.
 """
 
 from __future__ import annotations
@@ -103,6 +106,31 @@ def batch_key(inputs: dict[str, np.ndarray], output_names: Sequence[str]) -> Bat
     )
 
 
+class EngineOnLoop:
+    """Whether a batch is short enough to run on the event loop thread: its rows times the
+    engine's recent time per row (an average over the batches run so far) is at most `limit_s`.
+    Until a batch has been timed, and with `limit_s` 0, every batch runs on the engine thread.
+    Per-row time falls as batches grow, so the estimate errs towards the thread."""
+
+    __slots__ = ("limit_s", "_per_row")
+
+    SMOOTHING = 0.2  # weight of the newest batch in the running average
+
+    def __init__(self, limit_s: float):
+        self.limit_s = limit_s
+        self._per_row: float | None = None
+
+    def fits(self, rows: int) -> bool:
+        return self._per_row is not None and rows * self._per_row <= self.limit_s
+
+    def observe(self, rows: int, seconds: float) -> None:
+        if self.limit_s <= 0 or rows < 1:
+            return
+        per_row = seconds / rows
+        last = self._per_row
+        self._per_row = per_row if last is None else last + self.SMOOTHING * (per_row - last)
+
+
 class DynamicBatcher:
     """Batches `infer` calls for one engine; one batch in flight per engine instance."""
 
@@ -115,6 +143,7 @@ class DynamicBatcher:
         metrics: BatchMetrics | None = None,
         padding: Padding | None = None,
         admission: Admission | None = None,
+        inline_s: float = 0.0,
     ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1 for a batcher")
@@ -134,6 +163,7 @@ class DynamicBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: deque[_Pending] = deque()  # from submit() threads, drained on the loop
         self._drain_scheduled = False
+        self.on_loop = EngineOnLoop(inline_s if runner.instances == 1 else 0.0)
 
     @property
     def in_flight(self) -> int:
@@ -266,6 +296,9 @@ class DynamicBatcher:
                     self._queue.extendleft(reversed(batch))
                     self._timer = self._loop.call_later(wait, self._dispatch)
                     return
+            if self.on_loop.fits(rows):
+                self._run_here(batch, rows)
+                return
             self._start(batch, rows)
 
     def _take(self) -> tuple[list[_Pending], int]:
@@ -300,13 +333,25 @@ class DynamicBatcher:
 
     def _start(self, batch: list[_Pending], rows: int) -> None:
         self._idle -= 1
-        started = time.perf_counter()
-        if self.metrics is not None:
-            self.metrics.observe_queue([started - item.enqueued for item in batch])
+        self._observe_queue(batch)
         loop = self._loop
         done = self._completer(batch)
         future = self.runner.submit(self._run_batch, batch, rows)
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(done, f))
+
+    def _run_here(self, batch: list[_Pending], rows: int) -> None:
+        """Run the batch on the event loop thread, then let the loop read sockets (new requests,
+        probes, refusals) before the next batch is cut."""
+        self._observe_queue(batch)
+        self._resolve(batch, self._run_batch(batch, rows))
+        if self._queue and not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._dispatch)
+
+    def _observe_queue(self, batch: list[_Pending]) -> None:
+        if self.metrics is not None:
+            started = time.perf_counter()
+            self.metrics.observe_queue([started - item.enqueued for item in batch])
 
     def _completer(self, batch: list[_Pending]) -> Callable:
         def done(future) -> None:
@@ -315,20 +360,24 @@ class DynamicBatcher:
                 results = future.result()
             except BaseException as exc:  # the worker never raises; belt and braces
                 results = [exc] * len(batch)
-            for item, result in zip(batch, results, strict=True):
-                if item.future.done():
-                    continue  # cancelled while in flight: its rows are simply dropped
-                try:
-                    if isinstance(result, BaseException):
-                        item.future.set_exception(result)
-                    else:
-                        item.future.set_result(result)
-                except asyncio.InvalidStateError:
-                    pass  # belt and braces: done() was checked on this thread just above
+            self._resolve(batch, results)
             if self._queue and not self._scheduled:
                 self._dispatch()
 
         return done
+
+    @staticmethod
+    def _resolve(batch: list[_Pending], results: list) -> None:
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():
+                continue  # cancelled while in flight: its rows are simply dropped
+            try:
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+            except asyncio.InvalidStateError:
+                pass  # belt and braces: done() was checked on this thread just above
 
     # -- the batch itself (engine worker thread) ----------------------------------------------
     def _run_batch(self, batch: list[_Pending], rows: int) -> list:
@@ -339,8 +388,10 @@ class DynamicBatcher:
                 self.padding.observe([i.inputs for i in batch], rows, time.perf_counter() - started)
         except Exception as exc:
             results = self._run_alone(batch, exc)
+        took = time.perf_counter() - started
+        self.on_loop.observe(rows, took)
         if self.metrics is not None:
-            self.metrics.observe_batch(rows, time.perf_counter() - started)
+            self.metrics.observe_batch(rows, took)
         return results
 
     def _run_alone(self, batch: list[_Pending], exc: Exception) -> list:

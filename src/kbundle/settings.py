@@ -126,6 +126,14 @@ class ModelSettings:
     intra_op_threads: int = field(
         default=0, metadata=_doc("Engine CPU threads per call; 0 = the engine's own default.")
     )
+    engine_on_loop_ms: float = field(
+        default=-1.0,
+        metadata=_doc(
+            "Run a batch on the event-loop thread, not the engine thread, when it should take at "
+            "most this long (ms); -1 = 2 for a CPU engine with a CPU budget of one CPU, else 0 "
+            "(always the engine thread)."
+        ),
+    )
     warmup: bool = field(
         default=True, metadata=_doc("Run a warm-up inference before reporting ready.")
     )
@@ -295,6 +303,8 @@ def _check(settings: ModelSettings) -> ModelSettings:
         raise ConfigError("max_batch_size must be >= 0")
     if settings.max_batch_delay_ms < 0:
         raise ConfigError("max_batch_delay_ms must be >= 0")
+    if settings.engine_on_loop_ms < 0 and settings.engine_on_loop_ms != -1:
+        raise ConfigError("engine_on_loop_ms must be >= 0, or -1 (derived)")
     if settings.max_request_bytes < 0:
         raise ConfigError("max_request_bytes must be >= 0 (0 = derived from the memory limit)")
     if settings.max_queue_size < 0 or settings.max_queue_delay_ms < 0:

@@ -8,13 +8,19 @@ import shutil
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from metrics_text import total
 from procs import free_port, wait_http
 
 from kbundle.cpu_budget import cgroup_quota, detect
+from kbundle.samples import digits_split
 
 HOST_CPUS = len(os.sched_getaffinity(0))
 needs_taskset = pytest.mark.skipif(shutil.which("taskset") is None, reason="no taskset here")
@@ -91,6 +97,9 @@ def test_predictor_under_taskset_with_no_flags_uses_one_intra_op_thread(digits_v
     try:
         wait_http(f"http://127.0.0.1:{http_port}/v2/models/digits/ready", proc, log_path)
         gauge = total(f"127.0.0.1:{http_port}", "kbundle_cpu_budget")
+        answers_each_its_own_rows(
+            http_port, grpc_port, digits_v1
+        )  # short batches now run on the loop
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
@@ -98,4 +107,34 @@ def test_predictor_under_taskset_with_no_flags_uses_one_intra_op_thread(digits_v
     assert len(lines) == 1, log_path.read_text()[-3000:]
     assert "cpu budget 1 (affinity {0}, cgroup quota" in lines[0]
     assert "intra_op_threads 1," in lines[0]
+    assert "engine_on_loop_ms 2)" in log_path.read_text()  # one CPU, a CPU engine: derived 2 ms
     assert gauge == 1.0 and code == 0
+
+
+def answers_each_its_own_rows(http_port: int, grpc_port: int, model_dir: Path) -> None:
+    """48 concurrent requests of 1-3 rows, half REST, half gRPC: each label row equals what
+    ONNX Runtime gives for those rows alone."""
+    x = digits_split()[1].images.reshape(-1, 64).astype(np.float32)[:96]
+    want = direct_labels(x, model_dir)
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+
+    def ask(tag: int) -> tuple[int, np.ndarray]:
+        start, rows = (tag * 2) % 90, 1 + tag % 3
+        module = httpclient if tag % 2 else grpcclient
+        tensor = module.InferInput("input", [rows, 64], "FP32")
+        tensor.set_data_from_numpy(x[start : start + rows])
+        if module is grpcclient:
+            return start, grpc.infer("digits", [tensor]).as_numpy("label")
+        # tritonclient.http runs on gevent, whose hub belongs to one thread: a client per call
+        with httpclient.InferenceServerClient(f"127.0.0.1:{http_port}") as http:
+            return start, http.infer("digits", [tensor]).as_numpy("label")
+
+    with ThreadPoolExecutor(8) as pool:
+        for start, labels in pool.map(ask, range(48)):
+            np.testing.assert_array_equal(labels, want[start : start + len(labels)])
+    grpc.close()
+
+
+def direct_labels(x: np.ndarray, model_dir: Path) -> np.ndarray:
+    session = ort.InferenceSession(str(model_dir / "model.onnx"))
+    return np.concatenate([session.run(["label"], {"input": row[None]})[0] for row in x])
