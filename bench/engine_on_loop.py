@@ -2,13 +2,17 @@
 
 `.venv/bin/python bench/engine_on_loop.py [--rounds 6]` (perf_analyzer from the bench venv that
 `bash bench/run.sh` makes) starts two kbundle predictors per model, both pinned to SERVER_CPU: one with
-no flags (on one CPU it derives engine_on_loop_ms 2) and one with `--engine_on_loop_ms 0` (every
+no flags (on one CPU it derives engine_on_loop_ms 0.5) and one with `--engine_on_loop_ms 0` (every
 batch on the engine thread, as before). perf_analyzer, pinned to CLIENT_CPU, measures each cell
 (model x protocol x concurrency) on both servers back to back, round after round, so both sides
 see the same hour of this shared VM. Reported per cell: medians over rounds of infer/s and p50,
 and the server's CPU per answered request (utime + stime from /proc over the perf_analyzer run,
 divided by the requests it counted), which noise moves less than latency. Writes
 bench/results/engine_on_loop.md and .json.
+
+`--overload N` runs bench/overload.py instead, 2N times alternating, with KBUNDLE_ENGINE_ON_LOOP_MS
+unset (derived) and =0 in the server's environment, and writes
+bench/results/engine_on_loop_overload.md: goodput, refusal p99 and the server loop's lag per run.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -61,7 +67,10 @@ def main() -> int:
     parser.add_argument("--client-cpu", default="1")
     parser.add_argument("--perf-analyzer", default=str(BENCH_VENV / "bin/perf_analyzer"))
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--overload", type=int, default=0, help="overload runs each way instead")
     args = parser.parse_args()
+    if args.overload:
+        return overload_pairs(args)
     os.environ.update(bench_env(BENCH_VENV))  # perf_analyzer's CUDA runtime library
     args.work = tempfile.mkdtemp(prefix="kbundle-on-loop-")
     models = bench_models.build_all(Path(args.work) / "models")
@@ -89,6 +98,57 @@ def main() -> int:
                                 flush=True,
                             )
     write(args, before, run.machine(), cells)
+    return 0
+
+
+def overload_pairs(args) -> int:
+    """bench/overload.py, alternating derived / off, its results kept per run."""
+    work = Path(tempfile.mkdtemp(prefix="kbundle-on-loop-overload-"))
+    before, runs = run.machine(), []
+    for round_no in range(args.overload):
+        for name, value in (("loop", None), ("thread", "0")):
+            env = {k: v for k, v in os.environ.items() if k != "KBUNDLE_ENGINE_ON_LOOP_MS"}
+            if value is not None:
+                env["KBUNDLE_ENGINE_ON_LOOP_MS"] = value
+            out = work / f"{name}-{round_no}.md"
+            cmd = [sys.executable, str(HERE / "overload.py"), "--out", str(out)]
+            subprocess.run(cmd, env=env, check=True, capture_output=True)
+            o = json.loads(out.with_suffix(".json").read_text())["overload"]
+            runs.append((round_no, name, o))
+            print(round_no, name, o["goodput_vs_saturation"], o["resource_exhausted_p99_ms"])
+    lines = [
+        "# engine_on_loop_ms under overload (bench/overload.py), derived vs off, alternating",
+        "",
+        f"`.venv/bin/python bench/engine_on_loop.py --overload {args.overload}`, {before['cpu']}, "
+        f"{before['cpus']} CPUs; load average before {' / '.join(before['loadavg'])}, after "
+        f"{' / '.join(run.machine()['loadavg'])}.",
+        "",
+        "Each row is one full `python bench/overload.py` run (MLP on one core, 256 gRPC callers "
+        "with 100 ms deadlines; figures of its overload phase). **loop** = the server's derived "
+        "engine_on_loop_ms (0.5 ms with one CPU); **thread** = `KBUNDLE_ENGINE_ON_LOOP_MS=0`.",
+        "",
+        "| round | variant | answered/s | goodput vs saturation | answered p99 ms | "
+        "RESOURCE_EXHAUSTED p99 ms (wire) | server loop samples over 5 ms |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for round_no, name, o in runs:
+        lag = o.get("server_loop_lag") or {}
+        lines.append(
+            f"| {round_no} | {name} | {o['answers_per_s']} | "
+            f"{o['goodput_vs_saturation'] * 100:.1f} % | {o['p99_ms']} | "
+            f"{o['resource_exhausted_p99_ms']} | {lag.get('over_5ms', '–')} |"
+        )
+    for name in ("loop", "thread"):
+        mine = [o for _, n, o in runs if n == name]
+        lines.append(
+            f"| median | {name} | {statistics.median(o['answers_per_s'] for o in mine)} | "
+            f"{statistics.median(o['goodput_vs_saturation'] for o in mine) * 100:.1f} % | "
+            f"{statistics.median(o['p99_ms'] for o in mine)} | "
+            f"{statistics.median(o['resource_exhausted_p99_ms'] for o in mine)} | – |"
+        )
+    text = "\n".join(lines) + "\n"
+    (Path(args.out) / "engine_on_loop_overload.md").write_text(text)
+    print(text)
     return 0
 
 

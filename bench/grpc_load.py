@@ -9,8 +9,13 @@ dynamic table), one DATA frame, and a frame reader that finds the call's status 
 It reads the server's answer to a deadline rather than timing out locally, so a late
 DEADLINE_EXCEEDED shows as late.
 
+Each call is also timed on the wire: from the write that sent it to the read that brought its
+status (`wire_s`). One read often brings a whole batch's answers, and the callbacks of the calls
+before it in that read (checking an answer, sending the caller's next call) would otherwise be
+counted as the later calls' latency.
+
     conn = await connect("127.0.0.1", 8081, "/inference.GRPCInferenceService/ModelInfer")
-    conn.call(request_bytes, timeout_s=0.1, done=lambda status, message, reply: ...)
+    conn.call(request_bytes, timeout_s=0.1, done=lambda status, message, reply, wire_s: ...)
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ STATUS_NAMES = (
     "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
     "UNAUTHENTICATED",
 )  # fmt: skip
-# done(status name, message, reply message without its 5-byte prefix)
-Done = Callable[[str, str, bytes], None]
+# done(status name, message, reply message without its 5-byte prefix, seconds from the write that
+# sent the call to the read that brought its status; 0 when it was never sent)
+Done = Callable[[str, str, bytes, float], None]
 NO_ANSWER_GRACE_S = 1.0  # past its deadline with no status: the call is reported NO_ANSWER
 RECV_WINDOW = 1 << 24  # per stream (answers are small) and, grown, for the connection
 _METHOD_POST, _SCHEME_HTTP = b"\x83", b"\x86"  # static table entries 3 and 6
@@ -38,10 +44,11 @@ _PATH, _AUTHORITY, _CONTENT_TYPE = 4, 1, 31  # static table names
 
 
 class _Call:
-    __slots__ = ("done", "headers", "body", "expires")
+    __slots__ = ("done", "headers", "body", "expires", "sent")
 
     def __init__(self, done: Done, expires: float) -> None:
         self.done, self.expires = done, expires
+        self.sent = 0.0  # time.perf_counter() of the write that carried it
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
 
@@ -62,6 +69,8 @@ class Connection(asyncio.Protocol):
         self._decoder = hpack.Decoder()
         self._buffer = bytearray()
         self._out: list[bytes] = []
+        self._unsent: list[_Call] = []  # calls in _out, stamped when it is written
+        self._received = 0.0  # time.perf_counter() of the read being parsed
         self._calls: dict[int, _Call] = {}
         self._next_stream = 1
         self._send_window = h2.DEFAULT_WINDOW  # the connection's; requests wait on it in order
@@ -76,7 +85,7 @@ class Connection(asyncio.Protocol):
     # -- calls -----------------------------------------------------------------------------
     def call(self, message: bytes, timeout_s: float | None, done: Done) -> None:
         if self.closed is not None:
-            done("UNAVAILABLE", self.closed, b"")
+            done("UNAVAILABLE", self.closed, b"", 0.0)
             return
         block = self._blocks.get(timeout_s)
         if block is None:
@@ -95,14 +104,19 @@ class Connection(asyncio.Protocol):
             self._waiting.append((headers, data, stream))
             return
         self._send_window -= len(data)
-        self._write(headers + h2.frame(h2.DATA, h2.END_STREAM, stream, data))
+        self._send(stream, headers + h2.frame(h2.DATA, h2.END_STREAM, stream, data))
 
     def expire(self, now: float) -> None:
         """Report calls with no status long past their deadline (the server never answered)."""
         for stream, call in list(self._calls.items()):
             if call.expires < now:
                 del self._calls[stream]
-                call.done("NO_ANSWER", "no status by the deadline plus 1 s", b"")
+                waited = time.perf_counter() - call.sent if call.sent else 0.0
+                call.done("NO_ANSWER", "no status by the deadline plus 1 s", b"", waited)
+
+    def _send(self, stream: int, frames: bytes) -> None:
+        self._unsent.append(self._calls[stream])
+        self._write(frames)
 
     def _write(self, data: bytes) -> None:
         if not self._out:
@@ -111,14 +125,19 @@ class Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         if self._out and self.transport is not None and not self.transport.is_closing():
+            now = time.perf_counter()
+            for call in self._unsent:
+                call.sent = now
             self.transport.write(b"".join(self._out))
         self._out.clear()
+        self._unsent.clear()
 
     def _release_waiting(self) -> None:
         while self._waiting and len(self._waiting[0][1]) <= self._send_window:
             headers, data, stream = self._waiting.pop(0)
             self._send_window -= len(data)
-            self._write(headers + h2.frame(h2.DATA, h2.END_STREAM, stream, data))
+            if stream in self._calls:  # not failed meanwhile (GOAWAY, connection lost)
+                self._send(stream, headers + h2.frame(h2.DATA, h2.END_STREAM, stream, data))
 
     # -- the connection --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -134,11 +153,12 @@ class Connection(asyncio.Protocol):
         self.closed = self.closed or why
         calls, self._calls = self._calls, {}
         for call in calls.values():
-            call.done("UNAVAILABLE", why, b"")
+            call.done("UNAVAILABLE", why, b"", 0.0)
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(why))
 
     def data_received(self, data: bytes) -> None:
+        self._received = time.perf_counter()
         buf = self._buffer
         buf += data
         offset, size = 0, len(buf)
@@ -209,7 +229,8 @@ class Connection(asyncio.Protocol):
     def _finish(self, stream: int, status: str, message: str) -> None:
         call = self._calls.pop(stream, None)
         if call is not None:
-            call.done(status, message, bytes(call.body[5:]) if status == "OK" else b"")
+            wire_s = self._received - call.sent if call.sent else 0.0
+            call.done(status, message, bytes(call.body[5:]) if status == "OK" else b"", wire_s)
 
 
 async def connect(host: str, port: int, path: str) -> Connection:

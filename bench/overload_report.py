@@ -108,9 +108,10 @@ def write_markdown(path: Path, result: dict, config: str) -> None:
         "",
         f"The server (no flags; the model's kbundle.yaml: `{config.strip().replace(chr(10), ', ')}`"
         f") is pinned to one core, {result['clients']} client processes ({CLIENTS[client]}, one "
-        "event loop each, the callers split between them) to the other. A RESOURCE_EXHAUSTED refusal is "
-        "timed from the call's start to its status; a DEADLINE_EXCEEDED one as its lateness, from "
-        "the call's deadline to the status. In the overload phase a caller refused with "
+        "event loop each, the callers split between them) to the other. "
+        + TIMING.get(client, TIMING["aio"])
+        + "A DEADLINE_EXCEEDED refusal counts as its lateness, from the call's deadline to its "
+        "status. In the overload phase a caller refused with "
         f"RESOURCE_EXHAUSTED waits {result['backoff_ms']:g} ms ± 20 % (the server's retry "
         "pushback for a full queue, with gRPC's backoff jitter) before its next call, as a "
         "well-behaved client does; the last phase has "
@@ -142,6 +143,7 @@ def write_markdown(path: Path, result: dict, config: str) -> None:
         f"Server peak RSS {result['server_peak_rss_mb']} MB. Right after: "
         f"{result['recovery_ok']} correct.",
         f"Server-side drops (`/metrics`, whole run): {b['dropped'] or 'none'}.",
+        *caller_note(o),
         *lag_note(o.get("server_loop_lag"), o.get("client_loop_lag")),
         *client_note(result),
         "",
@@ -151,6 +153,26 @@ def write_markdown(path: Path, result: dict, config: str) -> None:
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+TIMING = {
+    "lean": "Calls are timed on the wire: from the write that sent the call to the read that "
+    "brought its status (one read often brings a whole batch's answers; the client's handling of "
+    "the calls before it in that read is not counted). ",
+    "aio": "Calls are timed from the caller's start to its status. ",
+}
+
+
+def caller_note(o: dict) -> list[str]:
+    """The refusal p99 as the caller's callback saw it, beside the wire time (lean client)."""
+    caller = o.get("resource_exhausted_caller_p99_ms")
+    if caller is None or caller != caller:  # absent (aio client) or nan (none refused)
+        return []
+    return [
+        f"RESOURCE_EXHAUSTED p99 in the overload phase as the callers' callbacks saw it (the "
+        f"client's handling of the other answers in the same read included): {caller} ms; on the "
+        f"wire: {o['resource_exhausted_p99_ms']} ms."
+    ]
 
 
 def lag_note(server: dict | None, client: dict | None = None) -> list[str]:

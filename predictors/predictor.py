@@ -231,7 +231,7 @@ def batch_cap(name: str, max_batch_size: int, engine: Engine) -> int:
 # Derived engine_on_loop_ms: a batch this short costs less than the hand-off to the engine thread
 # and back (bench/results/engine_on_loop.md: tiny, one core, c=32, REST 4,674 vs 4,105 infer/s).
 # Longer batches stay on the thread so the loop keeps answering probes and refusals meanwhile.
-ENGINE_ON_LOOP_MS = 2.0
+ENGINE_ON_LOOP_MS = 0.5
 
 
 def engine_on_loop_ms(

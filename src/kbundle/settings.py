@@ -130,7 +130,7 @@ class ModelSettings:
         default=-1.0,
         metadata=_doc(
             "Run a batch on the event-loop thread, not the engine thread, when it should take at "
-            "most this long (ms); -1 = 2 for a CPU engine with a CPU budget of one CPU, else 0 "
+            "most this long (ms); -1 = 0.5 for a CPU engine with a CPU budget of one CPU, else 0 "
             "(always the engine thread)."
         ),
     )

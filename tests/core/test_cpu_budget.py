@@ -107,7 +107,7 @@ def test_predictor_under_taskset_with_no_flags_uses_one_intra_op_thread(digits_v
     assert len(lines) == 1, log_path.read_text()[-3000:]
     assert "cpu budget 1 (affinity {0}, cgroup quota" in lines[0]
     assert "intra_op_threads 1," in lines[0]
-    assert "engine_on_loop_ms 2)" in log_path.read_text()  # one CPU, a CPU engine: derived 2 ms
+    assert "engine_on_loop_ms 0.5)" in log_path.read_text()  # one CPU, a CPU engine: derived
     assert gauge == 1.0 and code == 0
 
 
