@@ -9,10 +9,11 @@ dynamic table), one DATA frame, and a frame reader that finds the call's status 
 It reads the server's answer to a deadline rather than timing out locally, so a late
 DEADLINE_EXCEEDED shows as late.
 
-Each call is also timed on the wire: from the write that sent it to the read that brought its
-status (`wire_s`). One read often brings a whole batch's answers, and the callbacks of the calls
-before it in that read (checking an answer, sending the caller's next call) would otherwise be
-counted as the later calls' latency.
+Each call is also timed on the wire (`wire_s`): from the write that sent it to the moment the
+kernel received the bytes that brought its status (SO_TIMESTAMPNS on the socket, read back with
+recvmsg), so neither this client's event loop reaching the read late nor its handling of the
+answers ahead in the same read (checking each, sending that caller's next call) is counted as the
+server's latency. Where the kernel gives no stamp, the time the read returned stands in.
 
     conn = await connect("127.0.0.1", 8081, "/inference.GRPCInferenceService/ModelInfer")
     conn.call(request_bytes, timeout_s=0.1, done=lambda status, message, reply, wire_s: ...)
@@ -21,6 +22,8 @@ counted as the later calls' latency.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 from collections.abc import Callable
 
@@ -41,6 +44,9 @@ NO_ANSWER_GRACE_S = 1.0  # past its deadline with no status: the call is reporte
 RECV_WINDOW = 1 << 24  # per stream (answers are small) and, grown, for the connection
 _METHOD_POST, _SCHEME_HTTP = b"\x83", b"\x86"  # static table entries 3 and 6
 _PATH, _AUTHORITY, _CONTENT_TYPE = 4, 1, 31  # static table names
+SO_TIMESTAMPNS = 35  # Linux (= SCM_TIMESTAMPNS); Python's socket module does not name it
+TIMESPEC = struct.Struct("@ll")
+READ_BYTES = 1 << 16
 
 
 class _Call:
@@ -48,7 +54,7 @@ class _Call:
 
     def __init__(self, done: Done, expires: float) -> None:
         self.done, self.expires = done, expires
-        self.sent = 0.0  # time.perf_counter() of the write that carried it
+        self.sent = 0.0  # time.time() of the write that carried it
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
 
@@ -70,7 +76,7 @@ class Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._out: list[bytes] = []
         self._unsent: list[_Call] = []  # calls in _out, stamped when it is written
-        self._received = 0.0  # time.perf_counter() of the read being parsed
+        self._received = 0.0  # the kernel's receive time (time.time() clock) of the read parsed
         self._calls: dict[int, _Call] = {}
         self._next_stream = 1
         self._send_window = h2.DEFAULT_WINDOW  # the connection's; requests wait on it in order
@@ -111,7 +117,7 @@ class Connection(asyncio.Protocol):
         for stream, call in list(self._calls.items()):
             if call.expires < now:
                 del self._calls[stream]
-                waited = time.perf_counter() - call.sent if call.sent else 0.0
+                waited = time.time() - call.sent if call.sent else 0.0
                 call.done("NO_ANSWER", "no status by the deadline plus 1 s", b"", waited)
 
     def _send(self, stream: int, frames: bytes) -> None:
@@ -125,7 +131,7 @@ class Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         if self._out and self.transport is not None and not self.transport.is_closing():
-            now = time.perf_counter()
+            now = time.time()  # the kernel's receive stamps are on this (realtime) clock
             for call in self._unsent:
                 call.sent = now
             self.transport.write(b"".join(self._out))
@@ -157,8 +163,8 @@ class Connection(asyncio.Protocol):
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(why))
 
-    def data_received(self, data: bytes) -> None:
-        self._received = time.perf_counter()
+    def data_received(self, data: bytes, received: float | None = None) -> None:
+        self._received = received or time.time()
         buf = self._buffer
         buf += data
         offset, size = 0, len(buf)
@@ -233,10 +239,90 @@ class Connection(asyncio.Protocol):
             call.done(status, message, bytes(call.body[5:]) if status == "OK" else b"", wire_s)
 
 
+class StampedSocket:
+    """The transport for a Connection: reads with recvmsg to get the kernel's receive stamp of
+    each read (asyncio's transports read with recv, which drops it); writes like a transport."""
+
+    def __init__(self, sock: socket.socket, protocol: Connection) -> None:
+        self.sock, self.protocol = sock, protocol
+        self.loop = asyncio.get_running_loop()
+        self._pending = bytearray()  # what the kernel did not take yet
+        self._closing = False
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        while not self._closing:
+            try:
+                data, ancillary, _, _ = self.sock.recvmsg(READ_BYTES, socket.CMSG_SPACE(16))
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._lost(exc)
+                return
+            if not data:
+                self._lost(None)
+                return
+            stamp = None
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    seconds, nanos = TIMESPEC.unpack(value[: TIMESPEC.size])
+                    stamp = seconds + nanos / 1e9
+            self.protocol.data_received(data, stamp)
+
+    def write(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self._pending:
+            self._pending += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if sent < len(data):
+            self._pending += data[sent:]
+            self.loop.add_writer(self.sock.fileno(), self._writable)
+
+    def _writable(self) -> None:
+        try:
+            sent = self.sock.send(self._pending)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        del self._pending[:sent]
+        if not self._pending:
+            self.loop.remove_writer(self.sock.fileno())
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if not self._closing:
+            self._lost(None)
+
+    def _lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self.loop.remove_reader(self.sock.fileno())
+        self.loop.remove_writer(self.sock.fileno())
+        self.sock.close()
+        self.protocol.connection_lost(exc)
+
+
 async def connect(host: str, port: int, path: str) -> Connection:
     """An HTTP/2 connection to a gRPC server, once the server's SETTINGS arrived."""
     loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(lambda: Connection(f"{host}:{port}", path), host, port)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, (host, port))
+    conn = Connection(f"{host}:{port}", path)
+    conn.connection_made(StampedSocket(sock, conn))  # type: ignore[arg-type]
     await asyncio.wait_for(conn.ready, 10)
     return conn
 

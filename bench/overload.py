@@ -15,7 +15,8 @@ concurrency split between them) pinned to CLIENT_CPU. Both processes' CPU
 use is reported, so a run whose client core was the limit shows it.
 
 Latency of a refusal: RESOURCE_EXHAUSTED is timed like an answer (the lean client: from the write
-that sent the call to the read that brought its status; the aio client: from the call's start); a
+that sent the call to the kernel's receive stamp of the bytes that brought its status; the aio
+client: from the call's start); a
 DEADLINE_EXCEEDED is timed as its lateness, the time from the call's deadline to the moment the
 client saw the status (a call cannot be refused for its deadline before the deadline passes).
 
@@ -65,9 +66,10 @@ REFUSALS = ("RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")
 BACKOFF_JITTER = 0.2  # gRPC's retry backoff jitter (gRFC A6)
 STAGGER_S = 0.1  # lean client: callers start spread over this, not all in one write
 # max_queue_size 64: at most 64 requests wait behind the batch running, about 20 ms of work at
-# today's 3,000-4,000 answers/s, well within 100 ms; a call that finds the queue full is refused on
-# its headers. (It was 24 when the server answered about 800/s: 24 then held ~30 ms of work, and
-# now under 10 ms, so under overload bursts were refused while the core idled.)
+# the 2,500-3,900 answers/s of the 2026-11-29 runs, well within 100 ms; a call that finds the
+# queue full is refused on its headers. (It was 24 when the server answered about 800/s: 24 then
+# held ~30 ms of work, and now under 10 ms, so under overload bursts were refused while the core
+# idled.)
 CONFIG = "max_batch_size: 32\nmax_batch_delay_ms: 1\nintra_op_threads: 1\nmax_queue_size: 64\n"
 
 

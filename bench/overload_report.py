@@ -156,9 +156,10 @@ def write_markdown(path: Path, result: dict, config: str) -> None:
 
 
 TIMING = {
-    "lean": "Calls are timed on the wire: from the write that sent the call to the read that "
-    "brought its status (one read often brings a whole batch's answers; the client's handling of "
-    "the calls before it in that read is not counted). ",
+    "lean": "Calls are timed on the wire: from the write that sent the call to the moment the "
+    "client's kernel received the bytes that brought its status (SO_TIMESTAMPNS), so the client's "
+    "own event-loop delays and its handling of the answers ahead in the same read are not "
+    "counted. ",
     "aio": "Calls are timed from the caller's start to its status. ",
 }
 
