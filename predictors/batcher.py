@@ -17,8 +17,8 @@ Policy (decided once per request, no polling thread):
 
 Concatenation, the engine call and the split run on the engine's worker thread; the event loop
 only appends to a deque and resolves futures, one `call_soon_threadsafe` per batch. A short batch
-of a CPU engine may run on the event loop thread instead (`inline_s`, see EngineOnLoop): with one
-CPU the two threads cannot overlap, and the hand-off to the engine thread and back (GIL and
+of a CPU engine may run on the event loop thread instead (`on_loop_s`, see EngineOnLoop): with
+one CPU the two threads cannot overlap, and the hand-off to the engine thread and back (GIL and
 context switches) costs more than the engine call itself.
 """
 
@@ -143,7 +143,7 @@ class DynamicBatcher:
         metrics: BatchMetrics | None = None,
         padding: Padding | None = None,
         admission: Admission | None = None,
-        inline_s: float = 0.0,
+        on_loop_s: float = 0.0,
     ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1 for a batcher")
@@ -163,7 +163,7 @@ class DynamicBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: deque[_Pending] = deque()  # from submit() threads, drained on the loop
         self._drain_scheduled = False
-        self.on_loop = EngineOnLoop(inline_s if runner.instances == 1 else 0.0)
+        self.on_loop = EngineOnLoop(on_loop_s if runner.instances == 1 else 0.0)
 
     @property
     def in_flight(self) -> int:

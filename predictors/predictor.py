@@ -229,8 +229,9 @@ def batch_cap(name: str, max_batch_size: int, engine: Engine) -> int:
 
 
 # Derived engine_on_loop_ms: a batch this short costs less than the hand-off to the engine thread
-# and back (bench/results/engine_on_loop.md: tiny, one core, c=32, REST 4,674 vs 4,105 infer/s).
-# Longer batches stay on the thread so the loop keeps answering probes and refusals meanwhile.
+# and back (bench/results/engine_on_loop.md: tiny, one core, c=32, REST 4,895 vs 3,833 infer/s).
+# Longer batches stay on the thread so the loop keeps reading sockets meanwhile: at 2 ms the
+# overload refusal p99 doubled against the thread (bench/results/overload_on_loop_2ms.md).
 ENGINE_ON_LOOP_MS = 0.5
 
 

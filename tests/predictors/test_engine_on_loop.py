@@ -55,7 +55,7 @@ def predictor(tmp_path_factory) -> EnginePredictor:
 def batcher_for(predictor, limit_s: float, delay_s: float = 0.0):
     seen = ThreadsSeen(predictor.loaded_engine, delay_s)
     runner = EngineRunner(seen, instances=1)
-    return DynamicBatcher(runner, predictor.name, 8, 1.0, inline_s=limit_s), seen, runner
+    return DynamicBatcher(runner, predictor.name, 8, 1.0, on_loop_s=limit_s), seen, runner
 
 
 def check(inputs: dict, outputs: list) -> None:
