@@ -32,24 +32,19 @@ BENCH_VENV = Path(os.environ.get("BENCH_VENV", HERE.parent / ".bench-venv"))
 
 import models as bench_models  # noqa: E402
 import run  # noqa: E402
+from overload import server_cpu_s  # noqa: E402
 from workers import bench_env  # noqa: E402
 
 VARIANTS = {"loop": (), "thread": ("--engine_on_loop_ms", "0")}
-TICK_S = 0.01  # /proc/<pid>/stat clock ticks (USER_HZ 100)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S  # utime, stime
 
 
 def measure(args, model: str, server, protocol: str, concurrency: int) -> dict | None:
     proc, http, grpc, shape = server
     port = http if protocol == "http" else grpc
     rows_before, _ = run.batch_stats(http, model)
-    before = cpu_seconds(proc.pid)
+    before = server_cpu_s(proc.pid)
     result = run.perf_analyzer(args, model, port, protocol, concurrency, shape)
-    spent = cpu_seconds(proc.pid) - before
+    spent = server_cpu_s(proc.pid) - before
     rows = run.batch_stats(http, model)[0] - rows_before  # batch-1 requests: rows = requests
     if result is None or rows <= 0:
         return None
