@@ -101,6 +101,9 @@ class EchoSink:
     def dispatch(self, call) -> None:
         call.conn.respond(call, ECHO_ANSWER)
 
+    def settled(self, call) -> None:
+        pass
+
     def closed(self, conn) -> None:
         pass
 

@@ -234,10 +234,11 @@ class DynamicBatcher:
         self.admission.admit(rows, len(self._queue) + len(self._inbox))
         return self.admission.deadline(deadline)
 
-    def refuse_if_full(self) -> None:
-        """QueueFull now if the queue is full: the request core asks before decoding a request."""
+    def refuse_if_full(self, ahead: int = 0) -> None:
+        """QueueFull now if the queue is full, counting `ahead` requests on their way to it: the
+        request core asks before decoding a request."""
         if self.admission is not None:
-            self.admission.check_room(len(self._queue) + len(self._inbox))
+            self.admission.check_room(len(self._queue) + len(self._inbox) + ahead)
 
     def _gone(self, item: _Pending, now: float) -> bool:
         """True for a queued request that must not run: its client left, or its deadline passed

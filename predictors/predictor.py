@@ -105,11 +105,12 @@ class EnginePredictor(Model):
         admission = Admission(self.name, policy)
         return UnbatchedQueue(self.runner, admission, BatchMetrics(self.name), batchable)
 
-    def refuse_if_full(self) -> None:
-        """QueueFull now if this model's queue is full (the request core asks before decoding)."""
+    def refuse_if_full(self, ahead: int = 0) -> None:
+        """QueueFull now if this model's queue is full, or would be with `ahead` more requests
+        (the request core asks before decoding)."""
         queue = self.batcher or self.unbatched
         if queue is not None:  # None: no engine loaded, and the core refuses the call anyway
-            queue.refuse_if_full()
+            queue.refuse_if_full(ahead)
 
     def _warm_up(self) -> None:
         inputs = warmup_inputs(self.signature, ranges=self.loaded_engine.shape_ranges)

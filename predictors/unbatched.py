@@ -55,9 +55,10 @@ class UnbatchedQueue:
     def queued(self) -> int:
         return self._waiting
 
-    def refuse_if_full(self) -> None:
-        """QueueFull now if the queue is full: the request core asks before decoding a request."""
-        self.admission.check_room(self._waiting)
+    def refuse_if_full(self, ahead: int = 0) -> None:
+        """QueueFull now if the queue is full, counting `ahead` requests on their way to it: the
+        request core asks before decoding a request."""
+        self.admission.check_room(self._waiting + ahead)
 
     def submit(
         self, inputs: dict[str, np.ndarray], names: Sequence[str], deadline: float | None

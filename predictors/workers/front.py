@@ -66,12 +66,12 @@ class RemotePredictor(EnginePredictor):
         self.ready = True
         return True
 
-    def refuse_if_full(self) -> None:
+    def refuse_if_full(self, ahead: int = 0) -> None:
         """QueueFull now when the owner's queue (its published depth) is full: the request core
         asks before reading and decoding the body, as in the single process. The owner checks
         again when the call arrives, and its check decides."""
         if self.ready:  # a lost owner's last depth must not turn its 503 into a 429
-            self.admission.check_room(self.queue.get())
+            self.admission.check_room(self.queue.get() + ahead)
 
     def _owner_lost(self) -> None:
         self.ready = False  # new calls: 503 / UNAVAILABLE from the request core at once

@@ -10,6 +10,7 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import hpack
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -19,6 +20,7 @@ from slow_model import WIDTH, build_slow_model, request_rows
 
 BIG_ROWS = 2048  # 4 MiB each way: many times the client's initial 64 KiB window
 LIMIT = 6 * 1024 * 1024
+QUEUE = 5  # the limited server's max_queue_size
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +127,10 @@ def test_an_oversized_frame_gets_goaway_and_the_server_goes_on(server):
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
-    """A second predictor with tight connection limits (they are per process)."""
+    """A second predictor with tight connection limits (they are per process) and a short
+    queue."""
     root = tmp_path_factory.mktemp("lean-limits")
-    model_dir = build_slow_model(root / "slow", "max_batch_size: 8\n")
+    model_dir = build_slow_model(root / "slow", f"max_batch_size: 8\nmax_queue_size: {QUEUE}\n")
     env = {"KBUNDLE_MAX_CONNECTIONS": "2", "KBUNDLE_HEADER_TIMEOUT_S": "1"}
     proc = start_predictor(MODEL, model_dir, root / "predictor.log", env=env)
     yield proc
@@ -159,3 +162,49 @@ def test_one_connection_over_the_cap_gets_goaway_naming_the_setting(limited):
     finally:
         for sock in held:
             sock.close()
+
+
+def _burst(url: str, calls: int, body: bytes) -> dict[int, int]:
+    """`calls` ModelInfer calls in one write on one connection, with hpack (the reference
+    decoder) for the answers; {stream: grpc-status} once every call has its status."""
+    encoder, decoder = hpack.Encoder(), hpack.Decoder()
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", METHOD)]
+    headers += [(":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers")]
+    data = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">BHBBI", 0, 0, 4, 0, 0)
+    message = struct.pack(">BI", 0, len(body)) + body
+    for stream in range(1, 2 * calls, 2):
+        block = encoder.encode(headers)
+        data += struct.pack(">BHBBI", 0, len(block), 1, 4, stream) + block  # HEADERS, END_HEADERS
+        data += struct.pack(">BHBBI", 0, len(message), 0, 1, stream) + message  # DATA, END_STREAM
+    statuses: dict[int, int] = {}
+    with _connect(url) as sock:
+        sock.sendall(data)
+        buffer = b""
+        while len(statuses) < calls:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed with {len(statuses)} of {calls} answered"
+            buffer += chunk
+            while len(buffer) >= 9:
+                high, low, kind, _, stream = struct.unpack(">BHBBI", buffer[:9])
+                length = (high << 16) | low
+                if len(buffer) < 9 + length:
+                    break
+                payload, buffer = buffer[9 : 9 + length], buffer[9 + length :]
+                if kind == 1:  # HEADERS: every one is decoded, to keep the table in step
+                    fields = dict(decoder.decode(payload))
+                    if "grpc-status" in fields:
+                        statuses[stream] = int(fields["grpc-status"])
+    return statuses
+
+
+def test_a_burst_in_one_read_is_refused_at_the_headers_past_the_queue_room(limited):
+    """40 calls arrive in one read; the queue holds QUEUE. Calls let in are counted toward the
+    queue from their headers on, so exactly QUEUE get in (their bodies do not parse: INVALID
+    ARGUMENT) and the rest are refused at their headers (RESOURCE_EXHAUSTED) with no decode;
+    counted only once queued, all 40 would get in and be decoded."""
+    statuses = _burst(limited.grpc_url, 40, b"\xff\xff\xff")
+    codes = [statuses[stream] for stream in sorted(statuses)]
+    invalid, exhausted = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert codes == [invalid.value[0]] * QUEUE + [exhausted.value[0]] * (40 - QUEUE)
+    x = request_rows(3, 2)  # and the queue has room again once they are answered
+    np.testing.assert_allclose(triton_infer(limited.grpc_url, x), x, rtol=1e-5)

@@ -157,14 +157,15 @@ class RequestCore:
         except Exception as exc:
             raise self._failed(label, call, started, exc) from exc
 
-    def refuse_if_full(self, model_name: str, call: CallContext) -> None:
-        """QueueFull (counted like any refusal) when the model's queue is full; nothing else is
+    def refuse_if_full(self, model_name: str, call: CallContext, ahead: int = 0) -> None:
+        """QueueFull (counted like any refusal) when the model's queue is full, counting `ahead`
+        requests the transport has let in that have not reached the queue yet; nothing else is
         checked here. REST asks before reading the body, so a refusal costs no body at all."""
         model = self.registry.get_model(model_name)
         if model is None or not is_array_model(model):
             return  # `infer` refuses it with the right error
         try:
-            _refuse_if_full(model)
+            _refuse_if_full(model, ahead)
         except KBundleError as exc:
             started, _, label = self._begin(model_name)
             raise self._failed(label, call, started, exc) from exc
@@ -209,12 +210,12 @@ def as_error(exc: BaseException) -> KBundleError:
     return KBundleError(message, status)
 
 
-def _refuse_if_full(model: ArrayModel) -> None:
+def _refuse_if_full(model: ArrayModel, ahead: int = 0) -> None:
     """A model with a bounded queue (the predictor) refuses a request while the queue is full
     before it is decoded: under overload a refusal must cost microseconds, not a decode."""
     refuse = getattr(model, "refuse_if_full", None)
     if refuse is not None:
-        refuse()
+        refuse(ahead)
 
 
 def _decoded(model: ArrayModel, request: Request) -> ArrayRequest:

@@ -86,6 +86,10 @@ class KbundleLeanGRPCServer(GRPCServer):
         self._handlers = {f"/{SERVICE}/{name}": h for name, h in capture.handlers.items()}
         self._generic = [g for hook in self.grpc_hooks for g in hook(self)]
         self._calls: set[Call] = set()
+        # ModelInfer calls let in at their headers whose request is not in the model's queue
+        # yet: admission counts them, or one read of many calls would let all of them past a
+        # queue that is nearly full and refuse the last ones only after decoding them.
+        self._unqueued: set[Call] = set()
         self._conns: set[H2Connection] = set()
 
     def _served_settings(self) -> list[object]:
@@ -132,7 +136,10 @@ class KbundleLeanGRPCServer(GRPCServer):
             held = f"{len(self._calls)} calls held, the limit (KBUNDLE_GRPC_MAX_CALLS)"
             return RESOURCE_EXHAUSTED, f"server busy: {held}; retry after 1 s", RETRY_PUSHBACK
         if call.path == MODEL_INFER:
-            return self._queue_full(call)
+            refusal = self._queue_full(call)
+            if refusal is None:
+                self._unqueued.add(call)
+            return refusal
         if self._handler(call) is None:
             method = call.path.decode("latin-1")
             return UNIMPLEMENTED, f"method {method} is not served here", b""
@@ -145,7 +152,8 @@ class KbundleLeanGRPCServer(GRPCServer):
         if len(models) != 1:
             return None
         try:
-            self.core.refuse_if_full(next(iter(models)), CallContext(protocol="grpc"))
+            ahead = len(self._unqueued)
+            self.core.refuse_if_full(next(iter(models)), CallContext(protocol="grpc"), ahead)
         except KBundleError as exc:
             return _refusal(exc)
         return None
@@ -166,7 +174,13 @@ class KbundleLeanGRPCServer(GRPCServer):
             call.task.cancel()
             call.conn.fail(call, DEADLINE_EXCEEDED, "Deadline Exceeded")
 
+    def settled(self, call: Call) -> None:
+        self._unqueued.discard(call)
+
     async def _run(self, call: Call) -> None:
+        # This first step decodes the request and queues it without yielding: from here the
+        # model's queue counts it.
+        self._unqueued.discard(call)
         try:
             if call.path == MODEL_INFER:
                 answer = await self._model_infer(call)

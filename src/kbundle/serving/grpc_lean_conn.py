@@ -1,7 +1,7 @@
 """One client connection of the lean gRPC server: HTTP/2 frames in, unary calls out.
 
 Runs on the serving event loop (asyncio.Protocol): frames are parsed straight from the read
-buffer, header blocks go through `hpack`, a call is handed to the server (`CallSink`) when its
+buffer, header blocks go through `hpack` (repeated ones through a cache), a call is handed to the server (`CallSink`) when its
 headers arrive (so admission can refuse it before its body is read) and again when its one
 message is complete. Answers honour the client's flow-control windows; everything written in
 one loop iteration leaves in one `write` (the batcher finishes many calls at once).
@@ -18,6 +18,7 @@ import hpack
 
 from kbundle.serving import h2_frames as h2
 from kbundle.serving.grpc_lean_call import Call
+from kbundle.serving.hpack_repeat import RepeatDecoder
 
 logger = logging.getLogger("kbundle.grpc")
 
@@ -33,6 +34,9 @@ class CallSink(Protocol):
 
     def dispatch(self, call: Call) -> None:
         """The call's message is complete: run it (the server answers through the call)."""
+
+    def settled(self, call: Call) -> None:
+        """The call was answered or cancelled (it may never have been dispatched)."""
 
     def closed(self, conn: H2Connection) -> None: ...
 
@@ -57,10 +61,11 @@ class H2Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self.preface_seen = False
         self.lingering = False  # FIN sent after the last answer; closed when the client closes
-        self._decoder = hpack.Decoder(max_header_list_size=self.max_header_list)
+        self._decoder = RepeatDecoder(self.max_header_list)
         self._partial: tuple[int, int, bytearray] | None = None  # HEADERS awaiting CONTINUATION
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._refused_in_read = False  # refusals leave at the end of the read, not a turn later
         self._recv_unacked = 0
         self._send_window = h2.DEFAULT_WINDOW
         self._peer_stream_window = h2.DEFAULT_WINDOW
@@ -94,10 +99,14 @@ class H2Connection(asyncio.Protocol):
         except ProtocolError as exc:
             self._fail_connection(exc.code, str(exc))
         self._ack_received()
+        if self._refused_in_read:
+            self._refused_in_read = False
+            self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         for call in list(self.calls.values()):
             call.cancel_by_client()
+            self.sink.settled(call)
         self.calls.clear()
         self._blocked.clear()
         self.sink.closed(self)
@@ -150,6 +159,7 @@ class H2Connection(asyncio.Protocol):
             if call is not None:
                 self._blocked.pop(stream, None)
                 call.cancel_by_client()
+                self.sink.settled(call)
         elif kind == h2.GOAWAY:
             self.going_away = True
             self._close_if_idle()
@@ -174,7 +184,7 @@ class H2Connection(asyncio.Protocol):
 
     def _header_block(self, flags: int, stream: int, block: bytes) -> None:
         try:  # always decoded: the client's HPACK table must stay in step with ours
-            headers = self._decoder.decode(block, raw=True)
+            headers = self._decoder.decode(block)
         except hpack.OversizedHeaderListError as exc:
             raise ProtocolError(h2.ENHANCE_YOUR_CALM, "header list too large") from exc
         except hpack.HPACKError as exc:
@@ -194,6 +204,7 @@ class H2Connection(asyncio.Protocol):
         refusal = call.header_problem() or self.sink.admit(call)
         if refusal is not None:
             self.fail(call, *refusal)
+            self._refused_in_read = True
         elif flags & h2.END_STREAM:
             self._end_of_request(call)
 
@@ -271,6 +282,7 @@ class H2Connection(asyncio.Protocol):
         if call.answered or self.calls.get(call.stream) is not call:
             return False
         call.answered = True
+        self.sink.settled(call)
         return not self.transport.is_closing()
 
     def _write_pending(self, call: Call) -> None:
