@@ -160,6 +160,10 @@ class DynamicBatcher:
         self._idle = runner.instances
         self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
+        # One timer, at the earliest deadline queued (not one per queued request: under load
+        # thousands a second, each scanning the queue when it fired).
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: deque[_Pending] = deque()  # from submit() threads, drained on the loop
         self._drain_scheduled = False
@@ -270,13 +274,25 @@ class DynamicBatcher:
             self._scheduled = True
             self._loop.call_soon(self._dispatch)
         elif item.deadline is not None:  # answer it at its deadline, not at the next dispatch
-            self._loop.call_later(item.deadline - time.monotonic(), self._expire)
+            if self._expiry is None or item.deadline < self._expiry_at:
+                self._arm_expiry(item.deadline)
+
+    def _arm_expiry(self, at: float) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry_at = at
+        self._expiry = self._loop.call_later(at - time.monotonic(), self._expire)
 
     def _expire(self) -> None:
-        """Fail the queued requests whose deadline has passed (a timer per queued deadline)."""
+        """Fail the queued requests whose deadline has passed; the timer moves on to the
+        earliest deadline still queued."""
+        self._expiry = None
         now = time.monotonic()
         if any(item.deadline is not None and item.deadline <= now for item in self._queue):
             self._queue = deque(item for item in self._queue if not self._gone(item, now))
+        deadlines = [item.deadline for item in self._queue if item.deadline is not None]
+        if deadlines:
+            self._arm_expiry(min(deadlines))
 
     # -- dispatching (event-loop thread) -------------------------------------------------------
     def _dispatch(self) -> None:

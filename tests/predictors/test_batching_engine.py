@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from batching_models import build_batching_model, expected, request_arrays
 
-from kbundle.errors import InvalidRequest
+from kbundle.errors import DeadlineExceeded, InvalidRequest
 from kbundle.predictors.batcher import DynamicBatcher
 from kbundle.predictors.metrics import BatchMetrics
 from kbundle.predictors.model_config import model_config
@@ -260,3 +261,47 @@ def test_submit_from_threads_batches_and_skips_a_cancelled_request(predictor):
     for tag in (0, 2, 3, 4):
         check_rows(requests[tag], results[tag])
     assert recorder.sizes == [sum(sizes) - sizes[1]]  # one batch, without the cancelled rows
+
+
+def test_queued_deadlines_fail_each_at_its_own_time_whatever_the_queue_order(predictor):
+    """Requests queued behind a held engine with deadlines 0.6 s, 0.1 s, none and 0.3 s (a later
+    arrival may expire first): each fails at its deadline while the engine is still held, the
+    one without a deadline runs once the engine is free."""
+    batcher, _ = fresh_batcher(predictor)
+
+    async def scenario() -> tuple[list, list]:
+        loop = asyncio.get_running_loop()
+        gate = threading.Event()
+        blocker = batcher.runner.submit(gate.wait, 10)
+        batcher._idle -= 1
+
+        def release_instance() -> None:
+            batcher._idle += 1
+            batcher._dispatch()
+
+        blocker.add_done_callback(lambda _: loop.call_soon_threadsafe(release_instance))
+        start = loop.time()
+        seconds = [0.6, 0.1, None, 0.3]
+        requests = [request_arrays(tag, 1, 3) for tag in range(len(seconds))]
+        ended: list = [None] * len(seconds)
+
+        async def one(index: int) -> object:
+            wait = seconds[index]
+            deadline = None if wait is None else time.monotonic() + wait
+            try:
+                return await batcher.infer(requests[index], OUTPUTS, deadline=deadline)
+            except DeadlineExceeded as exc:
+                return exc
+            finally:
+                ended[index] = loop.time() - start
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(len(seconds))]
+        await asyncio.sleep(0.9)  # every deadline has passed; the engine is still held
+        gate.set()
+        return await asyncio.gather(*tasks), ended, requests
+
+    results, ended, requests = asyncio.run(scenario())
+    for index in (0, 1, 3):
+        assert isinstance(results[index], DeadlineExceeded), results[index]
+    check_rows(requests[2], results[2])
+    assert ended[1] < 0.3 < ended[3] < 0.6 < ended[0] < 0.9 < ended[2]
