@@ -25,6 +25,7 @@ from admission_helpers import (
     fill_queue,
     grpc_burst,
     metric,
+    rest_body,
     rest_infer,
     rest_leavers,
     rest_output,
@@ -182,6 +183,27 @@ def test_rest_timeout_header_is_honoured_too(deadline_server):
     blocker.join(120)
     assert late.status_code == 504, late.text
     assert engine_calls(url)[0] - calls == 1
+
+
+def test_rest_timeout_counts_from_the_request_head_not_the_end_of_its_body(deadline_server):
+    """The head (with a 200 ms timeout) now, the body 0.5 s later, the engine idle: the budget
+    went on the slow body, so 504 and no engine call; counted from after the decode, it ran."""
+    url = deadline_server.http_url
+    calls, _ = engine_calls(url)
+    body, headers = rest_body(rows(8), None)
+    headers = {**headers, "x-request-timeout-ms": "200", "content-length": str(len(body))}
+    head = f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nhost: x\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+    host, port = url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode())
+        time.sleep(0.5)
+        sock.sendall(body)
+        status, response = read_response(sock)
+    assert status == 504, response[:300]
+    assert b"deadline" in response
+    assert engine_calls(url)[0] - calls == 0
+    assert rest_infer(url, rows(8)).status_code == 200  # and the next request runs
 
 
 def test_grpc_request_past_its_timeout_never_reaches_the_engine(deadline_server):

@@ -117,10 +117,14 @@ class HttpLimits:
 
 
 # -- deadlines ---------------------------------------------------------------------------------
-def request_deadline(parameters: Mapping[str, Any], headers: Mapping[str, str]) -> float | None:
+def request_deadline(
+    parameters: Mapping[str, Any], headers: Mapping[str, str], since: float | None = None
+) -> float | None:
     """The earlier of the V2 `timeout` parameter (µs) and the timeout header (ms), as an absolute
-    time.monotonic(); None when the request has neither. (The gRPC codec adds the call's own
-    deadline: kbundle.serving.v2_grpc.grpc_deadline.)"""
+    time.monotonic() counted from `since` (when the request's head arrived; now if not given):
+    the time spent reading and decoding a large body is part of the client's budget. None when
+    the request has neither. (The gRPC codec adds the call's own deadline:
+    kbundle.serving.v2_grpc.grpc_deadline.)"""
     budgets: list[float] = []
     micros = parameters.get(TIMEOUT_PARAMETER) if parameters else None
     if micros is not None:
@@ -138,7 +142,9 @@ def request_deadline(parameters: Mapping[str, Any], headers: Mapping[str, str]) 
             raise InvalidRequest(
                 f"header {TIMEOUT_HEADER} must be a number of milliseconds, got {millis!r}"
             ) from None
-    return time.monotonic() + min(budgets) if budgets else None
+    if not budgets:
+        return None
+    return (time.monotonic() if since is None else since) + min(budgets)
 
 
 # -- memory return -----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from `GuardedHttpTools` the head/body size limits and timeouts.
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -76,6 +77,7 @@ class LeanCycle:
         self.at_head = self.body_complete = False
         self.response_complete = self.disconnected = False
         self.task: asyncio.Task | None = None
+        self.arrived = time.monotonic()  # a timeout counts from here, not from after the decode
 
 
 class LeanRestProtocol(GuardedHttpTools):
@@ -178,7 +180,7 @@ class LeanRestProtocol(GuardedHttpTools):
 
     async def _serve(self, cycle: LeanCycle, body: bytes) -> None:
         try:
-            decode = decoder(body, cycle.headers)
+            decode = decoder(body, cycle.headers, cycle.arrived)
             content, headers = await self.core.infer(
                 cycle.name, decode, REST, v2_rest.encode_response
             )
@@ -240,15 +242,18 @@ class LeanRestProtocol(GuardedHttpTools):
         self.access_logger.info('%s - "POST %s HTTP/1.1" %d', client, path, status)
 
 
-def decoder(body: bytes, raw_headers: list[tuple[bytes, bytes]]) -> Callable:
-    """The core's decoder for a REST body: reads it against the model's validator."""
+def decoder(
+    body: bytes, raw_headers: list[tuple[bytes, bytes]], arrived: float | None = None
+) -> Callable:
+    """The core's decoder for a REST body: reads it against the model's validator; a timeout
+    counts from `arrived` (the request head)."""
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers}
 
     def decode(validator):
         request = v2_rest.decode_request(
             body, headers.get(v2_rest.HEADER_LENGTH), validator, headers
         )
-        request.deadline = limits.request_deadline(request.parameters, headers)
+        request.deadline = limits.request_deadline(request.parameters, headers, arrived)
         return request
 
     return decode

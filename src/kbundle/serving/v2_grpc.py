@@ -165,7 +165,11 @@ def grpc_decoder(request: pb.ModelInferRequest, context: Any) -> Decoder:
         # The call's own gRPC deadline is copied too: grpc cancels the call when it passes, but
         # that cancel reaches the batcher only when grpcio's poll thread gets to it (late on a
         # busy core), while the batcher checks a deadline itself before every dispatch.
-        own = [limits.request_deadline(decoded.parameters, headers), grpc_deadline(context)]
+        arrived = getattr(context, "started", None)  # the lean server's call: its headers' time
+        own = [
+            limits.request_deadline(decoded.parameters, headers, arrived),
+            grpc_deadline(context),
+        ]
         decoded.deadline = min((d for d in own if d is not None), default=None)
         return decoded
 
