@@ -4,7 +4,10 @@
 look-up, readiness, the validation call, metrics and error accounting. A transport hands either a
 decoded `ArrayRequest` or a decoder that reads its wire form against the model's validator (so a
 wrong request is refused on its tensor headers before data is copied), and an encoder for the
-answer. A model with a bounded queue is asked for room before any decoding (`refuse_if_full`). Every failure leaves as a `KBundleError` whose `status` the transport maps through
+answer. A model with a bounded queue is asked for room before a request's body is read (`admit`):
+the place it gets counts toward the queue until the request reaches it, so a burst read in one
+loop turn cannot all pass a nearly full queue. Every failure leaves as a `KBundleError` whose
+`status` the transport maps through
 `kbundle.status`; every request is counted once, here, with the same labels on both transports.
 """
 
@@ -55,6 +58,26 @@ def _keep(name: str, request: ArrayRequest, response: ArrayResponse) -> Any:
     return request, response
 
 
+class Admitted:
+    """A request let in before its body was read: its place in its model's queue, held until
+    the core queues it (`RequestCore.infer`) or the transport drops it (`release`, idempotent)."""
+
+    __slots__ = ("_held", "model")
+
+    def __init__(self, held: dict[str, int], model: str):
+        self._held: dict[str, int] | None = held
+        self.model = model
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            left = held[self.model] - 1
+            if left:
+                held[self.model] = left
+            else:  # no entry per name ever seen: names come from clients
+                del held[self.model]
+
+
 class RequestCore:
     """One per process; shared by the REST middleware and the gRPC servers."""
 
@@ -65,6 +88,7 @@ class RequestCore:
         self._inflight = 0
         self._lock = threading.Lock()
         self._cancels: set[Callable[[], object]] = set()
+        self._held: dict[str, int] = {}  # per model: requests admitted and not queued yet
 
     @property
     def inflight(self) -> int:
@@ -84,8 +108,17 @@ class RequestCore:
         return model
 
     async def infer(
-        self, model_name: str, request: Request, call: CallContext, encode: Encoder = _keep
+        self,
+        model_name: str,
+        request: Request,
+        call: CallContext,
+        encode: Encoder = _keep,
+        admitted: Admitted | None = None,
     ) -> Any:
+        """The answer, encoded. `admitted`: the place `admit` gave this request; it is handed
+        back here, where the request goes on to the model's queue without yielding."""
+        if admitted is not None:
+            admitted.release()
         started, label, model, array_request = self._start(model_name, request, call)
         try:
             response = await model.infer_arrays(array_request)
@@ -157,18 +190,23 @@ class RequestCore:
         except Exception as exc:
             raise self._failed(label, call, started, exc) from exc
 
-    def refuse_if_full(self, model_name: str, call: CallContext, ahead: int = 0) -> None:
-        """QueueFull (counted like any refusal) when the model's queue is full, counting `ahead`
-        requests the transport has let in that have not reached the queue yet; nothing else is
-        checked here. REST asks before reading the body, so a refusal costs no body at all."""
+    def admit(self, model_name: str, call: CallContext) -> Admitted | None:
+        """Before a request's body is read: QueueFull (counted like any refusal) when its model's
+        queue has no room, counting the requests already admitted that have not reached it; else
+        this request's place, for `infer`. Nothing else is checked here (None for a model that is
+        not served or has no bounded queue: `infer` answers those)."""
         model = self.registry.get_model(model_name)
         if model is None or not is_array_model(model):
-            return  # `infer` refuses it with the right error
+            return None  # `infer` refuses it with the right error
+        if getattr(model, "refuse_if_full", None) is None:
+            return None
         try:
-            _refuse_if_full(model, ahead)
+            _refuse_if_full(model, self._held.get(model_name, 0))
         except KBundleError as exc:
             started, _, label = self._begin(model_name)
             raise self._failed(label, call, started, exc) from exc
+        self._held[model_name] = self._held.get(model_name, 0) + 1
+        return Admitted(self._held, model_name)
 
     # -- accounting ----------------------------------------------------------------------------
     def _begin(self, model_name: str) -> tuple[float, Any, str]:

@@ -91,10 +91,6 @@ class KbundleLeanGRPCServer(GRPCServer):
         self._handlers = {f"/{SERVICE}/{name}": h for name, h in capture.handlers.items()}
         self._generic = [g for hook in self.grpc_hooks for g in hook(self)]
         self._calls: set[Call] = set()
-        # ModelInfer calls let in at their headers whose request is not in the model's queue
-        # yet: admission counts them, or one read of many calls would let all of them past a
-        # queue that is nearly full and refuse the last ones only after decoding them.
-        self._unqueued: set[Call] = set()
         self._to_start: collections.deque[Call] = collections.deque()
         self._starting = False
         self._conns: set[H2Connection] = set()
@@ -143,24 +139,21 @@ class KbundleLeanGRPCServer(GRPCServer):
             held = f"{len(self._calls)} calls held, the limit (KBUNDLE_GRPC_MAX_CALLS)"
             return RESOURCE_EXHAUSTED, f"server busy: {held}; retry after 1 s", RETRY_PUSHBACK
         if call.path == MODEL_INFER:
-            refusal = self._queue_full(call)
-            if refusal is None:
-                self._unqueued.add(call)
-            return refusal
+            return self._admit_infer(call)
         if self._handler(call) is None:
             method = call.path.decode("latin-1")
             return UNIMPLEMENTED, f"method {method} is not served here", b""
         return None
 
-    def _queue_full(self, call: Call) -> Refusal | None:
-        """The model's queue, asked before the body is read; its name is in the body, so this
-        is for the common one-model server (a full queue is found after parsing otherwise)."""
+    def _admit_infer(self, call: Call) -> Refusal | None:
+        """The model's queue, asked before the body is read (the core holds the call's place
+        until its task queues it). The name is in the body, so this is for the common one-model
+        server; with several, a full queue is found after parsing."""
         models = self._data_plane.model_registry.get_models()
         if len(models) != 1:
             return None
         try:
-            ahead = len(self._unqueued)
-            self.core.refuse_if_full(next(iter(models)), CallContext(protocol="grpc"), ahead)
+            call.admitted = self.core.admit(next(iter(models)), CallContext(protocol="grpc"))
         except KBundleError as exc:
             return _refusal(exc)
         return None
@@ -198,12 +191,10 @@ class KbundleLeanGRPCServer(GRPCServer):
             call.conn.fail(call, DEADLINE_EXCEEDED, "Deadline Exceeded")
 
     def settled(self, call: Call) -> None:
-        self._unqueued.discard(call)
+        if call.admitted is not None:  # answered or cancelled before its task queued it
+            call.admitted.release()
 
     async def _run(self, call: Call) -> None:
-        # This first step decodes the request and queues it without yielding: from here the
-        # model's queue counts it.
-        self._unqueued.discard(call)
         try:
             if call.path == MODEL_INFER:
                 answer = await self._model_infer(call)
@@ -222,6 +213,7 @@ class KbundleLeanGRPCServer(GRPCServer):
             self._finished(call)
 
     def _finished(self, call: Call) -> None:
+        self.settled(call)
         self._calls.discard(call)
         if call.timer is not None:  # long deadlines must not keep a timer per finished call
             call.timer.cancel()
@@ -234,7 +226,9 @@ class KbundleLeanGRPCServer(GRPCServer):
             raise KBundleError(message, Status.INVALID_ARGUMENT) from None
         context = CallContext(protocol="grpc", on_cancel=call.add_callback, client_gone=call.gone)
         decode = grpc_decoder(request, call)
-        response = await self.core.infer(request.model_name, decode, context, encode_response)
+        response = await self.core.infer(
+            request.model_name, decode, context, encode_response, call.admitted
+        )
         return response.SerializeToString()
 
     def _handler(self, call: Call) -> grpc.RpcMethodHandler | None:

@@ -16,6 +16,7 @@ import grpc
 from kbundle.serving import h2_frames as h2
 
 if TYPE_CHECKING:
+    from kbundle.serving.core import Admitted
     from kbundle.serving.grpc_lean_conn import H2Connection
 
 Refusal = tuple[int, str, bytes]  # gRPC code, message, extra trailer fields
@@ -50,6 +51,7 @@ class Call:
         self.request_complete = self.answered = self.cancelled = False
         self.pending: memoryview | None = None  # answer bytes waiting for flow-control window
         self.task: asyncio.Task | None = None
+        self.admitted: Admitted | None = None  # its place in the model's queue (request core)
         self.timer: asyncio.TimerHandle | None = None  # the deadline's
         self._callbacks: list[Callable[[], object]] = []
 

@@ -27,7 +27,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from kbundle.errors import KBundleError
 from kbundle.serving import limits, v2_rest
-from kbundle.serving.core import CallContext, RequestCore
+from kbundle.serving.core import Admitted, CallContext, RequestCore
 from kbundle.serving.http_guard import GuardedHttpTools, body_too_large, error_headers
 from kbundle.status import http_status
 
@@ -77,6 +77,7 @@ class LeanCycle:
         self.at_head = self.body_complete = False
         self.response_complete = self.disconnected = False
         self.task: asyncio.Task | None = None
+        self.admitted: Admitted | None = None  # its place in the model's queue (request core)
         self.arrived = time.monotonic()  # a timeout counts from here, not from after the decode
 
 
@@ -95,6 +96,8 @@ class LeanRestProtocol(GuardedHttpTools):
             running.disconnected = True
             if running.task is not None:
                 running.task.cancel()  # the core drops it unrun if it is still queued
+            if running.admitted is not None:  # not queued yet: its place is free again
+                running.admitted.release()
         super().connection_lost(exc)
 
     # -- the request, from the parser ------------------------------------------------------------
@@ -155,7 +158,7 @@ class LeanRestProtocol(GuardedHttpTools):
         if too_large is not None:
             return self._refuse_and_close(cycle, too_large)
         try:
-            self.core.refuse_if_full(cycle.name, REST)
+            cycle.admitted = self.core.admit(cycle.name, REST)
         except KBundleError as exc:
             return self._answer(cycle, *error_answer(exc))
         if cycle.body_complete:
@@ -182,7 +185,7 @@ class LeanRestProtocol(GuardedHttpTools):
         try:
             decode = decoder(body, cycle.headers, cycle.arrived)
             content, headers = await self.core.infer(
-                cycle.name, decode, REST, v2_rest.encode_response
+                cycle.name, decode, REST, v2_rest.encode_response, cycle.admitted
             )
             answer = 200, content, headers
         except KBundleError as exc:
@@ -208,6 +211,8 @@ class LeanRestProtocol(GuardedHttpTools):
     def _answer(self, cycle: LeanCycle, status: int, content: bytes, headers: dict) -> None:
         if cycle.response_complete:
             return
+        if cycle.admitted is not None:  # refused or failed before it was queued
+            cycle.admitted.release()
         cycle.response_complete = True
         if self._running is cycle:
             self._running = None
