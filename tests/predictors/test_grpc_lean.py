@@ -20,7 +20,7 @@ from slow_model import WIDTH, build_slow_model, request_rows
 
 BIG_ROWS = 2048  # 4 MiB each way: many times the client's initial 64 KiB window
 LIMIT = 6 * 1024 * 1024
-QUEUE = 5  # the limited server's max_queue_size
+QUEUE = 5  # the short_queue server's max_queue_size
 
 
 @pytest.fixture(scope="module")
@@ -127,10 +127,9 @@ def test_an_oversized_frame_gets_goaway_and_the_server_goes_on(server):
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
-    """A second predictor with tight connection limits (they are per process) and a short
-    queue."""
+    """A second predictor with tight connection limits (they are per process)."""
     root = tmp_path_factory.mktemp("lean-limits")
-    model_dir = build_slow_model(root / "slow", f"max_batch_size: 8\nmax_queue_size: {QUEUE}\n")
+    model_dir = build_slow_model(root / "slow", "max_batch_size: 8\n")
     env = {"KBUNDLE_MAX_CONNECTIONS": "2", "KBUNDLE_HEADER_TIMEOUT_S": "1"}
     proc = start_predictor(MODEL, model_dir, root / "predictor.log", env=env)
     yield proc
@@ -162,6 +161,17 @@ def test_one_connection_over_the_cap_gets_goaway_naming_the_setting(limited):
     finally:
         for sock in held:
             sock.close()
+
+
+@pytest.fixture(scope="module")
+def short_queue(tmp_path_factory):
+    """A predictor whose queue holds QUEUE requests (its own: the connection cap of `limited`
+    would refuse a new connection while the last test's closes are still being read)."""
+    root = tmp_path_factory.mktemp("lean-queue")
+    model_dir = build_slow_model(root / "slow", f"max_batch_size: 8\nmax_queue_size: {QUEUE}\n")
+    proc = start_predictor(MODEL, model_dir, root / "predictor.log")
+    yield proc
+    proc.stop()
 
 
 def _burst(url: str, calls: int, body: bytes) -> dict[int, int]:
@@ -197,14 +207,14 @@ def _burst(url: str, calls: int, body: bytes) -> dict[int, int]:
     return statuses
 
 
-def test_a_burst_in_one_read_is_refused_at_the_headers_past_the_queue_room(limited):
+def test_a_burst_in_one_read_is_refused_at_the_headers_past_the_queue_room(short_queue):
     """40 calls arrive in one read; the queue holds QUEUE. Calls let in are counted toward the
     queue from their headers on, so exactly QUEUE get in (their bodies do not parse: INVALID
     ARGUMENT) and the rest are refused at their headers (RESOURCE_EXHAUSTED) with no decode;
     counted only once queued, all 40 would get in and be decoded."""
-    statuses = _burst(limited.grpc_url, 40, b"\xff\xff\xff")
+    statuses = _burst(short_queue.grpc_url, 40, b"\xff\xff\xff")
     codes = [statuses[stream] for stream in sorted(statuses)]
     invalid, exhausted = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED
     assert codes == [invalid.value[0]] * QUEUE + [exhausted.value[0]] * (40 - QUEUE)
     x = request_rows(3, 2)  # and the queue has room again once they are answered
-    np.testing.assert_allclose(triton_infer(limited.grpc_url, x), x, rtol=1e-5)
+    np.testing.assert_allclose(triton_infer(short_queue.grpc_url, x), x, rtol=1e-5)
