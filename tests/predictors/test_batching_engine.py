@@ -57,6 +57,22 @@ def fresh_batcher(
     return DynamicBatcher(predictor.runner, predictor.name, max_batch_size, 5.0, recorder), recorder
 
 
+def hold_engine(batcher: DynamicBatcher) -> threading.Event:
+    """Occupy the batcher's one instance with a job that waits on the returned event, as a
+    running batch would; setting the event frees the instance and dispatches. Call on the loop."""
+    loop = asyncio.get_running_loop()
+    gate = threading.Event()
+    blocker = batcher.runner.submit(gate.wait, 10)
+    batcher._idle -= 1
+
+    def release_instance() -> None:
+        batcher._idle += 1
+        batcher._dispatch()
+
+    blocker.add_done_callback(lambda _: loop.call_soon_threadsafe(release_instance))
+    return gate
+
+
 async def run_held(
     batcher: DynamicBatcher,
     requests: list[dict],
@@ -64,16 +80,7 @@ async def run_held(
     outputs: list | None = None,
 ) -> list:
     """Hold the engine, queue every request, optionally cancel one, release, gather results."""
-    gate = threading.Event()
-    blocker = batcher.runner.submit(gate.wait, 10)
-    batcher._idle -= 1  # the blocker occupies the one instance, as a running batch would
-    blocker.add_done_callback(lambda _: loop.call_soon_threadsafe(release_instance))
-    loop = asyncio.get_running_loop()
-
-    def release_instance() -> None:
-        batcher._idle += 1
-        batcher._dispatch()
-
+    gate = hold_engine(batcher)
     outputs = outputs or [OUTPUTS] * len(requests)
     tasks = [
         asyncio.ensure_future(batcher.infer(r, o)) for r, o in zip(requests, outputs, strict=True)
@@ -219,15 +226,7 @@ async def run_held_threads(batcher: DynamicBatcher, requests: list[dict], cancel
     """As run_held, but each request comes from its own thread through `submit` (the gRPC
     server's entry), and request `cancel` is cancelled from its thread while queued."""
     loop = asyncio.get_running_loop()
-    gate = threading.Event()
-    blocker = batcher.runner.submit(gate.wait, 10)
-    batcher._idle -= 1
-
-    def release_instance() -> None:
-        batcher._idle += 1
-        batcher._dispatch()
-
-    blocker.add_done_callback(lambda _: loop.call_soon_threadsafe(release_instance))
+    gate = hold_engine(batcher)
     waiters = [None] * len(requests)
 
     def one(index: int) -> object:
@@ -271,15 +270,7 @@ def test_queued_deadlines_fail_each_at_its_own_time_whatever_the_queue_order(pre
 
     async def scenario() -> tuple[list, list]:
         loop = asyncio.get_running_loop()
-        gate = threading.Event()
-        blocker = batcher.runner.submit(gate.wait, 10)
-        batcher._idle -= 1
-
-        def release_instance() -> None:
-            batcher._idle += 1
-            batcher._dispatch()
-
-        blocker.add_done_callback(lambda _: loop.call_soon_threadsafe(release_instance))
+        gate = hold_engine(batcher)
         start = loop.time()
         seconds = [0.6, 0.1, None, 0.3]
         requests = [request_arrays(tag, 1, 3) for tag in range(len(seconds))]
