@@ -7,8 +7,8 @@ wrong request is refused on its tensor headers before data is copied), and an en
 answer. A model with a bounded queue is asked for room before a request's body is read (`admit`):
 the place it gets counts toward the queue until the request reaches it, so a burst read in one
 loop turn cannot all pass a nearly full queue. Every failure leaves as a `KBundleError` whose
-`status` the transport maps through
-`kbundle.status`; every request is counted once, here, with the same labels on both transports.
+`status` the transport maps through `kbundle.status`; every request is counted once, here, with
+the same labels on both transports.
 """
 
 from __future__ import annotations
@@ -198,10 +198,11 @@ class RequestCore:
         model = self.registry.get_model(model_name)
         if model is None or not is_array_model(model):
             return None  # `infer` refuses it with the right error
-        if getattr(model, "refuse_if_full", None) is None:
+        refuse = getattr(model, "refuse_if_full", None)
+        if refuse is None:
             return None
         try:
-            _refuse_if_full(model, self._held.get(model_name, 0))
+            refuse(self._held.get(model_name, 0))
         except KBundleError as exc:
             started, _, label = self._begin(model_name)
             raise self._failed(label, call, started, exc) from exc
@@ -248,12 +249,12 @@ def as_error(exc: BaseException) -> KBundleError:
     return KBundleError(message, status)
 
 
-def _refuse_if_full(model: ArrayModel, ahead: int = 0) -> None:
+def _refuse_if_full(model: ArrayModel) -> None:
     """A model with a bounded queue (the predictor) refuses a request while the queue is full
     before it is decoded: under overload a refusal must cost microseconds, not a decode."""
     refuse = getattr(model, "refuse_if_full", None)
     if refuse is not None:
-        refuse(ahead)
+        refuse()
 
 
 def _decoded(model: ArrayModel, request: Request) -> ArrayRequest:

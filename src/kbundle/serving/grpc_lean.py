@@ -185,10 +185,12 @@ class KbundleLeanGRPCServer(GRPCServer):
             self._loop.call_soon(self._start_some)
 
     def _expire(self, call: Call) -> None:
-        if call.task is None or not call.task.done():
-            if call.task is not None:
-                call.task.cancel()
-            call.conn.fail(call, DEADLINE_EXCEEDED, "Deadline Exceeded")
+        task = call.task  # None: still waiting to start
+        if task is not None:
+            if task.done():
+                return
+            task.cancel()
+        call.conn.fail(call, DEADLINE_EXCEEDED, "Deadline Exceeded")
 
     def settled(self, call: Call) -> None:
         if call.admitted is not None:  # answered or cancelled before its task queued it

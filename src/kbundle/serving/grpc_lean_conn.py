@@ -1,10 +1,11 @@
 """One client connection of the lean gRPC server: HTTP/2 frames in, unary calls out.
 
 Runs on the serving event loop (asyncio.Protocol): frames are parsed straight from the read
-buffer, header blocks go through `hpack` (repeated ones through a cache), a call is handed to the server (`CallSink`) when its
-headers arrive (so admission can refuse it before its body is read) and again when its one
-message is complete. Answers honour the client's flow-control windows; everything written in
-one loop iteration leaves in one `write` (the batcher finishes many calls at once).
+buffer, header blocks go through `hpack` (repeated ones through a cache), a call is handed to
+the server (`CallSink`) when its headers arrive (so admission can refuse it before its body is
+read) and again when its one message is complete. Answers honour the client's flow-control
+windows; everything written in one loop iteration leaves in one `write` (the batcher finishes
+many calls at once).
 """
 
 from __future__ import annotations
