@@ -183,10 +183,13 @@ class DynamicBatcher:
         output_names: Sequence[str],
         request_id: str = "",
         deadline: float | None = None,
+        nothing_behind: bool = False,
     ) -> list[np.ndarray]:
         """This request's outputs, in `output_names` order, exactly its own rows. QueueFull or
         InvalidRequest (rows) at once when admission refuses it; DeadlineExceeded when
-        `deadline` (time.monotonic()) passes while it is queued."""
+        `deadline` (time.monotonic()) passes while it is queued. `nothing_behind`: no other
+        request is on its way to this queue (the request core knows), so a request that finds
+        the queue empty and an engine idle is dispatched now, not a loop turn later."""
         loop = self._loop = asyncio.get_running_loop()
         rows = next(iter(inputs.values())).shape[0] if inputs else 0
         deadline = self._admit(rows, deadline)
@@ -200,7 +203,7 @@ class DynamicBatcher:
             request_id=request_id,
             deadline=deadline,
         )
-        self._enqueue(item)
+        self._enqueue(item, nothing_behind)
         # A cancelled await (client gone) cancels the future: it is skipped when queued and its
         # rows are dropped when already in flight; the batch itself is unaffected.
         return await item.future
@@ -268,9 +271,14 @@ class DynamicBatcher:
         while inbox:
             self._enqueue(inbox.popleft())
 
-    def _enqueue(self, item: _Pending) -> None:
+    def _enqueue(self, item: _Pending, nothing_behind: bool = False) -> None:
         self._queue.append(item)
         if self._idle and not self._scheduled:
+            if nothing_behind and len(self._queue) == 1 and not self._inbox:
+                # Already the whole batch the dispatcher would cut a turn later. Run on the loop,
+                # its result is set before `infer` awaits it, so it is answered in this turn too.
+                self._dispatch()
+                return
             self._scheduled = True
             self._loop.call_soon(self._dispatch)
         elif item.deadline is not None:  # answer it at its deadline, not at the next dispatch

@@ -162,7 +162,9 @@ class EnginePredictor(Model):
         self.loaded_engine.check_shapes(self.name, request.inputs)  # per request, before batching
         if self.batcher is not None:
             # The batcher turns engine faults into per-request EngineErrors itself.
-            outputs = await self.batcher.infer(request.inputs, names, request.id, request.deadline)
+            outputs = await self.batcher.infer(
+                request.inputs, names, request.id, request.deadline, request.nothing_behind
+            )
             return self._response(names, outputs)
         try:
             outputs = await self.unbatched.infer(request.inputs, names, request.deadline)

@@ -50,8 +50,25 @@ def test_places_fill_the_queue_and_come_back_when_released_or_used(core):
     fourth = core.admit("places", CALL)  # `infer` handed the second place back
     third.release()
     fourth.release()
-    assert core.admit("places", CALL) is not None  # all free again
+    again = core.admit("places", CALL)
+    assert again is not None  # all free again
+    again.release()
 
 
 def test_a_model_that_is_not_served_gets_no_place(core):
     assert core.admit("no-such-model", CALL) is None  # `infer` answers it 404
+
+
+def test_only_a_request_with_no_admitted_request_behind_it_is_marked_nothing_behind(core):
+    """The batcher may start a request at once only when no other request was read and is still
+    on its way to the queue; the core knows that from its places."""
+    mine, other = core.admit("places", CALL), core.admit("places", CALL)
+    first = ArrayRequest(id="a", inputs=request_arrays(1, 1, 3))
+    asyncio.run(core.infer("places", first, CALL, admitted=mine))
+    assert not first.nothing_behind  # `other` was admitted and not queued yet
+    last = ArrayRequest(id="b", inputs=request_arrays(2, 1, 3))
+    asyncio.run(core.infer("places", last, CALL, admitted=other))
+    assert last.nothing_behind
+    unadmitted = ArrayRequest(id="c", inputs=request_arrays(3, 1, 3))
+    asyncio.run(core.infer("places", unadmitted, CALL))
+    assert not unadmitted.nothing_behind  # a transport that does not admit cannot know

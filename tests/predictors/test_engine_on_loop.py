@@ -144,3 +144,59 @@ def test_derived_only_for_a_cpu_engine_with_one_cpu(predictor, tmp_path):
     assert engine_on_loop_ms(derived, gpu, detect(str(one_cpu))) == 0.0
     explicit = ModelSettings(engine_on_loop_ms=0.5)
     assert engine_on_loop_ms(explicit, gpu, detect(str(two_cpus))) == 0.5
+
+
+async def drive(coro) -> tuple[bool, object]:
+    """Run `coro` by hand: (whether it finished before its first await, its result)."""
+    try:
+        waiting = coro.send(None)
+    except StopIteration as done:
+        return True, done.value
+    while True:
+        waiting._asyncio_future_blocking = False  # what a Task does with a yielded future
+        await waiting
+        try:
+            waiting = coro.send(None)
+        except StopIteration as done:
+            return False, done.value
+
+
+def test_a_request_with_nothing_behind_it_runs_before_its_first_await(predictor):
+    """Empty queue, idle engine, no other request on its way: it is the whole batch already, so
+    it runs on the loop inside `infer` and is answered without a loop turn."""
+    batcher, seen, runner = batcher_for(predictor, limit_s=1.0)
+
+    async def steps():
+        await one_by_one(batcher, 1)  # the first batch is timed on the engine thread
+        for tag, behind in ((5, True), (6, False)):
+            inputs = request_arrays(tag, 2, 3)
+            at_once, outputs = await drive(batcher.infer(inputs, OUTPUTS, nothing_behind=behind))
+            assert at_once is behind
+            check(inputs, outputs)
+
+    try:
+        asyncio.run(steps())
+        assert seen.threads[1:] == [threading.current_thread().name] * 2, seen.threads
+    finally:
+        runner.close()
+
+
+def test_nothing_behind_still_waits_behind_a_running_batch_and_joins_the_next(predictor):
+    batcher, seen, runner = batcher_for(predictor, limit_s=0.0, delay_s=0.05)
+
+    async def steps():
+        first = asyncio.ensure_future(
+            batcher.infer(request_arrays(0, 1, 3), OUTPUTS, nothing_behind=True)
+        )
+        await asyncio.sleep(0.01)  # running on the engine thread for 50 ms
+        requests = [request_arrays(tag, 1, 3) for tag in range(1, 4)]
+        later = [batcher.infer(r, OUTPUTS, nothing_behind=True) for r in requests]
+        results = await asyncio.gather(first, *later)
+        for inputs, outputs in zip([request_arrays(0, 1, 3), *requests], results, strict=True):
+            check(inputs, outputs)
+
+    try:
+        asyncio.run(steps())
+        assert len(seen.threads) == 2, seen.threads  # the three queued ones shared one batch
+    finally:
+        runner.close()

@@ -27,6 +27,9 @@ class ArrayRequest:
     binary_outputs: dict[str, bool] = field(default_factory=dict)
     # time.monotonic() after which the request is dropped unrun (gRPC deadline, V2 `timeout`).
     deadline: float | None = None
+    # Set by the request core: no other request for this model has been read and is still on
+    # its way to the queue (known only where the transport admits requests before reading them).
+    nothing_behind: bool = False
 
 
 @dataclass

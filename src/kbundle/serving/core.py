@@ -120,6 +120,9 @@ class RequestCore:
         if admitted is not None:
             admitted.release()
         started, label, model, array_request = self._start(model_name, request, call)
+        # A request admitted at its head with none admitted behind it is the last one read: the
+        # batcher may start it at once instead of waiting a loop turn for others to join.
+        array_request.nothing_behind = admitted is not None and model_name not in self._held
         try:
             response = await model.infer_arrays(array_request)
             result = encode(model.name, array_request, response)

@@ -316,6 +316,8 @@ class H2Connection(asyncio.Protocol):
         self.calls.pop(call.stream, None)
         if not call.request_complete:
             self._send(h2.rst_stream(call.stream, h2.NO_ERROR))
+        if not self.calls and self._out:  # no other answer due here to share the write with
+            self._flush()
         self._close_if_idle()
 
     # -- connection --------------------------------------------------------------------------------
