@@ -127,12 +127,21 @@ def write_markdown(path: Path, result: dict, config: str) -> None:
         _phase_row(f"saturation c={result['saturation_concurrency']}, no deadline", s),
         _phase_row(f"overload c={result['concurrency']}, {deadline}", o),
     ]
+    after = result.get("saturation_after")
+    if after:
+        lines.append(_phase_row(f"saturation c={result['saturation_concurrency']}, again", after))
     if eager:
         lines.append(_phase_row(f"overload c={result['concurrency']}, retry at once", eager))
     lines += [
         "",
         f"Goodput (answers within the deadline): overload {o['goodput_per_s']}/s = "
         f"{o['goodput_vs_saturation'] * 100:.1f} % of saturation"
+        + (
+            f" (the mean of the saturation phases before and after it, {s['answers_per_s']} and "
+            f"{after['answers_per_s']}/s: this VM's speed drifts within a run)"
+            if after
+            else ""
+        )
         + (
             f"; retry at once {eager['goodput_per_s']}/s = "
             f"{eager['goodput_vs_saturation'] * 100:.1f} %"
@@ -197,7 +206,12 @@ def _lag(lag: dict) -> str:
 
 def client_note(result: dict) -> list[str]:
     """A warning when the client core was the limit of a phase (then the client is measured)."""
-    phases = [result["saturation"], result["overload"], result["overload_eager"] or {}]
+    phases = [
+        result["saturation"],
+        result["overload"],
+        result.get("saturation_after") or {},
+        result["overload_eager"] or {},
+    ]
     busiest = max(p.get("client_cpu_pct", 0) for p in phases)
     if busiest < 90:
         return []
