@@ -194,15 +194,22 @@ def model_shape(port: int, model: str, width: int) -> str:
 
 @contextlib.contextmanager
 def pinned_server(
-    args, server: str, model: str, model_dir: Path, log_name: str, flags: tuple[str, ...] = ()
+    args,
+    server: str,
+    model: str,
+    model_dir: Path,
+    log_name: str,
+    flags: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ):
     """A server pinned to `args.server_cpu`, ready: yields (process, http port, grpc port, the
-    perf_analyzer shape); stopped (terminate, then kill after 20 s) on the way out."""
+    perf_analyzer shape); stopped (terminate, then kill after 20 s) on the way out. `env`: its
+    environment (default: this process's)."""
     http, grpc = free_port(), free_port()
     log = open(Path(args.work) / log_name, "wb")
     command = server_command(server, model, model_dir, http, grpc, flags)
     cmd = ["taskset", "-c", args.server_cpu, *command]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         wait_ready(f"http://127.0.0.1:{http}/v2/models/{model}/ready", proc)
         yield proc, http, grpc, model_shape(http, model, bench_models.INPUT_WIDTH[model])
