@@ -5,8 +5,8 @@
 SERVER_CPU: one runs this working tree's code, the other REV's (its `src/kbundle`, `predictors/`,
 `transformers/` and `storage-init/` from `git archive`, laid out as the `kbundle` package and put
 first on PYTHONPATH; the same venv, so only kbundle's own code differs). perf_analyzer, pinned to
-CLIENT_CPU, measures each cell on both back to back, round after round, so both see the same
-minutes of this VM, whose speed moves by a third within an hour. Reported per cell and round:
+CLIENT_CPU, measures each cell on both back to back (which goes first alternates by round), round
+after round, so both see the same minutes of this VM, whose speed moves by a third within an hour. Reported per cell and round:
 infer/s, p50, the mean batch formed and the server's CPU per request; medians over the rounds.
 Writes bench/results/revision_ab.md and .json (`--out` for another folder).
 """
@@ -110,7 +110,10 @@ def main() -> int:
             for round_no in range(args.rounds):
                 for protocol in args.protocols:
                     for concurrency in args.concurrency:
-                        for name, server in servers.items():
+                        order = list(servers.items())
+                        if round_no % 2:  # alternate who goes first: no side always follows
+                            order.reverse()
+                        for name, server in order:
                             batches = run.batch_stats(server[1], model)
                             got = measure(args, model, server, protocol, concurrency)
                             after = run.batch_stats(server[1], model)
@@ -118,6 +121,7 @@ def main() -> int:
                                 got["mean_batch"] = (after[0] - batches[0]) / (
                                     after[1] - batches[1]
                                 )
+                                got["round"] = round_no
                                 cells.setdefault((model, protocol, concurrency, name), []).append(
                                     got
                                 )
@@ -182,8 +186,40 @@ def write(
             f"{r['infer_per_s']:.0f} | {r['p50_ms']:.2f} | {r['mean_batch']:.1f} | {r['cpu_us']:.0f} | "
             f"{', '.join(map(str, r['rounds']))} |"
         )
+    lines += [
+        "",
+        "Paired by round (the two measured back to back, so they share the VM's speed of that "
+        "minute): this tree's infer/s and server CPU per request as a share of the base's, each "
+        "round, and the median of those ratios.",
+        "",
+        "| model | protocol | c | infer/s ratio (median) | per round | CPU/request ratio (median) | per round |",
+        "|---|---|---:|---:|---|---:|---|",
+    ]
+    for model, protocol, concurrency, speed, cpu in paired(cells):
+        lines.append(
+            f"| {model} | {protocol} | {concurrency} | {statistics.median(speed):.2f} | "
+            f"{', '.join(f'{r:.2f}' for r in speed)} | {statistics.median(cpu):.2f} | "
+            f"{', '.join(f'{r:.2f}' for r in cpu)} |"
+        )
     (out / "revision_ab.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def paired(cells: dict[tuple, list[dict]]) -> list[tuple]:
+    """(model, protocol, c, infer/s ratios, CPU ratios) per cell measured on both sides; rounds
+    where one side found no stable window are left out of the pairs."""
+    found = []
+    for model, protocol, concurrency, name in sorted(cells):
+        if name != "base" or (model, protocol, concurrency, "this tree") not in cells:
+            continue
+        base = {r["round"]: r for r in cells[(model, protocol, concurrency, "base")]}
+        tree = {r["round"]: r for r in cells[(model, protocol, concurrency, "this tree")]}
+        rounds = sorted(set(base) & set(tree))
+        if rounds:
+            speed = [tree[i]["throughput"] / base[i]["throughput"] for i in rounds]
+            cpu = [tree[i]["cpu_us"] / base[i]["cpu_us"] for i in rounds]
+            found.append((model, protocol, concurrency, speed, cpu))
+    return found
 
 
 if __name__ == "__main__":
