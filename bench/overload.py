@@ -367,13 +367,8 @@ def measured(args, url: str, work, pid: int, load: Load) -> tuple[dict, Tally]:
 def run_phases(args, url: str, http: int, work, pid: int) -> dict:
     drive(args, url, work, Load(8, 2.0))  # warm
     ramp = args.ramp_s if args.client == "lean" else 0.0
-    sat, _ = measured(
-        args,
-        url,
-        work,
-        pid,
-        Load(args.saturation_concurrency, args.saturation_seconds, ramp_s=ramp),
-    )
+    saturation = Load(args.saturation_concurrency, args.saturation_seconds, ramp_s=ramp)
+    sat, _ = measured(args, url, work, pid, saturation)
     deadline = args.deadline_ms / 1000
     lag_before = loop_lag_buckets(server_metrics(http))
     over, _ = measured(
@@ -386,13 +381,7 @@ def run_phases(args, url: str, http: int, work, pid: int) -> dict:
     over["server_loop_lag"] = loop_lag(lag_before, loop_lag_buckets(server_metrics(http)))
     # Saturation again after the overload: this VM's speed drifts by a third within minutes, so
     # goodput is judged against the mean of the phases before and after it.
-    sat_after, _ = measured(
-        args,
-        url,
-        work,
-        pid,
-        Load(args.saturation_concurrency, args.saturation_seconds, ramp_s=ramp),
-    )
+    sat_after, _ = measured(args, url, work, pid, saturation)
     bracket = (sat, sat_after)
     eager = None
     if args.eager_seconds:
