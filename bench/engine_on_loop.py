@@ -41,14 +41,36 @@ VARIANTS = {"loop": (), "thread": ("--engine_on_loop_ms", "0")}
 def measure(args, model: str, server, protocol: str, concurrency: int) -> dict | None:
     proc, http, grpc, shape = server
     port = http if protocol == "http" else grpc
-    rows_before, _ = run.batch_stats(http, model)
+    rows_before, batches_before = run.batch_stats(http, model)
     before = server_cpu_s(proc.pid)
     result = run.perf_analyzer(args, model, port, protocol, concurrency, shape)
     spent = server_cpu_s(proc.pid) - before
-    rows = run.batch_stats(http, model)[0] - rows_before  # batch-1 requests: rows = requests
+    rows_after, batches_after = run.batch_stats(http, model)
+    rows = rows_after - rows_before  # batch-1 requests: rows = requests
     if result is None or rows <= 0:
         return None
-    return {**result, "cpu_us": spent / rows * 1e6}
+    batches = batches_after - batches_before
+    return {**result, "cpu_us": spent / rows * 1e6, "mean_batch": rows / batches}
+
+
+def interleaved(args, model: str, servers: dict, cells: dict, alternate: bool = False) -> None:
+    """Round after round, every cell on every server back to back (so all see the same minutes
+    of the VM); `alternate`: who goes first flips each round, so no side always follows."""
+    for round_no in range(args.rounds):
+        for protocol in args.protocols:
+            for concurrency in args.concurrency:
+                order = list(servers.items())
+                if alternate and round_no % 2:
+                    order.reverse()
+                for name, server in order:
+                    got = measure(args, model, server, protocol, concurrency)
+                    if got is not None:
+                        got["round"] = round_no
+                        cells.setdefault((model, protocol, concurrency, name), []).append(got)
+                    print(
+                        f"round {round_no} {model} {protocol} c={concurrency} {name}: {got}",
+                        flush=True,
+                    )
 
 
 def main() -> int:
@@ -79,19 +101,7 @@ def main() -> int:
                 )
                 for name, flags in VARIANTS.items()
             }
-            for round_no in range(args.rounds):
-                for protocol in args.protocols:
-                    for concurrency in args.concurrency:
-                        for name, server in servers.items():
-                            got = measure(args, model, server, protocol, concurrency)
-                            if got is not None:
-                                cells.setdefault((model, protocol, concurrency, name), []).append(
-                                    got
-                                )
-                            print(
-                                f"round {round_no} {model} {protocol} c={concurrency} {name}: {got}",
-                                flush=True,
-                            )
+            interleaved(args, model, servers, cells)
     write(args, before, run.machine(), cells)
     return 0
 

@@ -30,7 +30,7 @@ BENCH_VENV = Path(os.environ.get("BENCH_VENV", ROOT / ".bench-venv"))
 
 import models as bench_models  # noqa: E402
 import run  # noqa: E402
-from engine_on_loop import measure  # noqa: E402
+from engine_on_loop import interleaved  # noqa: E402
 from workers import bench_env  # noqa: E402
 
 # Folder on disk -> where it sits in the `kbundle` package (pyproject.toml's package-dir).
@@ -107,28 +107,7 @@ def main() -> int:
                     ("base", "base", environment(str(site))),
                 )
             }
-            for round_no in range(args.rounds):
-                for protocol in args.protocols:
-                    for concurrency in args.concurrency:
-                        order = list(servers.items())
-                        if round_no % 2:  # alternate who goes first: no side always follows
-                            order.reverse()
-                        for name, server in order:
-                            batches = run.batch_stats(server[1], model)
-                            got = measure(args, model, server, protocol, concurrency)
-                            after = run.batch_stats(server[1], model)
-                            if got is not None and after[1] > batches[1]:
-                                got["mean_batch"] = (after[0] - batches[0]) / (
-                                    after[1] - batches[1]
-                                )
-                                got["round"] = round_no
-                                cells.setdefault((model, protocol, concurrency, name), []).append(
-                                    got
-                                )
-                            print(
-                                f"round {round_no} {model} {protocol} c={concurrency} {name}: {got}",
-                                flush=True,
-                            )
+            interleaved(args, model, servers, cells, alternate=True)
     write(Path(args.out), args, base, head, before, cells)
     return 0
 
