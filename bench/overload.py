@@ -11,6 +11,10 @@
 4. Optionally (`--eager-seconds`) overload again with callers that retry at once, for comparison.
 5. Recovery: right after, one client calls in a loop for 1 s; every call must answer correctly.
 
+Each phase also reports the batches the server ran during it (mean rows and engine ms per batch,
+from /metrics read before and after the phase), so a goodput gap shows whether overload shrank
+the batches or took the loop's time.
+
 `python bench/overload.py [--duration 30] [--clients 2] [--out bench/results/overload.md]`; the
 server is pinned with `taskset -c SERVER_CPU`; the load comes from `--clients` processes (by default
 bench/grpc_load.py's lean HTTP/2 client, `--client aio` for grpc.aio; one event loop each, the
@@ -56,8 +60,10 @@ from machine import cpu_model  # noqa: E402
 from models import mlp  # noqa: E402
 from overload_report import (  # noqa: E402
     batch_figures,
+    batch_totals,
     loop_lag,
     loop_lag_buckets,
+    phase_batches,
     write_markdown,
 )
 
@@ -347,8 +353,9 @@ def phase(tally: Tally, seconds: float, server_cpu: float, client_cpu: float) ->
     }
 
 
-def measured(args, url: str, work, pid: int, load: Load) -> tuple[dict, Tally]:
+def measured(args, url: str, http: int, work, pid: int, load: Load) -> tuple[dict, Tally]:
     """One load phase: (its figures, its tally)."""
+    batches_before = batch_totals(server_metrics(http))
     cpu_before = server_cpu_s(pid)
     tally, client_cpu, client_lag = drive(args, url, work, load)
     counted_s = (
@@ -358,6 +365,7 @@ def measured(args, url: str, work, pid: int, load: Load) -> tuple[dict, Tally]:
     figures["server_cpu_pct"] = round(100 * (server_cpu_s(pid) - cpu_before) / load.seconds, 1)
     figures["client_cpu_pct"] = round(100 * client_cpu / load.seconds, 1)
     figures["client_loop_lag"] = loop_lag({}, client_lag)
+    figures["batches"] = phase_batches(batches_before, batch_totals(server_metrics(http)))
     if load.deadline_s is not None:
         within = sum(1 for s in tally.ok if s <= load.deadline_s)
         figures["goodput_per_s"] = round(within / counted_s, 1)
@@ -368,12 +376,13 @@ def run_phases(args, url: str, http: int, work, pid: int) -> dict:
     drive(args, url, work, Load(8, 2.0))  # warm
     ramp = args.ramp_s if args.client == "lean" else 0.0
     saturation = Load(args.saturation_concurrency, args.saturation_seconds, ramp_s=ramp)
-    sat, _ = measured(args, url, work, pid, saturation)
+    sat, _ = measured(args, url, http, work, pid, saturation)
     deadline = args.deadline_ms / 1000
     lag_before = loop_lag_buckets(server_metrics(http))
     over, _ = measured(
         args,
         url,
+        http,
         work,
         pid,
         Load(args.concurrency, args.duration, deadline, args.backoff_ms / 1000, ramp),
@@ -381,12 +390,17 @@ def run_phases(args, url: str, http: int, work, pid: int) -> dict:
     over["server_loop_lag"] = loop_lag(lag_before, loop_lag_buckets(server_metrics(http)))
     # Saturation again after the overload: this VM's speed drifts by a third within minutes, so
     # goodput is judged against the mean of the phases before and after it.
-    sat_after, _ = measured(args, url, work, pid, saturation)
+    sat_after, _ = measured(args, url, http, work, pid, saturation)
     bracket = (sat, sat_after)
     eager = None
     if args.eager_seconds:
         eager, _ = measured(
-            args, url, work, pid, Load(args.concurrency, args.eager_seconds, deadline, ramp_s=ramp)
+            args,
+            url,
+            http,
+            work,
+            pid,
+            Load(args.concurrency, args.eager_seconds, deadline, ramp_s=ramp),
         )
     rss = peak_rss_mb(pid)
     after, _, _ = drive(args, url, work, Load(1, 1.0, 1.0))

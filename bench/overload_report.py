@@ -15,6 +15,25 @@ def metric_sum(text: str, name: str) -> float:
     return total
 
 
+def batch_totals(text: str) -> tuple[float, float, float]:
+    """(batches run, rows in them, engine seconds) so far, from a /metrics page."""
+    return (
+        metric_sum(text, "kbundle_engine_seconds_count"),
+        metric_sum(text, "kbundle_batch_size_sum"),
+        metric_sum(text, "kbundle_engine_seconds_sum"),
+    )
+
+
+def phase_batches(before: tuple[float, ...], after: tuple[float, ...]) -> dict:
+    """Batches run in one phase, with their mean rows and engine time: the batcher's view of it."""
+    count, rows, seconds = (b - a for a, b in zip(before, after, strict=True))
+    return {
+        "count": int(count),
+        "mean_rows": round(rows / count, 1) if count else 0.0,
+        "mean_ms": round(seconds / count * 1000, 2) if count else 0.0,
+    }
+
+
 def batch_figures(text: str) -> dict:
     """Mean engine time per batch and mean rows per batch over the whole run."""
     batches = metric_sum(text, "kbundle_engine_seconds_count") or 1.0
@@ -122,8 +141,9 @@ def write_markdown(path: Path, result: dict, config: str) -> None:
         "queueing, before decoding, once too little of its deadline was left."
         + (RAMP.format(ramp=result["ramp_s"]) if result.get("ramp_s") else ""),
         "",
-        "| phase | answered/s | p50 / p99 ms | refused (p99 ms) | other | server CPU | client CPU |",
-        "|---|---:|---|---|---|---:|---:|",
+        "| phase | answered/s | p50 / p99 ms | refused (p99 ms) | other | server CPU | client CPU "
+        "| batches: rows / ms |",
+        "|---|---:|---|---|---|---:|---:|---|",
         _phase_row(f"saturation c={result['saturation_concurrency']}, no deadline", s),
         _phase_row(f"overload c={result['concurrency']}, {deadline}", o),
     ]
@@ -226,5 +246,10 @@ def _phase_row(name: str, p: dict) -> str:
     refused = ", ".join(f"{k} {n} ({p['refused_p99_ms'][k]})" for k, n in p["refused"].items())
     return (
         f"| {name} | {p['answers_per_s']} | {p['p50_ms']} / {p['p99_ms']} | {refused or 'none'} "
-        f"| {p['other_codes'] or 'none'} | {p['server_cpu_pct']} % | {p['client_cpu_pct']} % |"
+        f"| {p['other_codes'] or 'none'} | {p['server_cpu_pct']} % | {p['client_cpu_pct']} % "
+        f"| {_batches(p.get('batches'))} |"
     )
+
+
+def _batches(b: dict | None) -> str:
+    return "–" if not b else f"{b['mean_rows']} / {b['mean_ms']}"
