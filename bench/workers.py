@@ -34,6 +34,8 @@ import models as bench_models  # noqa: E402
 from run import batch_stats, free_port, machine, model_shape, wait_ready  # noqa: E402
 
 PROTOCOLS = ("grpc", "http")
+# The engine owner of `--workers N` (> 1): its CPU per request bounds what N workers can serve.
+OWNER_MODULE = b"kbundle.predictors.workers.owner"
 
 
 def bench_env(bench_venv: Path) -> dict[str, str]:
@@ -80,16 +82,22 @@ def tree(pid: int) -> list[int]:
     return [pid, *(p for child in children for p in tree(int(child)))]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of the server's process tree: less load-sensitive than throughput."""
-    total = 0
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU of the server's process tree (less load-sensitive than throughput), and
+    of its engine owner alone (0 without one)."""
+    total = owner = 0
     for member in tree(pid):
         try:
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(f"/proc/{member}/cmdline").read_bytes()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
-    return total / os.sysconf("SC_CLK_TCK")
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        total += ticks
+        if OWNER_MODULE in cmdline:
+            owner += ticks
+    tick = os.sysconf("SC_CLK_TCK")
+    return total / tick, owner / tick
 
 
 def requests_served(http: int) -> float:
@@ -120,7 +128,8 @@ def measure(args, server: tuple, model: str, protocol: str, shape: str) -> dict 
         cmd += ["--input-tensor-format", "binary", "--output-tensor-format", "binary"]
     before, cpu, served = batch_stats(http, model), cpu_seconds(proc.pid), requests_served(http)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=args.env)
-    after, cpu = batch_stats(http, model), cpu_seconds(proc.pid) - cpu
+    after, cpu_after = batch_stats(http, model), cpu_seconds(proc.pid)
+    cpu, owner_cpu = (b - a for a, b in zip(cpu, cpu_after, strict=True))
     served = requests_served(http) - served
     if result.returncode != 0 or not out.exists():
         print(f"  perf_analyzer failed: {result.stdout[-800:]}{result.stderr[-800:]}", flush=True)
@@ -132,6 +141,7 @@ def measure(args, server: tuple, model: str, protocol: str, shape: str) -> dict 
         "p50_us": float(row["p50 latency"]),
         "mean_batch": (after[0] - before[0]) / batches if batches else 0.0,
         "cpu_ms_per_request": 1000 * cpu / served if served else 0.0,
+        "owner_cpu_ms_per_request": 1000 * owner_cpu / served if served else 0.0,
     }
 
 
@@ -158,8 +168,8 @@ def run_cells(args, dirs: dict[str, Path]) -> list[dict]:
 def summary(cells: list[dict], workers_list: list[int]) -> list[str]:
     lines = [
         "| model | protocol | workers | infer/s (median of rounds) | x workers 1 | p50 ms | mean batch "
-        "| server CPU ms / request |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| server CPU ms / request | of which the owner | owner-bound ceiling infer/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     keys = sorted({(c["model"], c["protocol"]) for c in cells})
     for model, protocol in keys:
@@ -177,9 +187,11 @@ def summary(cells: list[dict], workers_list: list[int]) -> list[str]:
             p50 = statistics.median(c["p50_us"] for c in mine) / 1000
             batch = statistics.median(c["mean_batch"] for c in mine)
             cpu = statistics.median(c["cpu_ms_per_request"] for c in mine)
+            owner = statistics.median(c.get("owner_cpu_ms_per_request", 0.0) for c in mine)
+            ceiling = f"{1000 / owner:,.0f}" if owner else "–"
             lines.append(
                 f"| {model} | {protocol} | {workers} | {tput:,.0f} | {tput / base:.2f} | {p50:.2f} "
-                f"| {batch:.1f} | {cpu:.3f} |"
+                f"| {batch:.1f} | {cpu:.3f} | {f'{owner:.3f}' if owner else '–'} | {ceiling} |"
             )
     return lines
 
@@ -187,6 +199,7 @@ def summary(cells: list[dict], workers_list: list[int]) -> list[str]:
 def write(args, cells: list[dict], load_before: str, load_after: str) -> None:
     info = machine()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "workers.json").write_text(json.dumps({"machine": info, "cells": cells}, indent=1))
     text = [
         "# `--workers` scaling",
@@ -205,7 +218,10 @@ def write(args, cells: list[dict], load_before: str, load_after: str) -> None:
         f"{args.rounds} rounds is shown. Mean batch: rows per engine call from kbundle_batch_size "
         "(the engine owner's batcher) over the measurement. Server CPU: user + system time of the "
         "predictor's whole process tree (supervisor, engine owner, workers) per request served, "
-        "which moves less with the machine's load than throughput does.",
+        "which moves less with the machine's load than throughput does. Of which the owner: the "
+        "engine owner's own share of it (one process, one event loop, whatever N is), so "
+        "1000 / that is the most requests a second N workers can get through it on a machine "
+        "with a core for each worker: the owner-bound ceiling.",
         "",
         *summary(cells, args.workers_list),
         "",

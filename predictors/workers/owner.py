@@ -27,6 +27,7 @@ from kbundle.serving.arrays import ArrayRequest
 from kbundle.serving.core import as_error
 from kbundle.serving.lifecycle import freeze_startup_heap
 from kbundle.serving.loop_lag import LoopLagProbe
+from kbundle.serving.server import serving_loop_factory
 from kbundle.serving.status_map import log_if_internal
 
 logger = logging.getLogger("kbundle.owner")
@@ -200,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(predictor, int):
         return predictor
     try:
-        asyncio.run(serve(predictor, os.environ[wire.SOCKET_ENV]))
+        # The serving loop's (uvloop under kserve's default `--event_loop auto`): every call of
+        # every worker crosses this loop, so its own cost per read and write bounds them all.
+        with asyncio.Runner(loop_factory=serving_loop_factory(args.event_loop)) as runner:
+            runner.run(serve(predictor, os.environ[wire.SOCKET_ENV]))
     finally:
         predictor.stop()
     logger.info("engine owner exiting")

@@ -8,6 +8,7 @@ SharedMemory: on Python 3.11 its resource tracker unlinks segments a process onl
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -123,7 +124,7 @@ class Slab:
         if not descs:
             return 0
         _, dtype, shape, offset = descs[-1]
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize  # np.prod: 4 µs on a short tuple
         return offset + nbytes - slot * self.size.slot_bytes
 
 
