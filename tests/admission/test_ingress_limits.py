@@ -72,9 +72,18 @@ def rows(n: int) -> np.ndarray:
     return np.random.default_rng(n).standard_normal((n, 256)).astype(np.float32)
 
 
+# Rows of the engine call a late request queues behind. 4,096 (~0.2 s on a fast hour of the dev
+# VM) once ended before a 150 ms deadline that started after it, and the late call then ran:
+# what is left of the blocker when that call arrives must outlast its deadline on any machine.
+# 12,288 rows: 12 MiB, three times the engine time, under the ingress's LIMIT above.
+BLOCKER_ROWS = 12288
+
+
 def start_blocker(up, revision: str) -> threading.Thread:
     before = metric(revision, "kbundle_queue_wait_seconds_count")
-    thread = threading.Thread(target=rest_infer, args=(up.rest_url, rows(4096)), daemon=True)
+    thread = threading.Thread(
+        target=rest_infer, args=(up.rest_url, rows(BLOCKER_ROWS)), daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + 30
     while metric(revision, "kbundle_queue_wait_seconds_count") == before:
