@@ -124,7 +124,7 @@ class Slab:
         if not descs:
             return 0
         _, dtype, shape, offset = descs[-1]
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize  # np.prod: 4 µs on a short tuple
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize  # np.prod is slow on a short tuple
         return offset + nbytes - slot * self.size.slot_bytes
 
 
