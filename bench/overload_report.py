@@ -36,10 +36,10 @@ def phase_batches(before: tuple[float, ...], after: tuple[float, ...]) -> dict:
 
 def batch_figures(text: str) -> dict:
     """Mean engine time per batch and mean rows per batch over the whole run."""
-    batches = metric_sum(text, "kbundle_engine_seconds_count") or 1.0
+    run = phase_batches((0.0, 0.0, 0.0), batch_totals(text))  # the whole run as one phase
     return {
-        "mean_batch_ms": round(metric_sum(text, "kbundle_engine_seconds_sum") / batches * 1000, 2),
-        "mean_batch_rows": round(metric_sum(text, "kbundle_batch_size_sum") / batches, 1),
+        "mean_batch_ms": run["mean_ms"],
+        "mean_batch_rows": run["mean_rows"],
         "dropped": {
             line.rsplit(" ", 1)[0].removeprefix("kbundle_"): float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
