@@ -65,6 +65,26 @@ def labels_of(server, model: str, outcome: str) -> dict[str, dict[str, str]]:
     }
 
 
+def test_every_outcome_series_exists_at_zero_before_any_request_lands_in_it(server):
+    """Prometheus's increase() counts only what a series gained between scrapes: a server_error
+    series born with a burst of errors inside one scrape interval reads as no errors to a canary
+    analysis (seen in CI). So the served model's series are there, at 0, from the start."""
+    found = {
+        (labels["protocol"], labels["outcome"]): value
+        for labels, value in samples(server.http_url, REQUESTS)
+        if labels["model"] == MODEL
+    }
+    outcomes = ("ok", "client_error", "server_error", "cancelled", "dropped")
+    assert {(p, o) for p in ("rest", "grpc") for o in outcomes} <= set(found), sorted(found)
+    assert found["rest", "server_error"] == found["grpc", "server_error"] == 0
+    durations = {
+        labels["protocol"]
+        for labels, _ in samples(server.http_url, "kbundle_request_duration_seconds_count")
+        if labels["model"] == MODEL
+    }
+    assert durations == {"rest", "grpc"}
+
+
 def test_same_bad_request_gets_same_status_message_and_metric_labels_on_both(server):
     wrong = np.zeros((2, 64), dtype=np.int32)  # the model takes FP32
     status, body = rest_infer(

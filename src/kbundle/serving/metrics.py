@@ -12,6 +12,8 @@ import os
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from kbundle.status import OUTCOMES
+
 REQUESTS = Counter(
     "kbundle_requests",
     "V2 inference requests by outcome (ok|client_error|server_error|cancelled|dropped).",
@@ -53,6 +55,7 @@ LOOP_LAG = Histogram(
 CPU_BUDGET = Gauge("kbundle_cpu_budget", "CPUs this process may use (affinity and cgroup quota).")
 
 UNKNOWN_MODEL = "_unknown"  # the label for requests naming a model that is not served
+PROTOCOLS = ("rest", "grpc")
 
 
 @functools.cache
@@ -68,6 +71,17 @@ def _requests(model: str, protocol: str, outcome: str):
 @functools.cache
 def _duration(model: str, protocol: str):
     return DURATION.labels(model=model, revision=revision(), protocol=protocol)
+
+
+def prime(model: str) -> None:
+    """Every series a served model's requests can land in, at zero from the start. Prometheus's
+    increase() counts only what a series gained between two scrapes, so a series born with its
+    first request would lose what it counted before its first scrape: a burst of server errors
+    inside one scrape interval would read as none in a canary analysis."""
+    for protocol in PROTOCOLS:
+        _duration(model, protocol)
+        for outcome in OUTCOMES:
+            _requests(model, protocol, outcome)
 
 
 def record(model: str, protocol: str, outcome: str, seconds: float) -> None:

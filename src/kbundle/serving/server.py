@@ -25,7 +25,7 @@ from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
 
 from kbundle.cpu_budget import cpu_budget
-from kbundle.serving import http_guard, limits
+from kbundle.serving import http_guard, limits, metrics
 from kbundle.serving.core import RequestCore
 from kbundle.serving.grpc_lean import KbundleLeanGRPCServer
 from kbundle.serving.grpc_sizing import GRPC_SERVER_ENV, grpc_max_calls, grpc_threads, handler_pool
@@ -270,6 +270,8 @@ class KbundleModelServer(ModelServer):
 
     def start(self, models: list[Model]) -> None:
         self._register_and_check_atleast_one_model_is_ready(models)
+        for model in models:
+            metrics.prime(model.name)
         limits.tune_malloc()
         rest = self._rest(self._rest_socket())
         self._rest_server = rest
