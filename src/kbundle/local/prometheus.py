@@ -125,10 +125,11 @@ def selector(labels: dict[str, str], extra: str = "") -> str:
 def first_seen(
     prom: Prometheus, src: Source, sel: str, window_s: int, now: float
 ) -> dict[str, float]:
-    """Revision -> the first time (within the window) its counter existed."""
+    """Revision -> the first time (within the window) it had counted a request. `> 0`: kbundle's
+    series exist at zero from start-up (kbundle.serving.metrics.prime), before any request."""
     inf = sel[:-1] + ("," if sel != "{}" else "") + 'le="+Inf"}'  # histogram and counter both
     q = (
-        f"min_over_time(timestamp(sum by ({src.revision}) ({src.buckets}{inf}))"
+        f"min_over_time(timestamp(sum by ({src.revision}) ({src.buckets}{inf}) > 0)"
         f"[{window_s}s:{STEP_S}s])"
     )
     return {r["metric"][src.revision]: float(r["value"][1]) for r in prom.query(q, now)}
