@@ -19,6 +19,7 @@ import io
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -100,6 +101,21 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return total / tick, owner / tick
 
 
+def client_cpu_seconds() -> float:
+    """User + system CPU of this process's waited-for children: perf_analyzer, once it has exited
+    (the predictor is waited for only after its cells)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every process of the machine spent (all of /proc/stat's 'cpu' line but idle,
+    iowait and steal), so (busy / wall) is how many of its CPUs were in use."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, _steal = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def requests_served(http: int) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5).read().decode()
     return sum(float(v) for v in re.findall(r"^kbundle_requests_total\{.*\} (\S+)$", text, re.M))
@@ -127,7 +143,10 @@ def measure(args, server: tuple, model: str, protocol: str, shape: str) -> dict 
     if protocol == "http":
         cmd += ["--input-tensor-format", "binary", "--output-tensor-format", "binary"]
     before, cpu, served = batch_stats(http, model), cpu_seconds(proc.pid), requests_served(http)
+    client, busy, wall = client_cpu_seconds(), machine_busy_seconds(), time.monotonic()
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=args.env)
+    client, busy = client_cpu_seconds() - client, machine_busy_seconds() - busy
+    wall = time.monotonic() - wall
     after, cpu_after = batch_stats(http, model), cpu_seconds(proc.pid)
     cpu, owner_cpu = (b - a for a, b in zip(cpu, cpu_after, strict=True))
     served = requests_served(http) - served
@@ -142,6 +161,8 @@ def measure(args, server: tuple, model: str, protocol: str, shape: str) -> dict 
         "mean_batch": (after[0] - before[0]) / batches if batches else 0.0,
         "cpu_ms_per_request": 1000 * cpu / served if served else 0.0,
         "owner_cpu_ms_per_request": 1000 * owner_cpu / served if served else 0.0,
+        "client_cpu_ms_per_request": 1000 * client / served if served else 0.0,
+        "cpus_busy": busy / wall,
     }
 
 
@@ -165,39 +186,64 @@ def run_cells(args, dirs: dict[str, Path]) -> list[dict]:
     return cells
 
 
-def summary(cells: list[dict], workers_list: list[int]) -> list[str]:
-    lines = [
-        "| model | protocol | workers | infer/s (median of rounds) | x workers 1 | p50 ms | mean batch "
-        "| server CPU ms / request | of which the owner | owner-bound ceiling infer/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    keys = sorted({(c["model"], c["protocol"]) for c in cells})
-    for model, protocol in keys:
-        base = None
+def by_cell(cells: list[dict], workers_list: list[int]):
+    """(model, protocol, workers, that cell's rounds), in table order."""
+    for model, protocol in sorted({(c["model"], c["protocol"]) for c in cells}):
         for workers in workers_list:
             mine = [
                 c
                 for c in cells
                 if (c["model"], c["protocol"], c["workers"]) == (model, protocol, workers)
             ]
-            if not mine:
-                continue
-            tput = statistics.median(c["throughput"] for c in mine)
-            base = base or tput
-            p50 = statistics.median(c["p50_us"] for c in mine) / 1000
-            batch = statistics.median(c["mean_batch"] for c in mine)
-            cpu = statistics.median(c["cpu_ms_per_request"] for c in mine)
-            owner = statistics.median(c.get("owner_cpu_ms_per_request", 0.0) for c in mine)
-            ceiling = f"{1000 / owner:,.0f}" if owner else "–"
-            lines.append(
-                f"| {model} | {protocol} | {workers} | {tput:,.0f} | {tput / base:.2f} | {p50:.2f} "
-                f"| {batch:.1f} | {cpu:.3f} | {f'{owner:.3f}' if owner else '–'} | {ceiling} |"
-            )
+            if mine:
+                yield model, protocol, workers, mine
+
+
+def median(cells: list[dict], key: str) -> float:
+    return statistics.median(c.get(key, 0.0) for c in cells)
+
+
+def summary(cells: list[dict], workers_list: list[int]) -> list[str]:
+    lines = [
+        "| model | protocol | workers | infer/s (median of rounds) | x workers 1 | p50 ms "
+        "| mean batch |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    base: dict[tuple[str, str], float] = {}
+    for model, protocol, workers, mine in by_cell(cells, workers_list):
+        tput = median(mine, "throughput")
+        first = base.setdefault((model, protocol), tput)
+        lines.append(
+            f"| {model} | {protocol} | {workers} | {tput:,.0f} | {tput / first:.2f} "
+            f"| {median(mine, 'p50_us') / 1000:.2f} | {median(mine, 'mean_batch'):.1f} |"
+        )
+    return lines
+
+
+def cpu_summary(cells: list[dict], workers_list: list[int], cpus: int) -> list[str]:
+    lines = [
+        "| model | protocol | workers | server CPU ms / request | of which the owner "
+        "| owner-bound ceiling infer/s | client CPU ms / request | CPUs busy (of "
+        f"{cpus}) | machine-bound ceiling infer/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model, protocol, workers, mine in by_cell(cells, workers_list):
+        server, owner = median(mine, "cpu_ms_per_request"), median(mine, "owner_cpu_ms_per_request")
+        client = median(mine, "client_cpu_ms_per_request")
+        busy = f"{median(mine, 'cpus_busy'):.2f}" if "cpus_busy" in mine[0] else "–"
+        owner_text = f"{owner:.3f} | {1000 / owner:,.0f}" if owner else "– | –"
+        client_text = f"{client:.3f}" if client else "–"
+        ceiling = f"{cpus * 1000 / (server + client):,.0f}" if client else "–"
+        lines.append(
+            f"| {model} | {protocol} | {workers} | {server:.3f} | {owner_text} | {client_text} "
+            f"| {busy} | {ceiling} |"
+        )
     return lines
 
 
 def write(args, cells: list[dict], load_before: str, load_after: str) -> None:
     info = machine()
+    cpus = int(info["cpus"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "workers.json").write_text(json.dumps({"machine": info, "cells": cells}, indent=1))
@@ -216,14 +262,26 @@ def write(args, cells: list[dict], load_before: str, load_after: str) -> None:
         f"{args.concurrency}, REST in binary form) runs on the same cores, so the client's own CPU "
         "is part of every figure. Worker counts are interleaved in each round; the median of "
         f"{args.rounds} rounds is shown. Mean batch: rows per engine call from kbundle_batch_size "
-        "(the engine owner's batcher) over the measurement. Server CPU: user + system time of the "
-        "predictor's whole process tree (supervisor, engine owner, workers) per request served, "
-        "which moves less with the machine's load than throughput does. Of which the owner: the "
-        "engine owner's own share of it (one process, one event loop, whatever N is), so "
-        "1000 / that is the most requests a second N workers can get through it on a machine "
-        "with a core for each worker: the owner-bound ceiling.",
+        "(the engine owner's batcher) over the measurement.",
         "",
         *summary(cells, args.workers_list),
+        "",
+        "Where the CPU goes, per request served over each perf_analyzer run (the same cells):",
+        "",
+        "- Server CPU: user + system time of the predictor's whole process tree (supervisor, engine "
+        "owner, workers); it moves less with the machine's load than throughput does.",
+        "- Of which the owner: the engine owner's own share (one process, one event loop, whatever "
+        "N is), so 1000 / that is the most requests a second N workers can get through it on a "
+        "machine with a core for each worker: the owner-bound ceiling.",
+        "- Client CPU: perf_analyzer's own user + system time.",
+        "- CPUs busy: the machine's CPU time in use (`/proc/stat`, every process) over the wall "
+        "time of the run.",
+        f"- Machine-bound ceiling: {cpus} CPUs x 1000 / (server + client CPU ms per request), the "
+        "most requests a second this machine can serve at that cost. When CPUs busy is close to "
+        "all of them, throughput sits at this ceiling, and more workers can raise it only by "
+        "costing less CPU per request.",
+        "",
+        *cpu_summary(cells, args.workers_list, cpus),
         "",
     ]
     (out / "workers.md").write_text("\n".join(text))

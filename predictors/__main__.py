@@ -47,14 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def budget_settings(
-    settings: ModelSettings, args: argparse.Namespace, front_ends: int = 0
+    settings: ModelSettings,
+    args: argparse.Namespace,
+    front_ends: int = 0,
+    budget: cpu_budget.CpuBudget | None = None,
 ) -> ModelSettings:
     """Core-dependent defaults from the CPU budget (explicit settings win), logged once.
     `front_ends`: CPUs the `--workers` front ends take from the engine owner's share."""
-    budget = cpu_budget.cpu_budget()
+    budget = budget or cpu_budget.cpu_budget()
     settings, intra_op = engine_threads(settings, budget, front_ends)
-    if front_ends and settings.engine_on_loop_ms < 0:  # the owner's loop serves every front end
-        settings = dataclasses.replace(settings, engine_on_loop_ms=0.0)
     child_env = cpu_budget.apply_child_thread_env(budget)
     derived: dict[str, object] = {"intra_op_threads": intra_op}
     if not front_ends:  # the `--workers` engine owner serves no gRPC and runs no serving loop
@@ -77,7 +78,7 @@ def engine_threads(
     whole pod). `--workers auto` spends the budget on front ends, which suits models that cost
     less than their decode; an engine-bound model lowers --workers, giving the engine the rest.
     """
-    engine_cpus = max(1, budget.threads - front_ends)
+    engine_cpus = owner_cpus(budget, front_ends)
     if settings.intra_op_threads:  # explicit: kept, but said when it takes the front ends' CPUs
         if front_ends and settings.intra_op_threads > engine_cpus:
             _warn_overlap(settings.intra_op_threads, engine_cpus, budget, front_ends)
@@ -88,6 +89,12 @@ def engine_threads(
     if not front_ends:
         return settings, f"{per_instance}"
     return settings, f"{per_instance} (budget {budget.threads} less {front_ends} front ends)"
+
+
+def owner_cpus(budget: cpu_budget.CpuBudget, front_ends: int) -> int:
+    """The CPUs of the budget left to the engine (and, in the `--workers` engine owner, its
+    event loop) after the front ends: at least 1."""
+    return max(1, budget.threads - front_ends)
 
 
 def _warn_overlap(
@@ -124,12 +131,16 @@ def setup_process(argv: list[str] | None, role: str) -> argparse.Namespace:
 
 def load_predictor(args: argparse.Namespace, front_ends: int = 0) -> EnginePredictor | int:
     """The loaded, warmed-up predictor, or the exit code after a one-line error."""
+    budget = cpu_budget.cpu_budget()
     try:
-        settings = budget_settings(settings_for(args), args, front_ends)
+        settings = budget_settings(settings_for(args), args, front_ends, budget)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    predictor = EnginePredictor(args.model_name, args.model_dir, settings)
+    # The engine owner's loop and engine share what the front ends leave: with one CPU there,
+    # short batches run on its loop (engine_on_loop_ms) instead of a thread hop per batch.
+    engine_cpus = owner_cpus(budget, front_ends) if front_ends else None
+    predictor = EnginePredictor(args.model_name, args.model_dir, settings, engine_cpus)
     if not predictor.load():
         print(
             f"error: model '{args.model_name}' failed to load: {predictor.load_error}",

@@ -185,11 +185,26 @@ class DynamicBatcher:
         deadline: float | None = None,
         nothing_behind: bool = False,
     ) -> list[np.ndarray]:
-        """This request's outputs, in `output_names` order, exactly its own rows. QueueFull or
-        InvalidRequest (rows) at once when admission refuses it; DeadlineExceeded when
-        `deadline` (time.monotonic()) passes while it is queued. `nothing_behind`: no other
-        request is on its way to this queue (the request core knows), so a request that finds
-        the queue empty and an engine idle is dispatched now, not a loop turn later."""
+        """This request's outputs, in `output_names` order, exactly its own rows (`enqueue`,
+        awaited). A cancelled await (client gone) cancels the future: it is skipped when queued
+        and its rows are dropped when already in flight; the batch itself is unaffected."""
+        return await self.enqueue(inputs, output_names, request_id, deadline, nothing_behind)
+
+    def enqueue(
+        self,
+        inputs: dict[str, np.ndarray],
+        output_names: Sequence[str],
+        request_id: str = "",
+        deadline: float | None = None,
+        nothing_behind: bool = False,
+    ) -> asyncio.Future:
+        """Queue a request (on the loop thread): the future of its outputs, for callers that
+        take results in callbacks (the `--workers` engine owner) or await it (`infer`);
+        cancelling it is a client gone. QueueFull or InvalidRequest (rows) raise here when
+        admission refuses it; the future fails with DeadlineExceeded when `deadline`
+        (time.monotonic()) passes while it is queued. `nothing_behind`: no other request is on
+        its way to this queue (the request core knows), so a request that finds the queue
+        empty and an engine idle is dispatched now, not a loop turn later."""
         loop = self._loop = asyncio.get_running_loop()
         rows = next(iter(inputs.values())).shape[0] if inputs else 0
         deadline = self._admit(rows, deadline)
@@ -204,9 +219,7 @@ class DynamicBatcher:
             deadline=deadline,
         )
         self._enqueue(item, nothing_behind)
-        # A cancelled await (client gone) cancels the future: it is skipped when queued and its
-        # rows are dropped when already in flight; the batch itself is unaffected.
-        return await item.future
+        return item.future
 
     def submit(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -33,10 +34,19 @@ logger = logging.getLogger("kbundle.predictor")
 class EnginePredictor(Model):
     """Loads the engine, warms it up, and only then reports ready (honest readiness)."""
 
-    def __init__(self, name: str, model_dir: str | Path, settings: ModelSettings):
+    def __init__(
+        self,
+        name: str,
+        model_dir: str | Path,
+        settings: ModelSettings,
+        engine_cpus: int | None = None,
+    ):
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.settings = settings
+        # CPUs the engine and the event loop share (None: the CPU budget); the `--workers`
+        # engine owner's is the budget less the front ends.
+        self.engine_cpus = engine_cpus
         # Not `self.engine`: kserve.Model uses that name as a flag (truthy -> start_engine()).
         self.loaded_engine: Engine | None = None
         self.runner: EngineRunner | None = None
@@ -76,7 +86,7 @@ class EnginePredictor(Model):
                 BatchMetrics(self.name),
                 Padding.build(self.name, self.settings.padding, engine),
                 Admission(self.name, queue_policy(self.settings, max_batch)),
-                engine_on_loop_ms(self.settings, engine) / 1000.0,
+                engine_on_loop_ms(self.settings, engine, self.engine_cpus) / 1000.0,
             )
         elif self.settings.padding:
             raise EngineLoadError(
@@ -158,21 +168,29 @@ class EnginePredictor(Model):
 
     # -- inference ---------------------------------------------------------------------------
     async def infer_arrays(self, request: ArrayRequest) -> ArrayResponse:
-        names = request.requested_outputs or self.signature.output_names
-        self.loaded_engine.check_shapes(self.name, request.inputs)  # per request, before batching
         if self.batcher is not None:
-            # The batcher turns engine faults into per-request EngineErrors itself.
-            outputs = await self.batcher.infer(
-                request.inputs, names, request.id, request.deadline, request.nothing_behind
-            )
-            return self._response(names, outputs)
+            names, outputs = self.enqueue_arrays(request)
+            return self.response_of(names, await outputs)
+        names = request.requested_outputs or self.signature.output_names
+        self.loaded_engine.check_shapes(self.name, request.inputs)
         try:
             outputs = await self.unbatched.infer(request.inputs, names, request.deadline)
         except KBundleError:
             raise
         except Exception as exc:
             raise engine_fault(self.name, exc, request.inputs, request.id) from exc
-        return self._response(names, outputs)
+        return self.response_of(names, outputs)
+
+    def enqueue_arrays(self, request: ArrayRequest) -> tuple[Sequence[str], asyncio.Future]:
+        """The batched `infer_arrays` without a coroutine (loop thread): the output names and
+        the future of their arrays. Refusals and bad shapes raise here, before the queue."""
+        names = request.requested_outputs or self.signature.output_names
+        self.loaded_engine.check_shapes(self.name, request.inputs)  # per request, before batching
+        # The batcher turns engine faults into per-request EngineErrors itself.
+        future = self.batcher.enqueue(
+            request.inputs, names, request.id, request.deadline, request.nothing_behind
+        )
+        return names, future
 
     def infer_arrays_blocking(
         self, request: ArrayRequest, loop: asyncio.AbstractEventLoop, on_done: OnCancel
@@ -195,9 +213,9 @@ class EnginePredictor(Model):
             raise
         except Exception as exc:
             raise engine_fault(self.name, exc, request.inputs, request.id) from exc
-        return self._response(names, outputs)
+        return self.response_of(names, outputs)
 
-    def _response(self, names, outputs) -> ArrayResponse:
+    def response_of(self, names: Sequence[str], outputs: list) -> ArrayResponse:
         return ArrayResponse(
             outputs=dict(zip(names, outputs, strict=True)),
             model_version=self.settings.model_version,
@@ -238,15 +256,14 @@ def batch_cap(name: str, max_batch_size: int, engine: Engine) -> int:
 ENGINE_ON_LOOP_MS = 0.5
 
 
-def engine_on_loop_ms(
-    settings: ModelSettings, engine: Engine, budget: cpu_budget.CpuBudget | None = None
-) -> float:
+def engine_on_loop_ms(settings: ModelSettings, engine: Engine, cpus: int | None = None) -> float:
     """The engine_on_loop_ms setting, or where it is derived (-1): ENGINE_ON_LOOP_MS for an
-    engine on the CPU when this process has one CPU (the loop and engine threads could not run
-    at once anyway), else 0. A GPU engine's thread waits on the device while the loop works."""
+    engine on the CPU when the engine and the event loop have one CPU between them (`cpus`,
+    default the CPU budget: the loop and engine threads could not run at once anyway), else 0.
+    A GPU engine's thread waits on the device while the loop works."""
     if settings.engine_on_loop_ms >= 0:
         return settings.engine_on_loop_ms
-    budget = budget or cpu_budget.cpu_budget()
-    if engine.device.startswith("cpu") and budget.threads == 1:
+    cpus = cpus if cpus is not None else cpu_budget.cpu_budget().threads
+    if engine.device.startswith("cpu") and cpus == 1:
         return ENGINE_ON_LOOP_MS
     return 0.0

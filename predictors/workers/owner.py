@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import weakref
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +41,12 @@ class WorkerLink:
     def __init__(self, predictor: EnginePredictor, gauge: QueueGauge, reader, writer):
         self.predictor, self.gauge, self.reader, self.writer = predictor, gauge, reader, writer
         self.slab: Slab | None = None
-        self.calls: dict[int, asyncio.Task] = {}  # by the worker's seq, to cancel one
+        # By the worker's seq, to cancel one: the batcher's future of a batched call, else a task.
+        self.calls: dict[int, asyncio.Future] = {}
         self._replies: list[bytes] = []
 
     @property
-    def tasks(self) -> list[asyncio.Task]:
+    def tasks(self) -> list[asyncio.Future]:
         return list(self.calls.values())
 
     async def serve(self) -> None:
@@ -70,6 +72,9 @@ class WorkerLink:
             task = self.calls.get(message[0])
             if task is not None:
                 task.cancel()
+            return
+        if self.predictor.batcher is not None:
+            self._enqueue(*message)
             return
         seq = message[0]
         task = self.calls[seq] = loop.create_task(self.one(*message))
@@ -98,6 +103,36 @@ class WorkerLink:
         signature = self.predictor.signature
         hello = (signature, engine.kind, engine.device, batched, str(self.gauge.path))
         self.writer.write(wire.frame(hello))
+
+    def _enqueue(self, seq, request_id, slot, descs, inline, outputs, deadline) -> None:
+        """A batched call straight into the batcher's queue, answered from its future's
+        callback: no task or coroutine per call, which was most of the owner's own cost."""
+        inputs = inline if inline is not None else self.slab.views(descs)
+        request = ArrayRequest(request_id, inputs, outputs, deadline=deadline)
+        try:
+            names, future = self.predictor.enqueue_arrays(request)
+        except Exception as exc:  # refused (queue full, bad shape): nothing was queued
+            log_if_internal(exc, f"owner infer of '{self.predictor.name}'")
+            self._reply(self._failed(seq, exc))
+            return
+        self.calls[seq] = future
+        future.add_done_callback(partial(self._finished, seq, slot, descs, names, inputs))
+
+    def _finished(self, seq, slot, descs, names, inputs, future: asyncio.Future) -> None:
+        del self.calls[seq]
+        if future.cancelled():  # the worker's cancel: as in `one`
+            if descs:
+                self._reply_when_unused(seq, list(inputs.values()))
+            else:
+                self._reply(self._failed(seq, asyncio.CancelledError()))
+            return
+        exc = future.exception()
+        if exc is not None:
+            log_if_internal(exc, f"owner infer of '{self.predictor.name}'")
+            self._reply(self._failed(seq, exc))
+            return
+        response = self.predictor.response_of(names, future.result())
+        self._reply(self._answer(seq, slot, descs, response))
 
     async def one(self, seq, request_id, slot, descs, inline, outputs, deadline) -> None:
         inputs = inline if inline is not None else self.slab.views(descs)

@@ -136,14 +136,14 @@ def test_derived_only_for_a_cpu_engine_with_one_cpu(predictor, tmp_path):
         (root / "cpu.max").write_text(quota + "\n")
     engine = predictor.loaded_engine
     derived = ModelSettings()
-    assert engine_on_loop_ms(derived, engine, detect(str(one_cpu))) == ENGINE_ON_LOOP_MS
+    assert engine_on_loop_ms(derived, engine, detect(str(one_cpu)).threads) == ENGINE_ON_LOOP_MS
     if len(detect(str(two_cpus)).affinity) >= 2:
-        assert engine_on_loop_ms(derived, engine, detect(str(two_cpus))) == 0.0
+        assert engine_on_loop_ms(derived, engine, detect(str(two_cpus)).threads) == 0.0
     gpu = ThreadsSeen(engine)
     gpu.device = "cuda:0 (a GPU engine)"
-    assert engine_on_loop_ms(derived, gpu, detect(str(one_cpu))) == 0.0
+    assert engine_on_loop_ms(derived, gpu, detect(str(one_cpu)).threads) == 0.0
     explicit = ModelSettings(engine_on_loop_ms=0.5)
-    assert engine_on_loop_ms(explicit, gpu, detect(str(two_cpus))) == 0.5
+    assert engine_on_loop_ms(explicit, gpu, detect(str(two_cpus)).threads) == 0.5
 
 
 async def drive(coro) -> tuple[bool, object]:

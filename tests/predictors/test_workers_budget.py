@@ -72,3 +72,21 @@ def test_an_explicit_intra_op_setting_that_overlaps_the_front_ends_is_kept_and_w
         "intra_op_threads 2 is set, above the 1 the cpu budget 2 leaves after 2 front ends: "
         "the engine's threads take their CPUs; unset it to get 1"
     ) in log
+
+
+def owner_batching_line(log: str) -> str:
+    lines = [line for line in log.splitlines() if "[owner]: model 'slow': dynamic batching" in line]
+    assert len(lines) == 1, log[-3000:]
+    return lines[0]
+
+
+def test_the_owner_runs_short_batches_on_its_loop_when_the_front_ends_leave_it_one_cpu(
+    tmp_path, model_dir
+):
+    """Budget 2 less 2 front ends: the owner's loop and engine share one CPU, so a short batch
+    skips the hop to the engine thread and back, as in a one-CPU single process."""
+    _, log = owner_budget_line(tmp_path, model_dir)
+    assert "engine_on_loop_ms 0.5)" in owner_batching_line(log)
+    (tmp_path / "off").mkdir()
+    _, log = owner_budget_line(tmp_path / "off", model_dir, "--engine_on_loop_ms", "0")
+    assert "engine_on_loop_ms 0)" in owner_batching_line(log)
