@@ -113,8 +113,14 @@ class WorkerModelServer(KbundleModelServer):
     """Serves on the REST socket the supervisor bound and passed down, and on the gRPC port
     shared with the other workers (SO_REUSEPORT among our own processes only)."""
 
+    link: OwnerLink
+
     def _rest_socket(self) -> socket.socket:
         return socket.socket(fileno=int(os.environ[REST_FD_ENV]))
+
+    async def _serve(self) -> None:
+        self.link.read_on(asyncio.get_running_loop())
+        await super()._serve()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,12 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         predictor.load()
         logger.info("worker %s (pid %d) connected to the engine owner", _index(), os.getpid())
         args.share_ports = True
-        WorkerModelServer(
+        server = WorkerModelServer(
             args,
             rest_hooks=[model_config.rest_hook, pod_metrics_hook],
             grpc_hooks=[model_config.grpc_hook],
             http_limits=HttpLimits.from_env(settings.max_request_bytes),
-        ).start([predictor])
+        )
+        server.link = link
+        server.start([predictor])
     finally:
         slab.unlink()
     return 0

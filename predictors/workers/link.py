@@ -1,5 +1,6 @@
-"""The worker's end of the control channel: sends calls to the engine owner, one reader thread
-hands the replies back (to a gRPC thread's Waiter or to the event loop's future).
+"""The worker's end of the control channel: sends calls to the engine owner and reads its
+replies on the worker's serving loop, handing each back (to the loop's future, or to a gRPC
+thread's Waiter).
 
 A slot is released only when the owner's reply arrives (never on a client cancel: the owner may
 still write outputs into it, or its engine read it); a cancel goes to the owner as `(seq,)`.
@@ -62,6 +63,9 @@ class OwnerLink:
         self._pending: dict[int, tuple[int | None, Reply]] = {}
         self._seq = itertools.count()
         self._outbox: list[bytes] = []
+        self._frames = wire.Frames()
+        self._buffer = bytearray(READ_BYTES)
+        self._loop: asyncio.AbstractEventLoop | None = None  # where replies are read
         self.lost = False
         self.on_lost: Callable[[], None] = lambda: None
 
@@ -69,9 +73,18 @@ class OwnerLink:
         """(signature, engine kind, device, batched) of the owner's loaded engine."""
         size = self.slab.size
         self.sock.sendall(wire.frame((str(self.slab.path), size.slot_bytes, size.slots)))
-        answer = wire.receive(self._file)  # nothing else arrives before our first call
-        threading.Thread(target=self._read, name="owner-link", daemon=True).start()
-        return answer
+        return wire.receive(self._file)  # nothing else arrives before our first call
+
+    def read_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read the owner's replies on the worker's serving loop (a readable callback), from
+        before its first call: a reply settles its future with no thread hop or loop wake-up,
+        a blocking caller's (the sync gRPC server's threads) is handed over at once, and an
+        owner that goes away is seen even by a worker that has no call in flight."""
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self._readable)
+        # uvloop's add_reader makes the fd non-blocking; the senders (gRPC threads too) rely on a
+        # blocking sendall, and polling for readable does not need non-blocking mode.
+        self.sock.setblocking(True)
 
     def call(self, request: ArrayRequest, reply: Reply) -> int:
         """Sends the call; its seq (for `cancel`). The reply comes to `reply`."""
@@ -117,20 +130,33 @@ class OwnerLink:
         if slot is not None:
             self.slab.release(slot)
 
-    def _read(self) -> None:
-        frames, buffer = wire.Frames(), bytearray(READ_BYTES)
-        view = memoryview(buffer)
+    def _readable(self) -> None:
+        """The loop's readable callback (the socket stays blocking for the senders)."""
+        loop = self._loop
         try:
-            # recv_into one buffer: recv(n) would allocate n bytes per call (an mmap at 1 MiB)
-            while size := self.sock.recv_into(buffer):
-                loops: dict[asyncio.AbstractEventLoop, list] = {}
-                for message in frames.feed(view[:size]):
-                    self._settle(message, loops)
-                for loop, settled in loops.items():  # one loop wake-up per read, not per reply
-                    loop.call_soon_threadsafe(settle_futures, settled)
+            size = self.sock.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
         except OSError:
-            pass
-        self._lose()
+            size = 0
+        if not size:
+            loop.remove_reader(self.sock.fileno())
+            self._lose()
+            return
+        for other, settled in self._received(size).items():
+            if other is loop:
+                settle_futures(settled)
+            else:
+                other.call_soon_threadsafe(settle_futures, settled)
+
+    def _received(self, size: int) -> dict[asyncio.AbstractEventLoop, list]:
+        """Settles the replies in the first `size` bytes read: blocking callers at once, loop
+        futures returned by loop, to settle with one call each."""
+        loops: dict[asyncio.AbstractEventLoop, list] = {}
+        # recv_into one buffer: recv(n) would allocate n bytes per read (an mmap at 1 MiB)
+        for message in self._frames.feed(memoryview(self._buffer)[:size]):
+            self._settle(message, loops)
+        return loops
 
     def _settle(self, message: tuple, loops: dict) -> None:
         seq, ok, *rest = message
@@ -163,4 +189,6 @@ class OwnerLink:
                 reply(False, owner_lost())
 
     def close(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
