@@ -42,6 +42,9 @@ from kbundle.predictors.workers import wire  # noqa: E402
 from kbundle.predictors.workers.shm import SHM_DIR, Slab, SlabSize  # noqa: E402
 
 OWNER_CPU, DRIVER_CPU = 0, 1
+# The owner as `--workers` starts it, and with every batch on its engine thread (the A/B for its
+# derived engine_on_loop_ms: the front ends leave it one CPU, shared by its loop and engine).
+VARIANTS = {"no flags": [], "--engine_on_loop_ms 0": ["--engine_on_loop_ms", "0"]}
 LINKS = 2  # front ends played by the driver
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -140,7 +143,7 @@ async def measure(args, owner: subprocess.Popen, socket_path: str, model: str, i
     return {
         "model": model,
         "in_flight": in_flight,
-        "calls_per_s": calls / wall,
+        "calls_per_s": round(calls / wall),
         "owner_cpu_us_per_call": 1e6 * cpu / calls,
         "mean_batch": batch_sum / batch_count if batch_count else 0.0,
         "driver_cpu": mine,
@@ -148,12 +151,14 @@ async def measure(args, owner: subprocess.Popen, socket_path: str, model: str, i
     }
 
 
-def start_owner(args, model: str, model_dir: Path, socket_path: str, log: Path) -> subprocess.Popen:
+def start_owner(
+    args, model: str, model_dir: Path, flags: list[str], socket_path: str, log: Path
+) -> subprocess.Popen:
     env = {**os.environ, wire.SOCKET_ENV: socket_path, MULTIPROC_ENV: args.metrics}
     env.pop("KBUNDLE_WORKERS", None)
     cmd = [
         "taskset", "-c", str(OWNER_CPU), args.python, "-m", "kbundle.predictors.workers.owner",
-        "--model_name", model, "--model_dir", str(model_dir), "--workers", str(LINKS),
+        "--model_name", model, "--model_dir", str(model_dir), "--workers", str(LINKS), *flags,
     ]  # fmt: skip
     owner = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -167,20 +172,22 @@ def start_owner(args, model: str, model_dir: Path, socket_path: str, log: Path) 
 def run_cells(args, dirs: dict[str, Path]) -> list[dict]:
     cells = []
     for model in args.models:
-        with tempfile.TemporaryDirectory(prefix="kbundle-owner-bench-") as tmp:
-            args.metrics = str(Path(tmp, "metrics"))
-            os.mkdir(args.metrics)
-            socket_path = str(Path(tmp, "owner.sock"))
-            log = Path(args.work) / f"owner-{model}.log"
-            owner = start_owner(args, model, dirs[model], socket_path, log)
-            try:
-                for in_flight in args.in_flight:
-                    cell = asyncio.run(measure(args, owner, socket_path, model, in_flight))
-                    print(cell, flush=True)
-                    cells.append(cell)
-            finally:
-                owner.terminate()
-                owner.wait(30)
+        for variant, flags in VARIANTS.items():
+            with tempfile.TemporaryDirectory(prefix="kbundle-owner-bench-") as tmp:
+                args.metrics = str(Path(tmp, "metrics"))
+                os.mkdir(args.metrics)
+                socket_path = str(Path(tmp, "owner.sock"))
+                log = Path(args.work) / f"owner-{model}.log"
+                owner = start_owner(args, model, dirs[model], flags, socket_path, log)
+                try:
+                    for in_flight in args.in_flight:
+                        cell = asyncio.run(measure(args, owner, socket_path, model, in_flight))
+                        cell["owner"] = variant
+                        print(cell, flush=True)
+                        cells.append(cell)
+                finally:
+                    owner.terminate()
+                    owner.wait(30)
     return cells
 
 
@@ -202,21 +209,23 @@ def write(args, cells: list[dict], load_before: str, load_after: str) -> None:
         f"Load (`uptime`) before: {load_before}; after: {load_after}.",
         "",
         f"The engine owner of `--workers` (the real process, started with `--workers {LINKS}` and no "
-        f"other flag) runs pinned to CPU {OWNER_CPU}; the driver, pinned to CPU {DRIVER_CPU}, plays "
+        f"other flag but the model's) runs pinned to CPU {OWNER_CPU}; the driver, pinned to CPU {DRIVER_CPU}, plays "
         f"{LINKS} front ends over the owner's control socket and /dev/shm slabs, keeping the given "
         "number of batch-1 calls in flight (half on each), with no HTTP or gRPC in front. So the "
         "calls a second here are what one owner serves on one core: the most any number of "
         "workers can get through it. Owner CPU: user + system time of the owner process per call. "
         "Driver CPU: the driver's CPU time over wall time (below 1.0: it kept up, the owner was "
-        "the limit).",
+        "the limit). Each model's owner is also run with `--engine_on_loop_ms 0` (every batch "
+        "on its engine thread, as before the owner derived that setting from the one CPU the "
+        "front ends leave it).",
         "",
-        "| model | calls in flight | calls/s | owner CPU µs / call | mean batch | driver CPU "
-        "| refused |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | owner started with | calls in flight | calls/s | owner CPU µs / call "
+        "| mean batch | driver CPU | refused |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
         lines.append(
-            f"| {c['model']} | {c['in_flight']} | {c['calls_per_s']:,.0f} "
+            f"| {c['model']} | {c['owner']} | {c['in_flight']} | {c['calls_per_s']:,.0f} "
             f"| {c['owner_cpu_us_per_call']:.1f} | {c['mean_batch']:.1f} | {c['driver_cpu']:.2f} "
             f"| {c['failures']} |"
         )

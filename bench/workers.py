@@ -220,6 +220,21 @@ def summary(cells: list[dict], workers_list: list[int]) -> list[str]:
     return lines
 
 
+def ceilings(cells: list[dict], workers_list: list[int], cpus: int):
+    """Each cell's medians and ceilings as the tables round them, for the JSON file."""
+    for model, protocol, workers, mine in by_cell(cells, workers_list):
+        server, owner = median(mine, "cpu_ms_per_request"), median(mine, "owner_cpu_ms_per_request")
+        client = median(mine, "client_cpu_ms_per_request")
+        yield {
+            "model": model,
+            "protocol": protocol,
+            "workers": workers,
+            "infer_per_s": round(median(mine, "throughput")),
+            "owner_bound_ceiling": round(1000 / owner) if owner else None,
+            "machine_bound_ceiling": round(cpus * 1000 / (server + client)) if client else None,
+        }
+
+
 def cpu_summary(cells: list[dict], workers_list: list[int], cpus: int) -> list[str]:
     lines = [
         "| model | protocol | workers | server CPU ms / request | of which the owner "
@@ -246,7 +261,10 @@ def write(args, cells: list[dict], load_before: str, load_after: str) -> None:
     cpus = int(info["cpus"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "workers.json").write_text(json.dumps({"machine": info, "cells": cells}, indent=1))
+    table = list(ceilings(cells, args.workers_list, cpus))
+    (out / "workers.json").write_text(
+        json.dumps({"machine": info, "cells": cells, "table": table}, indent=1)
+    )
     text = [
         "# `--workers` scaling",
         "",
