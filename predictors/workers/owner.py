@@ -32,39 +32,43 @@ from kbundle.serving.server import serving_loop_factory
 from kbundle.serving.status_map import log_if_internal
 
 logger = logging.getLogger("kbundle.owner")
-READ_BYTES = 1 << 20
 
 
-class WorkerLink:
-    """One front-end worker's connection: its slab and its calls in flight."""
+class WorkerLink(asyncio.Protocol):
+    """One front-end worker's connection: its slab and its calls in flight. A protocol, not a
+    stream: each read's calls are queued from the read callback itself, with no task woken."""
 
-    def __init__(self, predictor: EnginePredictor, gauge: QueueGauge, reader, writer):
-        self.predictor, self.gauge, self.reader, self.writer = predictor, gauge, reader, writer
+    def __init__(self, predictor: EnginePredictor, gauge: QueueGauge):
+        self.predictor, self.gauge = predictor, gauge
         self.slab: Slab | None = None
         # By the worker's seq, to cancel one: the batcher's future of a batched call, else a task.
         self.calls: dict[int, asyncio.Future] = {}
         self._replies: list[bytes] = []
+        self._frames = wire.Frames()
 
     @property
     def tasks(self) -> list[asyncio.Future]:
         return list(self.calls.values())
 
-    async def serve(self) -> None:
-        self._hello(await wire.receive_async(self.reader))
-        loop, frames = asyncio.get_running_loop(), wire.Frames()
-        try:
-            # Every message that arrived in one read is started in the same tick, so they reach
-            # the batcher together.
-            while data := await self.reader.read(READ_BYTES):
-                for message in frames.feed(data):
-                    self._receive(loop, message)
-                # After the new calls joined the queue and a dispatch took its batch from it
-                # (both scheduled this tick), so workers never read more than is queued.
-                loop.call_soon(loop.call_soon, self._publish)
-        except ConnectionError:
-            pass
-        finally:
-            # A worker that exits normally unlinks its slab; one killed cannot.
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+
+    def data_received(self, data: bytes) -> None:
+        messages = self._frames.feed(data)
+        if self.slab is None and messages:  # the worker's first message is its hello
+            self._hello(messages.pop(0))
+        # Every call that arrived in one read joins the queue in this callback, so they reach
+        # the batcher together.
+        for message in messages:
+            self._receive(self.loop, message)
+        # After the new calls joined the queue and a dispatch took its batch from it (both
+        # scheduled now), so workers never read more than is queued.
+        self.loop.call_soon(self.loop.call_soon, self._publish)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # A worker that exits normally unlinks its slab; one killed cannot.
+        if self.slab is not None:
             self.slab.unlink()
 
     def _receive(self, loop: asyncio.AbstractEventLoop, message: tuple) -> None:
@@ -102,7 +106,7 @@ class WorkerLink:
         batched = self.predictor.batcher is not None
         signature = self.predictor.signature
         hello = (signature, engine.kind, engine.device, batched, str(self.gauge.path))
-        self.writer.write(wire.frame(hello))
+        self.transport.write(wire.frame(hello))
 
     def _enqueue(self, seq, request_id, slot, descs, inline, outputs, deadline) -> None:
         """A batched call straight into the batcher's queue, answered from its future's
@@ -176,8 +180,8 @@ class WorkerLink:
     def _flush(self) -> None:
         """One write (one syscall) for every reply of a batch, not one per request."""
         replies, self._replies = self._replies, []
-        if not self.writer.is_closing():
-            self.writer.write(b"".join(replies))
+        if not self.transport.is_closing():
+            self.transport.write(b"".join(replies))
         self._publish()  # the batch left the queue and the next one was dispatched
 
     @staticmethod
@@ -200,16 +204,15 @@ async def serve(predictor: EnginePredictor, path: str) -> None:
     # In /dev/shm under the supervisor's pid: it removes the file if we are killed.
     gauge = QueueGauge(SHM_DIR / f"kbundle-{os.getppid()}-queue", create=True)
 
-    async def accept(reader, writer) -> None:
-        link = WorkerLink(predictor, gauge, reader, writer)
-        links.append(link)
-        await link.serve()
+    def accept() -> WorkerLink:
+        links.append(WorkerLink(predictor, gauge))
+        return links[-1]
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = await asyncio.start_unix_server(accept, path + ".tmp")
+    server = await loop.create_unix_server(accept, path + ".tmp")
     freeze_startup_heap()  # loaded and warmed up: a full collection must not walk all that
     lag = LoopLagProbe(loop).start()
     os.rename(path + ".tmp", path)  # the supervisor starts workers once this name exists
