@@ -108,55 +108,62 @@ class WorkerLink(asyncio.Protocol):
         hello = (signature, engine.kind, engine.device, batched, str(self.gauge.path))
         self.transport.write(wire.frame(hello))
 
+    def _request(self, request_id, descs, inline, outputs, deadline) -> ArrayRequest:
+        inputs = inline if inline is not None else self.slab.views(descs)
+        return ArrayRequest(request_id, inputs, outputs, deadline=deadline)
+
     def _enqueue(self, seq, request_id, slot, descs, inline, outputs, deadline) -> None:
         """A batched call straight into the batcher's queue, answered from its future's
         callback: no task or coroutine per call, which was most of the owner's own cost."""
-        inputs = inline if inline is not None else self.slab.views(descs)
-        request = ArrayRequest(request_id, inputs, outputs, deadline=deadline)
+        request = self._request(request_id, descs, inline, outputs, deadline)
         try:
             names, future = self.predictor.enqueue_arrays(request)
         except Exception as exc:  # refused (queue full, bad shape): nothing was queued
-            log_if_internal(exc, f"owner infer of '{self.predictor.name}'")
-            self._reply(self._failed(seq, exc))
+            self._end(seq, slot, descs, request, exc=exc)
             return
         self.calls[seq] = future
-        future.add_done_callback(partial(self._finished, seq, slot, descs, names, inputs))
+        future.add_done_callback(partial(self._finished, seq, slot, descs, names, request))
 
-    def _finished(self, seq, slot, descs, names, inputs, future: asyncio.Future) -> None:
+    def _finished(self, seq, slot, descs, names, request, future: asyncio.Future) -> None:
         del self.calls[seq]
-        if future.cancelled():  # the worker's cancel: as in `one`
-            if descs:
-                self._reply_when_unused(seq, list(inputs.values()))
-            else:
-                self._reply(self._failed(seq, asyncio.CancelledError()))
-            return
-        exc = future.exception()
-        if exc is not None:
-            log_if_internal(exc, f"owner infer of '{self.predictor.name}'")
-            self._reply(self._failed(seq, exc))
-            return
-        response = self.predictor.response_of(names, future.result())
-        self._reply(self._answer(seq, slot, descs, response))
+        if future.cancelled():
+            self._end(seq, slot, descs, request, exc=asyncio.CancelledError())
+        elif (exc := future.exception()) is not None:
+            self._end(seq, slot, descs, request, exc=exc)
+        else:
+            response = self.predictor.response_of(names, future.result())
+            self._end(seq, slot, descs, request, response)
 
     async def one(self, seq, request_id, slot, descs, inline, outputs, deadline) -> None:
-        inputs = inline if inline is not None else self.slab.views(descs)
-        request = ArrayRequest(request_id, inputs, outputs, deadline=deadline)
+        """An unbatched call, as a task."""
+        request = self._request(request_id, descs, inline, outputs, deadline)
         try:
             response = await self.predictor.infer_arrays(request)
-        except asyncio.CancelledError:
-            # The worker's cancel: the batcher skips the request if still queued (counted as
-            # disconnected). Only the reply releases the slot, so it waits until no array here
-            # views the slot (a batch already running still reads it); no outputs are written.
-            if descs:
-                self._reply_when_unused(seq, list(inputs.values()))
-                return
-            reply = self._failed(seq, asyncio.CancelledError())
-        except Exception as exc:
-            log_if_internal(exc, f"owner infer of '{self.predictor.name}'")
-            reply = self._failed(seq, exc)
+        except (asyncio.CancelledError, Exception) as exc:
+            self._end(seq, slot, descs, request, exc=exc)
         else:
-            reply = self._answer(seq, slot, descs, response)
-        self._reply(reply)
+            self._end(seq, slot, descs, request, response)
+
+    def _end(
+        self,
+        seq,
+        slot,
+        descs,
+        request: ArrayRequest,
+        response=None,
+        exc: BaseException | None = None,
+    ) -> None:
+        """The reply to a call that ended: its answer or its error. A call the worker cancelled
+        is skipped by the batcher if still queued (counted as disconnected); only the reply
+        releases the slot, so it waits until no array here views the slot (a batch already
+        running still reads it), and no outputs are written."""
+        if isinstance(exc, asyncio.CancelledError) and descs:
+            self._reply_when_unused(seq, list(request.inputs.values()))
+        elif exc is not None:
+            log_if_internal(exc, f"owner infer of '{self.predictor.name}'")
+            self._reply(self._failed(seq, exc))
+        else:
+            self._reply(self._answer(seq, slot, descs, response))
 
     def _reply_when_unused(self, seq: int, views: list[np.ndarray]) -> None:
         """The cancelled reply, once every view of the slot is gone (freed on the engine's
